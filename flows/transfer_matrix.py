@@ -1,0 +1,244 @@
+"""The ``transfer_matrix`` flow: train a prompt per (model, NLP task, seed), score every prompt
+on every target task, write the tables, publish artifacts.
+
+Stages (each a fan-out of Prefect tasks, each unit skipped when its key is already stored)::
+
+    validate -> prepare NLP tasks -> train prompts -> cross-task evaluation -> runs row + artifacts
+
+Run it from Python with :func:`run_study` or from the shell with ``prompt-transfer run``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import prefect  # noqa: E402
+from prefect import flow  # noqa: E402
+from prefect.artifacts import (  # noqa: E402
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from prompt_core.analysis import matrix, transfer_summary  # noqa: E402
+from prompt_core.config import StudyConfig, load_study  # noqa: E402
+from tasks import progress  # noqa: E402
+from tasks.storage import open_storage  # noqa: E402
+from tasks.tables import now_utc, read_table, write_part  # noqa: E402
+from tasks.units import (  # noqa: E402
+    EvalOutcome,
+    NlpTaskInfo,
+    PromptRecord,
+    evaluate_target_unit,
+    prepare_nlp_task,
+    study_config_json,
+    train_prompt_unit,
+)
+
+
+@dataclass
+class StudyResult:
+    """What a run did and where its outputs are."""
+
+    run_id: str
+    study: str
+    storage: str
+    status: str = "completed"
+    n_prompts_trained: int = 0
+    n_prompts_cached: int = 0
+    n_cells_evaluated: int = 0
+    n_cells_cached: int = 0
+    seconds: float = 0.0
+    summaries: dict[str, dict] = field(default_factory=dict)  # model -> transfer_summary
+    heatmaps: dict[str, str] = field(default_factory=dict)  # model -> uri
+
+
+def _package_version() -> str:
+    try:
+        return version("prompt-transfer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _StageProgress:
+    """Mirror completed units into one Prefect progress artifact (0-100 over all units)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = max(total, 1), 0
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="transfer-matrix-progress", description="units done / all units"
+        )
+
+    def __call__(self, stage: str) -> None:
+        self.done += 1
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total,
+                                 description=f"{self.done}/{self.total} units ({stage})")
+
+
+def _heatmap_png(mat, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * mat.shape[1], 1.0 + 0.5 * mat.shape[0]))
+    im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=max(1.0, float(
+        mat.max().max())))
+    ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=45, ha="right")
+    ax.set_yticks(range(mat.shape[0]), mat.index)
+    ax.set_xlabel("target task")
+    ax.set_ylabel("source prompt")
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            v = mat.iat[i, j]
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax, label="relative score")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult) -> None:
+    """Markdown summary, matrix table and heatmap per model (image in storage, linked)."""
+    lines = [f"# Transfer matrix: study `{study.name}`", "",
+             f"run `{run_id}`, storage `{storage.root}`", "",
+             f"- prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}",
+             f"- matrix cells evaluated {result.n_cells_evaluated}, reused "
+             f"{result.n_cells_cached}", ""]
+    for m in study.models:
+        df = read_table(storage, "cross_task", filters={"study": study.name, "model": m.name})
+        df = df.to_pandas()
+        if df.empty:
+            continue
+        summary = transfer_summary(df)
+        result.summaries[m.name] = summary
+        rel = matrix(df, "accuracy", "relative_score")
+        png = _heatmap_png(rel, f"{study.name} / {m.name}: relative accuracy")
+        uri = storage.write_bytes(f"artifacts/{run_id}/cross_task_{m.name}.png", png)
+        result.heatmaps[m.name] = uri
+        create_link_artifact(uri if "://" in uri else Path(uri).as_uri(),
+                             link_text=f"heatmap {m.name}", key=f"heatmap-{m.name}".lower())
+        score = matrix(df, "accuracy", "score").round(3)
+        table = [{"source": idx, **{c: (None if v != v else float(v)) for c, v in row.items()}}
+                 for idx, row in score.iterrows()]
+        create_table_artifact(table, key=f"cross-task-{m.name}".lower(),
+                              description=f"accuracy, rows = source prompt, columns = target "
+                                          f"({m.name})")
+        lines += [f"## {m.name}", "",
+                  f"- own prompt beats no prompt on {summary['own_beats_none']}/"
+                  f"{summary['n_tasks']} tasks",
+                  f"- mean relative score: same-type pairs {summary['same_type_rel']:.3f}, "
+                  f"different-type {summary['diff_type_rel']:.3f}, random prompt "
+                  f"{summary['random_rel']:.3f}, no prompt {summary['none_rel']:.3f}",
+                  f"- heatmap: {uri}", "", score.to_markdown() if _has_tabulate() else
+                  score.to_string(), ""]
+    create_markdown_artifact("\n".join(lines), key="transfer-matrix-summary",
+                             description=f"study {study.name}")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@flow(name="transfer-matrix", log_prints=True)
+def transfer_matrix(study: StudyConfig) -> StudyResult:
+    """Cross-task transfer matrix for every model in the study (see module docstring)."""
+    t0 = time.perf_counter()
+    started = now_utc()
+    fr_id = flow_run.get_id()
+    run_id = fr_id or uuid.uuid4().hex
+    storage = open_storage(study.storage)
+    storage.check_writable()
+    result = StudyResult(run_id, study.name, storage.root)
+    device = study.runner.device
+    common = {"storage_root": storage.root, "study": study.name, "run_id": run_id}
+    n_units = len(study.tasks) * (1 + len(study.models) * (len(study.seeds) + 1))
+    progress.clear_listeners()
+    progress.add_listener(_StageProgress(n_units))
+    try:
+        # prepare: load + validate every NLP task before any compute
+        progress.start_stage("prepare", len(study.tasks))
+        infos: list[NlpTaskInfo] = []
+        for cfg in study.tasks:
+            infos.append(prepare_nlp_task(cfg, cfg.label()))
+            progress.report("prepare")
+        names = [i.name for i in infos]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two study tasks share the name(s) {dup}; set `name:` on one")
+
+        # train: fan out per model x task x seed
+        progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))
+        futures = [
+            train_prompt_unit.submit(m, cfg, info, study.training, seed, device=device, **common)
+            for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
+            for seed in study.seeds
+        ]
+        records: list[PromptRecord] = [f.result() for f in futures]
+        result.n_prompts_trained = sum(r.trained for r in records)
+        result.n_prompts_cached = len(records) - result.n_prompts_trained
+
+        # evaluate: one unit per model x target task, all sources inside
+        progress.start_stage("evaluate", len(study.models) * len(infos))
+        futures = [
+            evaluate_target_unit.submit(
+                m, cfg, info, [r for r in records if r.model == m.name], study.seeds,
+                study.training, study.evaluation, device=device, **common)
+            for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
+        ]
+        outcomes: list[EvalOutcome] = [f.result() for f in futures]
+        result.n_cells_evaluated = sum(o.n_cells_evaluated for o in outcomes)
+        result.n_cells_cached = sum(o.n_cells_cached for o in outcomes)
+        _publish(study, storage, run_id, result)
+    except BaseException:
+        result.status = "failed"
+        raise
+    finally:
+        result.seconds = time.perf_counter() - t0
+        progress.clear_listeners()
+        write_part(storage, "runs", [{
+            "run_id": run_id, "study": study.name, "flow_run_id": fr_id, "status": result.status,
+            "started_at": started, "finished_at": now_utc(), "storage": storage.root,
+            "study_config": study_config_json(study),
+            "n_prompts_trained": result.n_prompts_trained,
+            "n_prompts_cached": result.n_prompts_cached,
+            "n_cells_evaluated": result.n_cells_evaluated,
+            "n_cells_cached": result.n_cells_cached,
+            "prefect_version": prefect.__version__, "package_version": _package_version(),
+        }], run_id)
+    return result
+
+
+def run_study(
+    study: StudyConfig | str | Path,
+    storage: str | None = None,
+    max_workers: int | None = None,
+) -> StudyResult:
+    """Validate (if given a path) and run a study; the task runner is chosen here."""
+    if not isinstance(study, StudyConfig):
+        study = load_study(study)
+    if storage is not None:
+        study = study.model_copy(update={"storage": storage})
+    workers = max_workers or study.runner.max_workers
+    runner = ThreadPoolTaskRunner(max_workers=workers)
+    return transfer_matrix.with_options(task_runner=runner)(study)

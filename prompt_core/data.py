@@ -1,0 +1,374 @@
+"""NLP tasks: specs, loaders and the paper's catalogue.
+
+Every loader returns a :class:`TaskData`: a :class:`TaskSpec` (name, type, label names and the
+verbalizer's label words) plus ``train``/``validation``/``test`` splits as pandas DataFrames with
+exactly the columns ``text_a`` (str), ``text_b`` (str or None) and ``label`` (int, 0..K-1).
+
+Three sources:
+
+* a task folder (``train/validation/test.parquet`` + ``task.json``), the format of
+  ``shared/data``: :func:`load_task_folder`;
+* a Hugging Face dataset by name/config (or local files through a builder such as ``parquet``)
+  with a column and label-word mapping: :func:`load_hf_task`, or an already built
+  ``datasets.DatasetDict``: :func:`task_from_hf_dataset`;
+* the project's built-in demo tasks, shipped with the package: :func:`load_builtin_task`.
+
+``PAPER_TASKS`` catalogues the paper's classification tasks as Hugging Face sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("text_a", "text_b", "label")
+BUILTIN_DIR = Path(__file__).resolve().parent / "demo_tasks"
+
+# Label names in the data -> words a verbalizer scores (METHOD.md: negative/positive,
+# no/neutral/yes for NLI, false/true for paraphrase). Unknown names are used as written,
+# with underscores turned into spaces.
+DEFAULT_LABEL_WORDS: dict[str, str] = {
+    "entailment": "yes",
+    "neutral": "maybe",
+    "contradiction": "no",
+    "not_entailment": "no",
+    "equivalent": "yes",
+    "not_equivalent": "no",
+    "duplicate": "yes",
+    "not_duplicate": "no",
+    "sci/tech": "technology",
+}
+
+
+class TaskDataError(ValueError):
+    """Raised when task data or its description is malformed; the message names the source."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a classification task is: its name, type and label vocabulary."""
+
+    name: str
+    type: str
+    label_names: tuple[str, ...]
+    label_words: tuple[str, ...]
+    description: str = ""
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass
+class TaskData:
+    """A task spec with its normalised splits (DataFrames with ``text_a``, ``text_b``, ``label``)."""
+
+    spec: TaskSpec
+    splits: dict[str, pd.DataFrame]
+    source: str = ""
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in self.splits:
+            raise TaskDataError(f"task {self.name!r} has no split {name!r} (has {list(self.splits)})")
+        return self.splits[name]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the spec and every row: changes whenever the data or verbalizer does."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(
+                json.dumps(
+                    {
+                        "type": self.spec.type,
+                        "label_names": self.spec.label_names,
+                        "label_words": self.spec.label_words,
+                    },
+                    sort_keys=True,
+                ).encode()
+            )
+            for s in SPLITS:
+                df = self.splits.get(s)
+                if df is None:
+                    continue
+                h.update(s.encode())
+                h.update(pd.util.hash_pandas_object(df[list(COLUMNS)], index=False).values.tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.spec.type,
+            "labels": list(self.spec.label_names),
+            "label_words": list(self.spec.label_words),
+            "fingerprint": self.fingerprint,
+            **{f"n_{s}": len(df) for s, df in self.splits.items()},
+        }
+
+
+def default_label_words(label_names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(DEFAULT_LABEL_WORDS.get(n, n.replace("_", " ")) for n in label_names)
+
+
+def make_spec(
+    name: str,
+    type: str,
+    label_names: list[str] | tuple[str, ...],
+    label_words: list[str] | tuple[str, ...] | None = None,
+    description: str = "",
+    source: str = "",
+) -> TaskSpec:
+    """Validate and build a :class:`TaskSpec`; ``label_words`` default from the label names."""
+    where = f" ({source})" if source else ""
+    if not name or not isinstance(name, str):
+        raise TaskDataError(f"task name must be a non-empty string{where}")
+    if not label_names or len(label_names) < 2:
+        raise TaskDataError(f"task {name!r}{where}: needs at least 2 label_names, got {label_names}")
+    words = tuple(label_words) if label_words else default_label_words(label_names)
+    if len(words) != len(label_names):
+        raise TaskDataError(
+            f"task {name!r}{where}: {len(words)} label_words for {len(label_names)} label_names"
+        )
+    if len(set(words)) != len(words):
+        raise TaskDataError(f"task {name!r}{where}: label_words must be distinct, got {words}")
+    return TaskSpec(name, type or "unknown", tuple(label_names), words, description)
+
+
+def normalise_split(df: pd.DataFrame, spec: TaskSpec, split: str, source: str) -> pd.DataFrame:
+    """Check columns, types and label range; return a clean frame with exactly ``COLUMNS``."""
+    where = f"task {spec.name!r} split {split!r} ({source})"
+    missing = [c for c in ("text_a", "label") if c not in df.columns]
+    if missing:
+        raise TaskDataError(f"{where}: missing column(s) {missing}; has {list(df.columns)}")
+    if len(df) == 0:
+        raise TaskDataError(f"{where}: no rows")
+    text_b = df["text_b"] if "text_b" in df.columns else pd.Series([None] * len(df))
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad = labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels >= spec.n_labels)
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise TaskDataError(
+            f"{where}: {int(bad.sum())} label(s) outside 0..{spec.n_labels - 1}; "
+            f"first at row {i}: {df['label'].iloc[i]!r}"
+        )
+    text_a = df["text_a"]
+    empty = text_a.isna() | (text_a.astype(str).str.strip() == "")
+    if empty.any():
+        i = int(empty.to_numpy().nonzero()[0][0])
+        raise TaskDataError(f"{where}: {int(empty.sum())} empty text_a value(s); first at row {i}")
+    text_b = text_b.reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "text_a": text_a.astype(str).reset_index(drop=True),
+            "text_b": [None if (v is None or (isinstance(v, float) and pd.isna(v))) else str(v)
+                       for v in text_b],
+            "label": labels.astype("int64").reset_index(drop=True),
+        }
+    )
+
+
+def _read_split_file(folder: Path, split: str) -> pd.DataFrame:
+    for ext, reader in ((".parquet", pd.read_parquet), (".jsonl", _read_jsonl)):
+        p = folder / f"{split}{ext}"
+        if p.exists():
+            try:
+                return reader(p)
+            except Exception as e:  # noqa: BLE001 - re-raised with the file named
+                raise TaskDataError(f"cannot read {p}: {e}") from e
+    raise TaskDataError(f"task folder {folder}: no {split}.parquet or {split}.jsonl")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.read_json(path, lines=True, dtype={"text_a": str, "text_b": object})
+
+
+def load_task_folder(path: str | Path, name: str | None = None) -> TaskData:
+    """Load a task folder: ``task.json`` plus ``train/validation/test`` as .parquet or .jsonl."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise TaskDataError(f"task folder {folder} does not exist or is not a directory")
+    meta_path = folder / "task.json"
+    if not meta_path.exists():
+        raise TaskDataError(f"task folder {folder}: task.json is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise TaskDataError(f"{meta_path}: not valid JSON ({e})") from e
+    for k in ("name", "label_names"):
+        if k not in meta:
+            raise TaskDataError(f"{meta_path}: missing field {k!r}")
+    spec = make_spec(
+        name or meta["name"],
+        meta.get("type", "unknown"),
+        meta["label_names"],
+        meta.get("label_words"),
+        meta.get("description", ""),
+        source=str(folder),
+    )
+    splits = {s: normalise_split(_read_split_file(folder, s), spec, s, str(folder)) for s in SPLITS}
+    return TaskData(spec, splits, source=str(folder))
+
+
+def builtin_task_names() -> list[str]:
+    """Names of the demo tasks shipped with the package."""
+    if not BUILTIN_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "task.json").exists())
+
+
+def load_builtin_task(name: str) -> TaskData:
+    """Load one of the built-in demo tasks by name (see :func:`builtin_task_names`)."""
+    names = builtin_task_names()
+    if name not in names:
+        raise TaskDataError(f"no built-in task {name!r}; built-in tasks are {names}")
+    data = load_task_folder(BUILTIN_DIR / name)
+    data.source = f"builtin:{name}"
+    return data
+
+
+@dataclass(frozen=True)
+class HFTaskSource:
+    """Where and how to read a task from a Hugging Face dataset.
+
+    ``splits`` maps our split names to the dataset's (e.g. ``test -> validation`` for GLUE, whose
+    test labels are hidden). ``label_map`` maps dataset label values to our ids when they differ.
+    """
+
+    path: str
+    name: str | None
+    task_type: str
+    text_a: str
+    text_b: str | None
+    label: str
+    label_names: tuple[str, ...]
+    label_words: tuple[str, ...] | None = None
+    splits: tuple[tuple[str, str], ...] = (
+        ("train", "train"),
+        ("validation", "validation"),
+        ("test", "test"),
+    )
+    label_map: tuple[tuple[Any, int], ...] | None = None
+
+
+def task_from_hf_dataset(
+    dataset_dict: Any,
+    task_name: str,
+    src: HFTaskSource,
+    max_rows: dict[str, int] | None = None,
+    seed: int = 0,
+) -> TaskData:
+    """Normalise a ``datasets.DatasetDict`` (or a dict of ``datasets.Dataset``) into TaskData."""
+    spec = make_spec(task_name, src.task_type, src.label_names, src.label_words, source=src.path)
+    lmap = dict(src.label_map) if src.label_map else None
+    splits = {}
+    for ours, theirs in src.splits:
+        if theirs not in dataset_dict:
+            raise TaskDataError(
+                f"HF dataset {src.path}/{src.name}: no split {theirs!r} (has {list(dataset_dict)})"
+            )
+        ds = dataset_dict[theirs]
+        cols = [c for c in (src.text_a, src.text_b, src.label) if c]
+        absent = [c for c in cols if c not in ds.column_names]
+        if absent:
+            raise TaskDataError(
+                f"HF dataset {src.path}/{src.name} split {theirs!r}: no column(s) {absent}; "
+                f"has {ds.column_names}"
+            )
+        df = ds.select_columns(cols).to_pandas()
+        df = df[df[src.label] != -1]  # HF convention: -1 = no gold label (e.g. SNLI)
+        if max_rows and ours in max_rows and len(df) > max_rows[ours]:
+            df = df.sample(n=max_rows[ours], random_state=seed)
+        labels = df[src.label].map(lmap) if lmap else df[src.label]
+        frame = pd.DataFrame(
+            {
+                "text_a": df[src.text_a],
+                "text_b": df[src.text_b] if src.text_b else None,
+                "label": labels,
+            }
+        )
+        splits[ours] = normalise_split(frame, spec, ours, f"hf:{src.path}")
+    return TaskData(spec, splits, source=f"hf:{src.path}" + (f"/{src.name}" if src.name else ""))
+
+
+def load_hf_task(
+    task_name: str,
+    src: HFTaskSource,
+    data_files: dict[str, str] | str | None = None,
+    revision: str | None = None,
+    max_rows: dict[str, int] | None = None,
+) -> TaskData:
+    """Load a task with ``datasets.load_dataset`` (hub id, or a builder like ``parquet`` with
+    ``data_files`` for local files) and normalise it."""
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(src.path, src.name, data_files=data_files, revision=revision)
+    except Exception as e:  # noqa: BLE001 - hub/network/file errors all surface here
+        raise TaskDataError(
+            f"cannot load HF dataset {src.path!r} (config {src.name!r}) for task {task_name!r}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return task_from_hf_dataset(dsd, task_name, src, max_rows=max_rows)
+
+
+def _glue(name, a, b, labels, words, task_type, test_from="validation"):
+    return HFTaskSource(
+        "nyu-mll/glue", name, task_type, a, b, "label", tuple(labels), tuple(words),
+        splits=(("train", "train"), ("validation", "validation"), ("test", test_from)),
+    )
+
+
+# The paper's classification tasks (Su et al. 2022, Table 1) as Hugging Face sources. Where a
+# dataset has no labelled test split, the validation split serves as test; prompt training then
+# picks its checkpoint on a slice of train (set ``validation`` in a study's task entry to change).
+PAPER_TASKS: dict[str, HFTaskSource] = {
+    "sst2": _glue("sst2", "sentence", None, ["negative", "positive"],
+                  ["negative", "positive"], "sentiment"),
+    "imdb": HFTaskSource("stanfordnlp/imdb", None, "sentiment", "text", None, "label",
+                         ("negative", "positive"), ("negative", "positive"),
+                         splits=(("train", "train"), ("validation", "test"), ("test", "test"))),
+    "laptop": HFTaskSource("jakartaresearch/semeval-absa", "laptop", "sentiment", "text", "aspect",
+                           "label", ("negative", "neutral", "positive"),
+                           ("negative", "neutral", "positive")),
+    "restaurant": HFTaskSource("jakartaresearch/semeval-absa", "restaurant", "sentiment", "text",
+                               "aspect", "label", ("negative", "neutral", "positive"),
+                               ("negative", "neutral", "positive")),
+    "movie_rationales": HFTaskSource("eraser-benchmark/movie_rationales", None, "sentiment",
+                                     "review", None, "label", ("negative", "positive"),
+                                     ("negative", "positive")),
+    "tweeteval_sentiment": HFTaskSource("cardiffnlp/tweet_eval", "sentiment", "sentiment", "text",
+                                        None, "label", ("negative", "neutral", "positive"),
+                                        ("negative", "neutral", "positive")),
+    "tweeteval_emotion": HFTaskSource("cardiffnlp/tweet_eval", "emotion", "emotion", "text", None,
+                                      "label", ("anger", "joy", "optimism", "sadness"),
+                                      ("anger", "joy", "optimism", "sadness")),
+    "mnli": HFTaskSource("nyu-mll/glue", "mnli", "nli", "premise", "hypothesis", "label",
+                         ("entailment", "neutral", "contradiction"), ("yes", "maybe", "no"),
+                         splits=(("train", "train"), ("validation", "validation_matched"),
+                                 ("test", "validation_mismatched"))),
+    "qnli": _glue("qnli", "question", "sentence", ["entailment", "not_entailment"],
+                  ["yes", "no"], "nli"),
+    "snli": HFTaskSource("stanfordnlp/snli", None, "nli", "premise", "hypothesis", "label",
+                         ("entailment", "neutral", "contradiction"), ("yes", "maybe", "no")),
+    "ethics_deontology": HFTaskSource("hendrycks/ethics", "deontology", "ethics", "scenario",
+                                      "excuse", "label", ("unreasonable", "reasonable"),
+                                      ("no", "yes")),
+    "ethics_justice": HFTaskSource("hendrycks/ethics", "justice", "ethics", "scenario", None,
+                                   "label", ("unreasonable", "reasonable"), ("no", "yes")),
+    "qqp": _glue("qqp", "question1", "question2", ["not_duplicate", "duplicate"],
+                 ["false", "true"], "paraphrase"),
+    "mrpc": _glue("mrpc", "sentence1", "sentence2", ["not_equivalent", "equivalent"],
+                  ["false", "true"], "paraphrase"),
+}

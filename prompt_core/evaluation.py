@@ -1,0 +1,91 @@
+"""Batched scoring of many prompts on one target task, and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from prompt_core.backbones import Backbone, Encoded
+from prompt_core.data import TaskData
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float((pred == gold).mean()) if len(gold) else float("nan")
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray, n_labels: int) -> float:
+    """Unweighted mean of per-class F1 over all ``n_labels`` classes (0 for a class never hit)."""
+    f1s = []
+    for c in range(n_labels):
+        tp = np.sum((pred == c) & (gold == c))
+        fp = np.sum((pred == c) & (gold != c))
+        fn = np.sum((pred != c) & (gold == c))
+        denom = 2 * tp + fp + fn
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s))
+
+
+def scores(pred: np.ndarray, gold: np.ndarray, n_labels: int) -> dict[str, float]:
+    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold, n_labels)}
+
+
+class EncodedSplit:
+    """A task split tokenised once for a backbone, served in length-sorted batches."""
+
+    def __init__(self, backbone: Backbone, task: TaskData, split: str, max_length: int,
+                 max_examples: int | None = None):
+        df = task.split(split)
+        if max_examples is not None and len(df) > max_examples:
+            df = df.sample(n=max_examples, random_state=0)
+        self.backbone = backbone
+        self.items: list[Encoded] = backbone.encode_many(
+            df["text_a"].tolist(), df["text_b"].tolist(), max_length
+        )
+        self.labels = df["label"].to_numpy()
+        self.n_labels = task.spec.n_labels
+        self.scorer = backbone.label_scorer(task.spec.label_words)
+        self._order = np.argsort([len(it.input_ids) for it in self.items], kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, idx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        items = [self.items[i] for i in idx]
+        return self.backbone.collate(items), torch.as_tensor(self.labels[idx])
+
+    @torch.inference_mode()
+    def predict(self, prompt: torch.Tensor | None, batch_size: int = 64) -> np.ndarray:
+        """Predicted label ids for every example, in the split's order."""
+        pred = np.empty(len(self.items), dtype=np.int64)
+        p = None if prompt is None else prompt.to(self.backbone.device)
+        for start in range(0, len(self.items), batch_size):
+            idx = self._order[start : start + batch_size]
+            batch, _ = self.batch(idx)
+            pred[idx] = self.backbone.logits(p, batch, self.scorer).argmax(-1).cpu().numpy()
+        return pred
+
+    def evaluate(self, prompt: torch.Tensor | None, batch_size: int = 64) -> dict[str, float]:
+        return scores(self.predict(prompt, batch_size), self.labels, self.n_labels)
+
+
+def evaluate_prompts(
+    backbone: Backbone,
+    task: TaskData,
+    prompts: Mapping[str, torch.Tensor | None],
+    split: str = "test",
+    batch_size: int = 64,
+    max_length: int = 128,
+    max_examples: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Score every prompt (``None`` = no prompt) on one task with the task's own verbalizer.
+
+    The split is tokenised once and the label scorer built once for all prompts. Returns
+    ``{name: {"accuracy", "macro_f1", "n_examples"}}``.
+    """
+    enc = EncodedSplit(backbone, task, split, max_length, max_examples)
+    out = {}
+    for name, prompt in prompts.items():
+        out[name] = {**enc.evaluate(prompt, batch_size), "n_examples": len(enc)}
+    return out
