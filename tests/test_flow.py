@@ -1,0 +1,254 @@
+"""The transfer_matrix flow end to end on tiny models: tables, idempotence, incrementality,
+S3 storage, bad input. Work is counted by wrapping the training and scoring functions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from prompt_core.config import parse_study
+from tasks.storage import open_storage
+from tasks.tables import duckdb_connect, read_table
+from tests.s3_server import moto_s3_server
+
+POS = ["great", "wonderful", "superb", "lovely", "excellent", "delightful"]
+NEG = ["awful", "terrible", "dreadful", "horrible", "boring", "poor"]
+DEV_EVALS = 3  # dev evaluations per trained prompt in study_dict: steps 0, 2 and 4
+THINGS = ["film", "meal", "phone", "hotel", "book", "show", "car", "song"]
+
+
+def write_task(root: Path, name: str, type_: str, pair: bool = False, n: int = 48) -> Path:
+    """A small keyword task folder (jsonl) with balanced labels."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    labels = ["no", "yes"] if pair else ["negative", "positive"]
+    (d / "task.json").write_text(json.dumps({"name": name, "type": type_,
+                                             "label_names": labels}))
+    for split, size in (("train", n), ("validation", 16), ("test", 16)):
+        rows = []
+        for i in range(size):
+            lab = i % 2
+            word = (POS if lab else NEG)[(i // 2) % 6]
+            thing = THINGS[(i * 7 + len(split) + len(name) + ord(name[-1])) % 8]
+            if pair:
+                rows.append({"text_a": f"the {thing} number {i} was {word}",
+                             "text_b": f"was it {POS[i % 6]}?", "label": lab})
+            else:
+                rows.append({"text_a": f"a {word} {thing}, take {i} of {split}", "text_b": None,
+                             "label": lab})
+        (d / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return d
+
+
+class Counter:
+    """Thread-safe call counter wrapped around a function."""
+
+    def __init__(self, fn):
+        self.fn, self.n, self.lock = fn, 0, threading.Lock()
+
+    def __call__(self, *a, **k):
+        with self.lock:
+            self.n += 1
+        return self.fn(*a, **k)
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    import tasks.units as units
+    from prompt_core.evaluation import EncodedSplit
+
+    train = Counter(units.train_prompt)
+    monkeypatch.setattr(units, "train_prompt", train)
+    score = Counter(EncodedSplit.evaluate)
+    monkeypatch.setattr(units.EncodedSplit, "evaluate", lambda self, *a, **k: score(self, *a, **k))
+    return {"train": train, "score": score}
+
+
+def study_dict(tasks_root: Path, names: list[str], storage: str, model_path: str) -> dict:
+    types = {"pos_a": "sentiment", "pos_b": "sentiment", "pair_c": "nli", "pos_d": "sentiment"}
+    return {
+        "name": "t-study",
+        "storage": storage,
+        "models": [{"kind": "encoder", "name": "tiny", "model_id": model_path}],
+        "tasks": [{"path": str(tasks_root / n), "type": types[n]} for n in names],
+        "training": {"steps": 4, "batch_size": 8, "eval_every": 2, "n_tokens": 4, "lr": 0.05},
+        "evaluation": {"batch_size": 8},
+    }
+
+
+@pytest.fixture(scope="module")
+def tasks_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nlp-tasks")
+    write_task(root, "pos_a", "sentiment")
+    write_task(root, "pos_b", "sentiment")
+    write_task(root, "pair_c", "nli", pair=True)
+    write_task(root, "pos_d", "sentiment")
+    return root
+
+
+def files_under(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file()}
+
+
+def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks_root, tmp_path,
+                                             counters):
+    from flows.transfer_matrix import run_study
+
+    storage = str(tmp_path / "store")
+    three = parse_study(study_dict(tasks_root, ["pos_a", "pos_b", "pair_c"], storage,
+                                   tiny_models["encoder"]))
+    r1 = run_study(three)
+    assert (r1.n_prompts_trained, r1.n_prompts_cached) == (3, 0)
+    # 3 targets x (3 prompts + random + none) cells, 1 seed
+    assert (r1.n_cells_evaluated, r1.n_cells_cached) == (15, 0)
+    assert counters["train"].n == 3
+    # scoring = 3 dev evaluations per trained prompt (steps 0, 2, 4) + matrix cells, where
+    # no-prompt is scored once per target and reused across its seed rows: 3 x (3 + 1 + 1)
+    assert counters["score"].n == 3 * DEV_EVALS + 15
+
+    st = open_storage(storage)
+    ct = read_table(st, "cross_task").to_pandas()
+    assert len(ct) == 30 and set(ct["metric"]) == {"accuracy", "macro_f1"}
+    assert set(ct["source_kind"]) == {"prompt", "random", "none"}
+    diag = ct[(ct["source_task"] == ct["target_task"])]
+    assert len(diag) == 6 and (diag["relative_score"] == 1.0).all()
+    off = ct[(ct["source_kind"] == "prompt") & (ct["source_task"] != ct["target_task"])]
+    assert off["same_type"].tolist().count(True) == 4  # pos_a<->pos_b, both metrics
+    assert (ct["n_examples"] == 16).all() and (ct["study"] == "t-study").all()
+    own = ct[(ct["source_task"] == ct["target_task"]) & (ct["metric"] == "accuracy")]
+    for _, row in ct[ct["metric"] == "accuracy"].iterrows():
+        base = own[own["target_task"] == row["target_task"]]["score"].item()
+        assert row["relative_score"] == pytest.approx(row["score"] / base)
+
+    prompts = read_table(st, "prompts").to_pandas()
+    assert sorted(prompts["task"]) == ["pair_c", "pos_a", "pos_b"]
+    assert (prompts["best_step"] >= 2).all()
+    curves = read_table(st, "training_curves").to_pandas()
+    assert sorted(curves[curves["task"] == "pos_a"]["step"]) == [0, 2, 4]
+    runs = read_table(st, "runs").to_pandas()
+    assert runs["status"].tolist() == ["completed"]
+    from safetensors import safe_open
+
+    for uri in prompts["prompt_uri"]:
+        with safe_open(uri, framework="pt") as f:
+            assert f.get_tensor("prompt").shape == (4, 32)
+            assert json.loads(f.metadata()["prompt_transfer"])["model"] == "tiny"
+    assert Path(r1.heatmaps["tiny"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # rerun: nothing trained, nothing scored, no new table rows, no table file rewritten
+    before = files_under(Path(storage) / "tables")
+    r2 = run_study(three)
+    assert (r2.n_prompts_trained, r2.n_prompts_cached) == (0, 3)
+    assert (r2.n_cells_evaluated, r2.n_cells_cached) == (0, 15)
+    assert counters["train"].n == 3 and counters["score"].n == 3 * DEV_EVALS + 15
+    after = files_under(Path(storage) / "tables")
+    new = set(after) - set(before)
+    assert len(new) == 1 and next(iter(new)).startswith("runs/")  # only the run's own row
+    assert all(after[k] == v for k, v in before.items())
+    assert len(read_table(st, "cross_task")) == 30
+
+    # add a 4th task: one new prompt, its row (3 old targets) and its column (4 + 2 cells)
+    four = parse_study(study_dict(tasks_root, ["pos_a", "pos_b", "pair_c", "pos_d"], storage,
+                                  tiny_models["encoder"]))
+    r3 = run_study(four)
+    assert (r3.n_prompts_trained, r3.n_prompts_cached) == (1, 3)
+    assert (r3.n_cells_evaluated, r3.n_cells_cached) == (3 + 6, 15)
+    assert counters["train"].n == 4
+    # one more prompt's dev evaluations, its row (3) and the new column (4 + random + none)
+    assert counters["score"].n == 4 * DEV_EVALS + 15 + 3 + 6
+    ct = read_table(st, "cross_task").to_pandas()
+    assert len(ct) == 2 * (4 * 6) and not ct.duplicated(["cell_key", "metric"]).any()
+    # relative score of the new prompt on an old target uses the stored own-prompt score
+    acc = ct[ct["metric"] == "accuracy"]
+    cell = acc[(acc["source_task"] == "pos_d") & (acc["target_task"] == "pos_a")].iloc[0]
+    own_a = acc[(acc["source_task"] == "pos_a") & (acc["target_task"] == "pos_a")].iloc[0]
+    assert cell["relative_score"] == pytest.approx(cell["score"] / own_a["score"])
+
+    con = duckdb_connect(st)
+    n = con.execute("select count(*) from cross_task where study = 't-study' and "
+                    "model = 'tiny' and metric = 'accuracy'").fetchone()[0]
+    assert n == 24
+    assert con.execute("select count(*) from runs").fetchone()[0] == 3
+
+
+def test_bad_task_fails_before_training(prefect_harness, tiny_models, tasks_root, tmp_path,
+                                        counters):
+    from flows.transfer_matrix import run_study
+    from prompt_core.data import TaskDataError
+
+    bad = tmp_path / "bad_task"
+    write_task(tmp_path, "bad_task", "sentiment")
+    (bad / "test.jsonl").write_text('{"text_a": "x", "text_b": null, "label": 7}\n')
+    d = study_dict(tasks_root, ["pos_a"], str(tmp_path / "store"), tiny_models["encoder"])
+    d["tasks"].append({"path": str(bad)})
+    with pytest.raises(TaskDataError, match=r"bad_task.*label\(s\) outside 0..1"):
+        run_study(parse_study(d))
+    assert counters["train"].n == 0
+    runs = read_table(open_storage(str(tmp_path / "store")), "runs").to_pandas()
+    assert runs["status"].tolist() == ["failed"]
+    assert len(read_table(open_storage(str(tmp_path / "store")), "prompts")) == 0
+
+
+def test_study_on_s3(prefect_harness, tiny_models, tasks_root, monkeypatch):
+    from flows.transfer_matrix import run_study
+
+    with moto_s3_server() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                     "AWS_DEFAULT_REGION": "us-east-1",
+                     "PROMPT_TRANSFER_S3_ENDPOINT": endpoint}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="pt-results")
+        study = parse_study(study_dict(tasks_root, ["pos_a", "pair_c"], "s3://pt-results/runs",
+                                       tiny_models["encoder"]))
+        r = run_study(study)
+        assert r.storage == "s3://pt-results/runs"
+        assert (r.n_prompts_trained, r.n_cells_evaluated) == (2, 8)
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint)
+                .list_objects_v2(Bucket="pt-results")["Contents"]]
+        assert any(k.startswith("runs/tables/cross_task/study=t-study/model=tiny/part-")
+                   for k in keys)
+        assert any(k.endswith(".safetensors") for k in keys)
+        assert any(k.endswith(".png") for k in keys)
+        con = duckdb_connect(open_storage("s3://pt-results/runs"))
+        rows = con.execute("select target_task, count(*) from cross_task group by 1 "
+                           "order by 1").fetchall()
+        assert rows == [("pair_c", 8), ("pos_a", 8)]
+        assert run_study(study).n_cells_evaluated == 0
+
+
+def test_cli_run_query_validate(prefect_harness, tiny_models, tasks_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    storage = tmp_path / "cli-store"
+    d = study_dict(tasks_root, ["pos_a", "pos_b"], str(storage), tiny_models["encoder"])
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(d))
+    res = runner.invoke(app, ["validate", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "pos_a" in res.output and "valid" in res.output
+    res = runner.invoke(app, ["run", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "prompts trained 2" in res.output
+    res = runner.invoke(app, ["query", "select count(*) as n from cross_task", "--storage",
+                              str(storage), "--format", "csv"])
+    assert res.exit_code == 0 and res.output.strip().splitlines() == ["n", "16"]
+    res = runner.invoke(app, ["query", "select * from nope", "-s", str(storage)])
+    assert res.exit_code == 1 and "query failed" in res.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodels: [{kind: gpt9}]\ntasks: []\n")
+    res = runner.invoke(app, ["run", str(bad)])
+    assert res.exit_code == 2
+    assert "models.0.kind: unknown backbone kind 'gpt9'" in res.output
+    assert "tasks" in res.output
+    res = runner.invoke(app, ["run", "--help"])
+    assert res.exit_code == 0 and "--storage" in res.output and "--workers" in res.output
