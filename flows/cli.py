@@ -14,10 +14,19 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     help="Measure soft-prompt transfer between NLP tasks (Su et al., NAACL 2022) with Prefect "
@@ -36,19 +45,27 @@ StorageOpt = Annotated[
 
 
 class RichReporter:
-    """Progress bars: one per stage, plus a transient bar per running unit."""
+    """Progress bars: one per stage, plus a bar per running unit. Off a terminal (CI, nohup)
+    bars do not redraw, so each finished unit is also logged as a line."""
 
     def __init__(self, progress: Progress):
         self.p = progress
-        self.stages: dict[str, int] = {}
-        self.units: dict[str, int] = {}
+        self.stages: dict[str, tuple[TaskID, int]] = {}  # name -> (bar, total)
+        self.done: dict[str, int] = {}
+        self.units: dict[str, TaskID] = {}
+        self.lines = not progress.console.is_terminal
 
     def stage(self, name: str, total: int) -> None:
-        self.stages[name] = self.p.add_task(f"[bold]{name}", total=total)
+        self.stages[name] = (self.p.add_task(f"[bold]{name}", total=total), total)
+        self.done[name] = 0
 
     def advance(self, name: str, n: int = 1) -> None:
         if name in self.stages:
-            self.p.advance(self.stages[name], n)
+            bar, total = self.stages[name]
+            self.p.advance(bar, n)
+            self.done[name] += n
+            if self.lines:
+                self.p.console.log(f"{name}: {self.done[name]}/{total} done")
 
     def steps(self, label: str, done: int, total: int) -> None:
         if label not in self.units:
@@ -71,8 +88,9 @@ def run(
     study_file: Annotated[Path, typer.Argument(help="Study YAML file (name, storage, models, "
                                                     "tasks; everything else has defaults).")],
     storage: StorageOpt = None,
-    workers: Annotated[int | None, typer.Option(help="Concurrent Prefect task runs (threads); "
-                                                    "default: the study's runner.max_workers.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Concurrent Prefect task runs (threads); default: the study's runner.max_workers."
+    )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run a study: train prompts, evaluate the cross-task matrix, write tables.

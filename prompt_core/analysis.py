@@ -32,7 +32,8 @@ def transfer_summary(df: pd.DataFrame, metric: str = "accuracy") -> dict[str, fl
         return {"n_tasks": 0}
     prompts = d[d["source_kind"] == "prompt"]
     off = prompts[prompts["source_task"] != prompts["target_task"]]
-    own = prompts[prompts["source_task"] == prompts["target_task"]].groupby("target_task")["score"].mean()
+    own = (prompts[prompts["source_task"] == prompts["target_task"]]
+           .groupby("target_task")["score"].mean())
     none = d[d["source_kind"] == "none"].groupby("target_task")["score"].mean()
     both = own.index.intersection(none.index)
 

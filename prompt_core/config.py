@@ -48,14 +48,18 @@ class TrainConfig(_Strict):
     n_tokens: int = Field(20, ge=1, le=512, description="soft prompt length")
     steps: int = Field(150, ge=1, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="training batch size")
-    lr: float | None = Field(None, gt=0, description="learning rate; None = the backbone kind's default")
+    lr: float | None = Field(
+        None, gt=0, description="learning rate; None = the backbone kind's default"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0)")
     eval_every: int = Field(50, ge=1, description="steps between dev evaluations")
     init: Literal["random", "vocab", "text"] = Field("random", description="prompt initialisation")
     init_text: str | None = Field(None, description="text whose token embeddings init the prompt")
     init_std: float = Field(0.02, gt=0, description="std of the random init")
     max_length: int = Field(128, ge=8, description="max tokens of the input text (prompt excluded)")
-    max_dev_examples: int | None = Field(500, ge=1, description="cap on dev examples per evaluation")
+    max_dev_examples: int | None = Field(
+        500, ge=1, description="cap on dev examples per evaluation"
+    )
     select_metric: Literal["accuracy", "macro_f1"] = Field(
         "accuracy", description="dev metric that picks the best checkpoint"
     )
@@ -104,7 +108,8 @@ class ModelConfig(_Strict):
         if self.model_id is None:
             self.model_id = backbone_class(self.kind).default_model_id
         if self.name is None:
-            base = "minilm" if self.model_id == MINILM_ID else self.model_id.rstrip("/").split("/")[-1]
+            base = ("minilm" if self.model_id == MINILM_ID
+                    else self.model_id.rstrip("/").split("/")[-1])
             self.name = re.sub(r"[^A-Za-z0-9_.-]", "-", base)
         _check_name(self.name, "model name")
         return self
@@ -212,10 +217,21 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _resolve_files(files: dict[str, str] | str, base_dir: Path) -> dict[str, str] | str:
+    """Relative local data files resolve from the study file's folder (URLs stay as given)."""
+
+    def one(f: str) -> str:
+        return f if "://" in f or Path(f).is_absolute() else str((base_dir / f).resolve())
+
+    return one(files) if isinstance(files, str) else {k: one(v) for k, v in files.items()}
+
+
 def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) -> StudyConfig:
     """Validate a study dict; resolve relative task paths against ``base_dir``."""
     if not isinstance(data, dict):
-        raise StudyFileError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise StudyFileError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as e:
@@ -224,6 +240,8 @@ def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) 
         for t in study.tasks:
             if t.path and not Path(t.path).is_absolute():
                 t.path = str((base_dir / t.path).resolve())
+            if t.hf is not None and t.hf.data_files is not None:
+                t.hf.data_files = _resolve_files(t.hf.data_files, base_dir)
     return study
 
 

@@ -38,10 +38,10 @@ DEFAULT_LABEL_WORDS: dict[str, str] = {
     "neutral": "maybe",
     "contradiction": "no",
     "not_entailment": "no",
-    "equivalent": "yes",
-    "not_equivalent": "no",
-    "duplicate": "yes",
-    "not_duplicate": "no",
+    "equivalent": "true",
+    "not_equivalent": "false",
+    "duplicate": "true",
+    "not_duplicate": "false",
     "sci/tech": "technology",
 }
 
@@ -67,7 +67,7 @@ class TaskSpec:
 
 @dataclass
 class TaskData:
-    """A task spec with its normalised splits (DataFrames with ``text_a``, ``text_b``, ``label``)."""
+    """A task spec with its normalised splits (DataFrames: ``text_a``, ``text_b``, ``label``)."""
 
     spec: TaskSpec
     splits: dict[str, pd.DataFrame]
@@ -80,7 +80,9 @@ class TaskData:
 
     def split(self, name: str) -> pd.DataFrame:
         if name not in self.splits:
-            raise TaskDataError(f"task {self.name!r} has no split {name!r} (has {list(self.splits)})")
+            raise TaskDataError(
+                f"task {self.name!r} has no split {name!r} (has {list(self.splits)})"
+            )
         return self.splits[name]
 
     @property
@@ -103,7 +105,8 @@ class TaskData:
                 if df is None:
                     continue
                 h.update(s.encode())
-                h.update(pd.util.hash_pandas_object(df[list(COLUMNS)], index=False).values.tobytes())
+                hashed = pd.util.hash_pandas_object(df[list(COLUMNS)], index=False)
+                h.update(hashed.values.tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -135,7 +138,9 @@ def make_spec(
     if not name or not isinstance(name, str):
         raise TaskDataError(f"task name must be a non-empty string{where}")
     if not label_names or len(label_names) < 2:
-        raise TaskDataError(f"task {name!r}{where}: needs at least 2 label_names, got {label_names}")
+        raise TaskDataError(
+            f"task {name!r}{where}: needs at least 2 label_names, got {label_names}"
+        )
     words = tuple(label_words) if label_words else default_label_words(label_names)
     if len(words) != len(label_names):
         raise TaskDataError(

@@ -96,7 +96,9 @@ def init_prompt(kind: str, backbone: Backbone, n_tokens: int, seed: int, **kwarg
 def check_prompt_shape(prompt: torch.Tensor, hidden_size: int, n_tokens: int | None = None,
                        where: str = "prompt") -> None:
     if prompt.ndim != 2:
-        raise PromptFileError(f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}")
+        raise PromptFileError(
+            f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}"
+        )
     if prompt.shape[1] != hidden_size:
         raise PromptFileError(
             f"{where}: hidden size {prompt.shape[1]} does not match the model's {hidden_size}"
@@ -127,7 +129,9 @@ def prompt_from_bytes(data: bytes, where: str = "prompt file") -> tuple[torch.Te
         raise PromptFileError(f"{where}: no tensor named {TENSOR_NAME!r} (has {list(tensors)})")
     prompt = tensors[TENSOR_NAME].float()
     if prompt.ndim != 2:
-        raise PromptFileError(f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}")
+        raise PromptFileError(
+            f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}"
+        )
     if not torch.isfinite(prompt).all():
         raise PromptFileError(f"{where}: contains NaN or infinite values")
     meta: dict = {}

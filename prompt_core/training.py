@@ -59,6 +59,7 @@ def train_prompt(
     total)`` is called after every optimiser step (progress reporting). Same seed, same result.
     """
     lr = lr or cfg.lr or backbone.default_lr
+    backbone.check_lengths(cfg.n_tokens, cfg.max_length)
     torch.manual_seed(seed)
     if init is not None:
         p0 = init_prompt("prompt", backbone, cfg.n_tokens, seed, prompt=init)

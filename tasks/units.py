@@ -203,7 +203,8 @@ def train_prompt_unit(
                                                    model.identity().items()},
         "hidden_size": backbone.hidden_size, "n_tokens": train.n_tokens, "task": info.name,
         "task_type": info.type, "task_fingerprint": info.fingerprint, "seed": seed,
-        "train_config": train.model_dump(), "lr": lr, "config_hash": stable_hash(train.model_dump()),
+        "train_config": train.model_dump(), "lr": lr,
+        "config_hash": stable_hash(train.model_dump()),
         "best_step": result.best_step, "dev_scores": result.best_scores, "study": study,
         "run_id": run_id,
     }
@@ -287,6 +288,7 @@ def evaluate_target_unit(
         return EvalOutcome(model.name, target.name, 0, len(keyed), None)
 
     backbone = get_backbone(model, device)
+    backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = get_nlp_task(target_cfg)
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
                        evaluation.max_examples)

@@ -25,7 +25,9 @@ def backbone_class(kind: str) -> type[Backbone]:
     try:
         return BACKBONES[kind]
     except KeyError:
-        raise ValueError(f"unknown backbone kind {kind!r}; known kinds: {sorted(BACKBONES)}") from None
+        raise ValueError(
+            f"unknown backbone kind {kind!r}; known kinds: {sorted(BACKBONES)}"
+        ) from None
 
 
 def load_backbone(

@@ -95,6 +95,20 @@ class Backbone(ABC):
         """The word embedding table (V, D) the soft prompt lives beside."""
         return self.model.get_input_embeddings()
 
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input (prompt + text tokens) the model's position embeddings allow."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def check_lengths(self, n_tokens: int, max_length: int) -> None:
+        """Fail early, with the numbers, when prompt + text cannot fit the model."""
+        limit = self.max_positions
+        if limit is not None and n_tokens + max_length > limit:
+            raise ValueError(
+                f"{self.model_id}: n_tokens {n_tokens} + max_length {max_length} exceeds the "
+                f"model's {limit} positions; lower one of them"
+            )
+
     def token_type_ids(self, encoding: dict) -> list[int]:
         ids = encoding["input_ids"]
         return encoding.get("token_type_ids") or [0] * len(ids)

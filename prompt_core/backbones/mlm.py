@@ -26,10 +26,16 @@ class MLMBackbone(Backbone):
         model = AutoModelForMaskedLM.from_pretrained(model_id, revision=revision)
         return cls(model, tok, model_id, device, **options)
 
-    def __init__(self, model, tokenizer, model_id, device="cpu"):
+    def __init__(self, model, tokenizer, model_id, device="cpu", **options: Any):
+        if options:
+            raise ValueError(f"backbone kind 'mlm' takes no options, got {sorted(options)}")
         super().__init__(model, tokenizer, model_id, device)
         if tokenizer.mask_token_id is None:
             raise ValueError(f"model {model_id!r}: tokenizer has no mask token; not an MLM")
+        # BERT (bert + cls) and RoBERTa (roberta + lm_head) are a body and one head: run the
+        # head at the mask position only instead of over every position (B x T x V logits).
+        heads = [m for m in model.children() if m is not model.base_model]
+        self._head = heads[0] if len(heads) == 1 and model.base_model is not model else None
         # byte-level BPE (RoBERTa) marks word starts with a leading space
         self._word_prefix = " " if tokenizer.tokenize(" a")[0].startswith("Ġ") else ""
 
@@ -53,6 +59,10 @@ class MLMBackbone(Backbone):
         n = 0 if prompt is None else prompt.shape[0]
         is_mask = batch["input_ids"] == self.tokenizer.mask_token_id  # (B, T)
         pos = is_mask.int().argmax(dim=1) + n  # (B,) first mask, shifted past the prompt
-        hidden = self.model(**kw).logits  # (B, n+T, V)
-        at_mask = hidden[torch.arange(hidden.shape[0]), pos]  # (B, V)
+        rows = torch.arange(pos.shape[0])
+        if self._head is not None:
+            hidden = self.model.base_model(**kw).last_hidden_state  # (B, n+T, D)
+            at_mask = self._head(hidden[rows, pos])  # (B, V)
+        else:
+            at_mask = self.model(**kw).logits[rows, pos]  # (B, V)
         return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)

@@ -3099,7 +3099,7 @@ TASKS: list[dict[str, object]] = [
         "name": "paraphrase_pairs",
         "type": "paraphrase",
         "label_names": ["not_equivalent", "equivalent"],
-        "label_words": ["no", "yes"],
+        "label_words": ["false", "true"],
         "description": (
             "Paraphrase detection: do two sentences on the same topic mean the same thing?"
         ),

@@ -1,0 +1,87 @@
+"""Small builders shared by the prompt_core unit tests (synthetic tasks, task folders)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from prompt_core.data import SPLITS, TaskData, make_spec, normalise_split
+
+FILLER = "the a movie film story day city house car tree river book song game plan idea".split()
+
+
+def keyword_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    """n rows of 6 words; label 1 iff the text contains 'excellent' (else 'terrible'), balanced."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(5)]
+        words.insert(rng.randrange(6), "excellent" if label else "terrible")
+        rows.append({"text_a": " ".join(words), "text_b": None, "label": label})
+    rng.shuffle(rows)
+    return pd.DataFrame(rows)
+
+
+def keyword_task(
+    n_train: int = 64,
+    n_dev: int = 32,
+    label_words: tuple[str, ...] | None = ("terrible", "excellent"),
+    name: str = "keyword",
+) -> TaskData:
+    """A 2-class synthetic task decided by one keyword (the keywords are the label words by
+    default, so even a tiny random encoder can learn a prompt for it)."""
+    spec = make_spec(name, "sentiment", ["negative", "positive"], label_words)
+    sizes = {"train": n_train, "validation": n_dev, "test": n_dev}
+    splits = {
+        s: normalise_split(keyword_rows(sizes[s], seed=i), spec, s, "synthetic")
+        for i, s in enumerate(SPLITS)
+    }
+    return TaskData(spec, splits, source="synthetic")
+
+
+def write_task_folder(
+    folder: Path,
+    meta: dict | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+    fmt: str = "parquet",
+) -> Path:
+    """Write task.json and the three split files (parquet or jsonl) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = meta if meta is not None else {
+        "name": "toy", "type": "sentiment", "label_names": ["negative", "positive"],
+    }
+    (folder / "task.json").write_text(json.dumps(meta))
+    if frames is None:
+        frames = {
+            "train": pd.DataFrame({"text_a": ["good", "bad", "fine", "awful"],
+                                   "text_b": [None, "x", None, "y"], "label": [1, 0, 1, 0]}),
+            "validation": pd.DataFrame({"text_a": ["nice", "poor"], "label": [1, 0]}),
+            "test": pd.DataFrame({"text_a": ["great", "dull", "ok"], "text_b": ["a", "b", "c"],
+                                  "label": [1, 0, 1]}),
+        }
+    for split, df in frames.items():
+        if fmt == "parquet":
+            df.to_parquet(folder / f"{split}.parquet", index=False)
+        else:
+            df.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
+    return folder
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (tiny models are fastest, and immune to a busy machine's
+    OpenMP contention, on one thread); restore the previous count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
