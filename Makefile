@@ -35,12 +35,14 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 
-# Real-data checks and speed ratios (long; not part of `make test`).
+# Real-data checks and speed ratios (needs ../shared/data; not part of `make test`).
 benchmark: install
 	$(BIN)/python -m pytest -q tests/benchmarks -m benchmark -s
+	$(BIN)/python tests/benchmarks/bench_evaluation.py
 
 shared-study: install
 	$(BIN)/prompt-transfer run deployments/studies/shared_tasks.yaml
+	$(BIN)/python tests/benchmarks/transfer_report.py --study shared-tasks
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -53,8 +53,13 @@ class TrainConfig(_Strict):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0)")
     eval_every: int = Field(50, ge=1, description="steps between dev evaluations")
-    init: Literal["random", "vocab", "text"] = Field("random", description="prompt initialisation")
+    init: Literal["random", "vocab", "text", "prompt"] = Field(
+        "random", description="prompt initialisation: random, vocab, text, prompt (a file)"
+    )
     init_text: str | None = Field(None, description="text whose token embeddings init the prompt")
+    init_prompt: str | None = Field(
+        None, description="prompt file (path or URI, .safetensors) to start from (init: prompt)"
+    )
     init_std: float = Field(0.02, gt=0, description="std of the random init")
     max_length: int = Field(128, ge=8, description="max tokens of the input text (prompt excluded)")
     max_dev_examples: int | None = Field(
@@ -65,9 +70,11 @@ class TrainConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _text_init(self):
+    def _init_args(self):
         if self.init == "text" and not self.init_text:
             raise ValueError("init: text needs init_text")
+        if (self.init == "prompt") != (self.init_prompt is not None):
+            raise ValueError("init: prompt and init_prompt (a prompt file) go together")
         return self
 
 
@@ -242,6 +249,8 @@ def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) 
                 t.path = str((base_dir / t.path).resolve())
             if t.hf is not None and t.hf.data_files is not None:
                 t.hf.data_files = _resolve_files(t.hf.data_files, base_dir)
+        if study.training.init_prompt is not None:
+            study.training.init_prompt = _resolve_files(study.training.init_prompt, base_dir)
     return study
 
 

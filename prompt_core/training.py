@@ -63,6 +63,8 @@ def train_prompt(
     torch.manual_seed(seed)
     if init is not None:
         p0 = init_prompt("prompt", backbone, cfg.n_tokens, seed, prompt=init)
+    elif cfg.init == "prompt":
+        raise ValueError("TrainConfig init='prompt' needs the prompt tensor passed as init=")
     else:
         p0 = init_prompt(cfg.init, backbone, cfg.n_tokens, seed, std=cfg.init_std,
                          text=cfg.init_text)

@@ -121,12 +121,31 @@ class EvalOutcome:
 # --- keys -----------------------------------------------------------------------------------
 
 
-def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int) -> str:
-    """Key of a trained prompt: model, NLP task (name + data fingerprint), training config."""
+def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int,
+               init_sha: str | None = None) -> str:
+    """Key of a trained prompt: model, NLP task (name + data fingerprint), training config, and
+    the content hash of the init prompt file when training starts from one."""
     return stable_hash({
         "v": KEY_VERSION, "model": model.identity(), "task": [info.name, info.fingerprint],
         "train": train.model_dump(), "lr": model.learning_rate(train), "seed": seed,
+        "init_sha": init_sha,
     })
+
+
+def read_init_prompt(train: TrainConfig) -> tuple[bytes | None, str | None]:
+    """Bytes and sha256 of ``train.init_prompt`` (a local path or any fsspec URI), if set."""
+    if train.init_prompt is None:
+        return None, None
+    import hashlib
+
+    import fsspec
+
+    try:
+        with fsspec.open(train.init_prompt, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError) as e:
+        raise PromptFileError(f"cannot read init_prompt {train.init_prompt!r}: {e}") from e
+    return data, hashlib.sha256(data).hexdigest()[:16]
 
 
 def random_source_key(train: TrainConfig, seed: int) -> str:
@@ -179,7 +198,8 @@ def train_prompt_unit(
     the ``prompts`` row is written last, so its presence means the unit is complete.
     """
     storage = _storage_cached(storage_root)
-    key = prompt_key(model, info, train, seed)
+    init_bytes, init_sha = read_init_prompt(train)
+    key = prompt_key(model, info, train, seed, init_sha)
     skey = prompt_storage_key(model.name, info.name, key)
     part = {"study": study, "model": model.name}
     existing = read_table(storage, "prompts", filters=part)
@@ -196,7 +216,10 @@ def train_prompt_unit(
     lr = model.learning_rate(train)
     label = f"train {model.name}/{info.name} seed={seed}"
     step_cb = progress.step_callback(label)
-    result = train_prompt(backbone, td, train, seed=seed, lr=lr, on_step=step_cb)
+    init = None
+    if init_bytes is not None:
+        init, _ = prompt_from_bytes(init_bytes, train.init_prompt)
+    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init, on_step=step_cb)
     progress.finish_steps(label)
     meta = {
         "prompt_key": key, "model": model.name, **{f"model_{k}": v for k, v in

@@ -217,3 +217,14 @@ def test_load_nlp_task_hf_parquet(tmp_path, monkeypatch):
     td2 = load_nlp_task(cfg2)
     assert td2.name == "parquet" and td2.spec.label_words == ("yes", "no")
     assert len(td2.split("train")) == 12
+
+
+def test_init_prompt_needs_a_file_and_resolves_from_the_study_folder(tmp_path):
+    with pytest.raises(ValueError, match="init: prompt and init_prompt"):
+        TrainConfig(init="prompt")
+    with pytest.raises(ValueError, match="init: prompt and init_prompt"):
+        TrainConfig(init_prompt="p.safetensors")
+    f = tmp_path / "study.yaml"
+    f.write_text("name: s\nmodels: [{kind: encoder}]\ntasks: [{builtin: movie_sentiment}]\n"
+                 "training: {init: prompt, init_prompt: prompts/p.safetensors}\n")
+    assert load_study(f).training.init_prompt == str(tmp_path / "prompts" / "p.safetensors")

@@ -252,3 +252,44 @@ def test_cli_run_query_validate(prefect_harness, tiny_models, tasks_root, tmp_pa
     assert "tasks" in res.output
     res = runner.invoke(app, ["run", "--help"])
     assert res.exit_code == 0 and "--storage" in res.output and "--workers" in res.output
+
+
+def test_training_from_a_prompt_file(prefect_harness, tiny_models, tasks_root, tmp_path,
+                                     counters):
+    """TPT: a study whose prompts start from an existing prompt file; the file's content is
+    part of the prompt key, and a bad file fails with a clear error before training."""
+    from flows.transfer_matrix import run_study
+    from prompt_core.prompts import PromptFileError, prompt_from_bytes, prompt_to_bytes
+    from tasks.units import read_init_prompt
+
+    storage = str(tmp_path / "store")
+    base = study_dict(tasks_root, ["pos_a"], storage, tiny_models["encoder"])
+    run_study(parse_study(base))
+    src = read_table(open_storage(storage), "prompts").to_pandas()["prompt_uri"].item()
+
+    tpt = dict(base, training={**base["training"], "init": "prompt", "init_prompt": src})
+    r = run_study(parse_study(tpt))
+    assert r.n_prompts_trained == 1 and counters["train"].n == 2
+    rows = read_table(open_storage(storage), "prompts").to_pandas()
+    assert rows["prompt_key"].nunique() == 2  # init file is part of the key
+    curves = read_table(open_storage(storage), "training_curves").to_pandas()
+    step0 = curves[curves["step"] == 0].sort_values("created_at")["dev_accuracy"].tolist()
+    src_best = rows.sort_values("created_at")["dev_accuracy"].iloc[0]
+    assert step0[1] == pytest.approx(src_best)  # starts where the source prompt ended
+
+    # the same content under another name gives the same key; other content another key
+    data, sha = read_init_prompt(parse_study(tpt).training)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(data)
+    assert read_init_prompt(parse_study(dict(tpt, training={
+        **tpt["training"], "init_prompt": str(copy)})).training)[1] == sha
+    p, meta = prompt_from_bytes(data)
+    copy.write_bytes(prompt_to_bytes(p * 2, meta))
+    assert read_init_prompt(parse_study(dict(tpt, training={
+        **tpt["training"], "init_prompt": str(copy)})).training)[1] != sha
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a prompt")
+    with pytest.raises(PromptFileError, match="bad.safetensors: not a valid safetensors"):
+        run_study(parse_study(dict(tpt, training={**tpt["training"], "init_prompt": str(bad)})))
+    assert counters["train"].n == 2

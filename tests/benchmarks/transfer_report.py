@@ -1,0 +1,47 @@
+"""Print a study's headline transfer figures from its tables (the closing-note numbers).
+
+    .venv/bin/python tests/benchmarks/transfer_report.py [--study shared-tasks] [--storage URI]
+
+Per model: own prompt vs no prompt on each task, mean relative score of same-type vs
+different-type off-diagonal pairs, the random- and no-prompt rows, and the accuracy matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from prompt_core.analysis import matrix, transfer_summary
+from tasks.storage import open_storage
+from tasks.tables import read_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default="shared-tasks")
+    ap.add_argument("--storage", default=None)
+    args = ap.parse_args()
+    st = open_storage(args.storage)
+    ct = read_table(st, "cross_task", filters={"study": args.study}).to_pandas()
+    if ct.empty:
+        raise SystemExit(f"no cross_task rows for study {args.study!r} under {st.root}")
+    pd.set_option("display.width", 200)
+    for model, df in ct.groupby("model"):
+        s = transfer_summary(df)
+        print(f"== study {args.study}, model {model}: {s['n_tasks']} tasks")
+        acc = df[df["metric"] == "accuracy"]
+        own = acc[acc["source_task"] == acc["target_task"]].set_index("target_task")["score"]
+        none = acc[acc["source_kind"] == "none"].groupby("target_task")["score"].mean()
+        print(pd.DataFrame({"own_prompt": own, "no_prompt": none,
+                            "gain": own - none}).round(3).to_string())
+        print(f"own prompt beats no prompt on {s['own_beats_none']}/{s['n_tasks']} tasks")
+        print(f"mean relative accuracy, off-diagonal: same type {s['same_type_rel']:.3f} "
+              f"({s['n_same_type_pairs']} pairs), different type {s['diff_type_rel']:.3f} "
+              f"({s['n_diff_type_pairs']} pairs); random prompt {s['random_rel']:.3f}; "
+              f"no prompt {s['none_rel']:.3f}")
+        print(matrix(df, "accuracy", "score").round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
