@@ -180,7 +180,7 @@ def prompt_storage_key(model: str, nlp_task: str, key: str) -> str:
     return f"prompts/{model}/{nlp_task}/{key}.safetensors"
 
 
-@unit_task(task_run_name="train {model.name}/{nlp_task.name} seed={seed}")
+@unit_task(task_run_name="train {model.name}/{info.name} seed={seed}")
 def train_prompt_unit(
     model: ModelConfig,
     nlp_task: TaskConfig,

@@ -112,6 +112,17 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     # no-prompt is scored once per target and reused across its seed rows: 3 x (3 + 1 + 1)
     assert counters["score"].n == 3 * DEV_EVALS + 15
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[r1.run_id])))
+    names = {t.name for t in runs}
+    assert {"prepare pos_a", "train tiny/pos_a seed=0", "train tiny/pair_c seed=0",
+            "evaluate tiny -> pos_b"} <= names
+    assert len(runs) == 3 + 3 + 3  # prepare, train, evaluate: not one task run per cell
+
     st = open_storage(storage)
     ct = read_table(st, "cross_task").to_pandas()
     assert len(ct) == 30 and set(ct["metric"]) == {"accuracy", "macro_f1"}
