@@ -79,3 +79,11 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
         tok.save_pretrained(d)
         paths[name] = str(d)
     return paths
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_models):
+    """The tiny encoder loaded as a backbone (frozen, shared by the tests that only read it)."""
+    from prompt_core.backbones import load_backbone
+
+    return load_backbone("encoder", tiny_models["encoder"])

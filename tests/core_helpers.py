@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -71,17 +69,3 @@ def write_task_folder(
         else:
             df.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
     return folder
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch threads (tiny models are fastest, and immune to a busy machine's
-    OpenMP contention, on one thread); restore the previous count afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

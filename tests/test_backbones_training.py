@@ -22,18 +22,7 @@ from prompt_core.config import TrainConfig
 from prompt_core.evaluation import EncodedSplit, accuracy, evaluate_prompts, macro_f1, scores
 from prompt_core.prompts import init_prompt
 from prompt_core.training import train_prompt
-from tests.core_helpers import keyword_task, torch_threads
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_models):
-    return load_backbone("encoder", tiny_models["encoder"])
+from tests.core_helpers import keyword_task
 
 
 @pytest.fixture(scope="module")

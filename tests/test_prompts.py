@@ -9,7 +9,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from prompt_core.backbones import load_backbone
 from prompt_core.prompts import (
     META_KEY,
     PROMPT_INITS,
@@ -22,18 +21,6 @@ from prompt_core.prompts import (
     prompt_to_bytes,
     save_prompt_file,
 )
-from tests.core_helpers import torch_threads
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_models):
-    return load_backbone("encoder", tiny_models["encoder"])
 
 
 def test_registered_inits():
