@@ -241,6 +241,7 @@ def test_cli_run_query_validate(prefect_harness, tiny_models, tasks_root, tmp_pa
     runner = CliRunner()
     storage = tmp_path / "cli-store"
     d = study_dict(tasks_root, ["pos_a", "pos_b"], str(storage), tiny_models["encoder"])
+    d["runner"] = {"max_workers": 2}  # two units at once share one model and tokenizer
     f = tmp_path / "study.yaml"
     f.write_text(yaml.safe_dump(d))
     res = runner.invoke(app, ["validate", str(f)])

@@ -13,6 +13,7 @@ so a new kind (seq2seq, causal) slots in by implementing these and registering i
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -78,6 +79,8 @@ class Backbone(ABC):
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = torch.device(device)
+        # fast tokenizers raise "Already borrowed" when two threads tokenise at once
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     @abstractmethod
@@ -120,7 +123,8 @@ class Backbone(ABC):
     def encode_many(
         self, text_a: list[str], text_b: list[str | None], max_length: int
     ) -> list[Encoded]:
-        return [self.encode(a, b, max_length) for a, b in zip(text_a, text_b, strict=True)]
+        with self._tokenizer_lock:
+            return [self.encode(a, b, max_length) for a, b in zip(text_a, text_b, strict=True)]
 
     def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
         return pad_batch(items, self.tokenizer.pad_token_id or 0, self.device)

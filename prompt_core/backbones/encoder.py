@@ -65,7 +65,7 @@ class EncoderBackbone(Backbone):
     @torch.no_grad()
     def label_scorer(self, label_words) -> torch.Tensor:
         """Unit-norm label embeddings (K, D) from the frozen model, no prompt."""
-        items = [self.encode(w, None, 32) for w in label_words]
+        items = self.encode_many(list(label_words), [None] * len(label_words), 32)
         batch = self.collate(items)
         out = self.model(**batch).last_hidden_state  # (K, T, D)
         return F.normalize(mean_pool(out, batch["attention_mask"]), dim=-1)

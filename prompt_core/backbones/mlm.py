@@ -48,7 +48,9 @@ class MLMBackbone(Backbone):
         """Token ids of each label word (K lists)."""
         ids = []
         for w in label_words:
-            toks = self.tokenizer(self._word_prefix + w, add_special_tokens=False)["input_ids"]
+            with self._tokenizer_lock:
+                enc = self.tokenizer(self._word_prefix + w, add_special_tokens=False)
+            toks = enc["input_ids"]
             if not toks:
                 raise ValueError(f"label word {w!r} has no tokens in {self.model_id}")
             ids.append(toks)
