@@ -148,18 +148,10 @@ def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult) -> N
                   f"- mean relative score: same-type pairs {summary['same_type_rel']:.3f}, "
                   f"different-type {summary['diff_type_rel']:.3f}, random prompt "
                   f"{summary['random_rel']:.3f}, no prompt {summary['none_rel']:.3f}",
-                  f"- heatmap: {uri}", "", score.to_markdown() if _has_tabulate() else
-                  score.to_string(), ""]
+                  f"- heatmap: {uri}", "", "accuracy (rows: source prompt, columns: target)",
+                  "", "```", score.to_string(), "```", ""]
     create_markdown_artifact("\n".join(lines), key="transfer-matrix-summary",
                              description=f"study {study.name}")
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @flow(name="transfer-matrix", log_prints=True)

@@ -118,6 +118,20 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[r1.run_id])))
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[r1.run_id])))
+    by_type = {}
+    for a in arts:
+        by_type.setdefault(a.type, []).append(a)
+    assert set(by_type) == {"progress", "markdown", "table"}  # a link is a markdown artifact
+    assert by_type["progress"][0].data == 100.0  # every unit reported
+    md = {a.key: a.data for a in by_type["markdown"]}
+    assert "own prompt beats no prompt on" in md["transfer-matrix-summary"]
+    assert "cross_task_tiny.png)" in md["heatmap-tiny"]
+    table = by_type["table"][0].data
+    assert "pos_a" in str(table) and "random" in str(table)
     names = {t.name for t in runs}
     assert {"prepare pos_a", "train tiny/pos_a seed=0", "train tiny/pair_c seed=0",
             "evaluate tiny -> pos_b"} <= names
