@@ -96,7 +96,8 @@ def run(
     """Run a study: train prompts, evaluate the cross-task matrix, write tables.
 
     Reruns skip every unit whose result is already stored. Exit code 0 on success, 1 on a
-    failed run, 2 on an invalid study file.
+    failed run, 2 on invalid input (study file, storage, task data or prompt files), which is
+    checked before any training.
     """
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -120,9 +121,14 @@ def run(
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
     prog.set_reporter(RichReporter(bars))
+    from prompt_core.data import TaskDataError
+    from prompt_core.prompts import PromptFileError
+
     try:
         with bars:
             result = run_study(study, storage=root.root, max_workers=workers)
+    except (TaskDataError, PromptFileError) as e:  # bad input, found before any training
+        _fail(f"invalid input: {e}", 2)
     except Exception as e:  # noqa: BLE001 - the CLI reports and exits non-zero
         _fail(f"run failed: {type(e).__name__}: {e}")
     finally:

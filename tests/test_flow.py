@@ -276,6 +276,14 @@ def test_cli_run_query_validate(prefect_harness, tiny_models, tasks_root, tmp_pa
     assert res.exit_code == 2
     assert "models.0.kind: unknown backbone kind 'gpt9'" in res.output
     assert "tasks" in res.output
+    broken = tmp_path / "broken_task"
+    write_task(tmp_path, "broken_task", "sentiment")
+    (broken / "train.jsonl").write_text('{"text_a": "", "text_b": null, "label": 0}\n')
+    d["tasks"].append({"path": str(broken)})
+    f.write_text(yaml.safe_dump(d))
+    res = runner.invoke(app, ["run", str(f)])
+    assert res.exit_code == 2 and "invalid input" in res.output
+    assert "empty text_a" in res.output
     res = runner.invoke(app, ["run", "--help"])
     assert res.exit_code == 0 and "--storage" in res.output and "--workers" in res.output
 
