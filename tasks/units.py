@@ -338,9 +338,9 @@ def evaluate_target_unit(
         if (rec.prompt_key, seed) in scores:
             for m in ("accuracy", "macro_f1"):
                 own_score[(seed, m)] = scores[(rec.prompt_key, seed)][m]
-        else:
-            rows = existing[(existing["source_prompt_key"] == rec.prompt_key)
-                            & (existing["seed"] == seed)]
+        else:  # stored by an earlier run: the row of this exact cell, not a stale config's
+            own_cell = next(k for k, kind, r, sd in keyed if r is rec and sd == seed)
+            rows = existing[existing["cell_key"] == own_cell]
             for _, r in rows.iterrows():
                 own_score[(seed, r["metric"])] = r["score"]
 

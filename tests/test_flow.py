@@ -201,6 +201,18 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     assert n == 24
     assert con.execute("select count(*) from runs").fetchone()[0] == 3
 
+    # another evaluation config is another set of cells; prompts are reused
+    d = study_dict(tasks_root, ["pos_a", "pos_b", "pair_c", "pos_d"], storage,
+                   tiny_models["encoder"])
+    d["evaluation"]["max_examples"] = 8
+    r4 = run_study(parse_study(d))
+    assert (r4.n_prompts_trained, r4.n_cells_evaluated, r4.n_cells_cached) == (0, 24, 0)
+    ct = read_table(st, "cross_task").to_pandas()
+    small = ct[ct["n_examples"] == 8]
+    assert len(small) == 48
+    diag = small[small["source_task"] == small["target_task"]]
+    assert (diag["relative_score"] == 1.0).all()
+
 
 def test_bad_task_fails_before_training(prefect_harness, tiny_models, tasks_root, tmp_path,
                                         counters):
