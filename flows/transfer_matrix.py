@@ -96,8 +96,8 @@ def _heatmap_png(mat, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * mat.shape[1], 1.0 + 0.5 * mat.shape[0]))
-    im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=max(1.0, float(
-        mat.max().max())))
+    vmax = max(1.0, float(mat.max().max()))
+    im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=vmax)
     ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=45, ha="right")
     ax.set_yticks(range(mat.shape[0]), mat.index)
     ax.set_xlabel("target task")
@@ -106,7 +106,8 @@ def _heatmap_png(mat, title: str) -> bytes:
         for j in range(mat.shape[1]):
             v = mat.iat[i, j]
             if v == v:  # not NaN
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="k" if v > 0.6 * vmax else "w")  # readable on yellow and blue
     fig.colorbar(im, ax=ax, label="relative score")
     ax.set_title(title)
     fig.tight_layout()
