@@ -87,7 +87,9 @@ def _fail(msg: str, code: int = 1) -> None:
 def run(
     study_file: Annotated[Path, typer.Argument(help="Study YAML file (name, storage, models, "
                                                     "tasks; everything else has defaults).")],
-    storage: StorageOpt = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", "-s", help="Storage root URI; overrides the study's `storage`. Without "
+        "either: $PROMPT_TRANSFER_STORAGE, else ./results.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Concurrent Prefect task runs (threads); default: the study's runner.max_workers."
     )] = None,
@@ -190,7 +192,7 @@ def _fmt(v) -> str:
 
 @app.command()
 def tables(storage: StorageOpt = None) -> None:
-    """List the tables with their row counts and locations."""
+    """List the tables with their row counts and partition columns."""
     from tasks.storage import open_storage
     from tasks.tables import TABLES, duckdb_connect
 
