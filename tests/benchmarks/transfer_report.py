@@ -3,7 +3,8 @@
     .venv/bin/python tests/benchmarks/transfer_report.py [--study shared-tasks] [--storage URI]
 
 Per model: own prompt vs no prompt on each task, mean relative score of same-type vs
-different-type off-diagonal pairs, the random- and no-prompt rows, and the accuracy matrix.
+different-type off-diagonal pairs (overall and per target type), the random- and no-prompt
+rows, and the accuracy matrix.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def main() -> None:
               f"({s['n_same_type_pairs']} pairs), different type {s['diff_type_rel']:.3f} "
               f"({s['n_diff_type_pairs']} pairs); random prompt {s['random_rel']:.3f}; "
               f"no prompt {s['none_rel']:.3f}")
+        off = acc[(acc["source_kind"] == "prompt") & (acc["source_task"] != acc["target_task"])]
+        by_type = off.groupby(["target_task_type", "same_type"])["relative_score"].mean()
+        print("mean relative accuracy by target type (columns: source of the same type?)")
+        print(by_type.unstack().round(3).to_string())
         print(matrix(df, "accuracy", "score").round(3).to_string())
 
 
