@@ -185,9 +185,12 @@ def query(
 
 
 def _fmt(v) -> str:
+    """Cell text: floats to 4 places, SQL NULL (None, or NaN after pandas) as empty."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
     if isinstance(v, float):
         return f"{v:.4f}"
-    return "" if v is None else str(v)
+    return str(v)
 
 
 @app.command()
