@@ -339,3 +339,24 @@ def test_training_from_a_prompt_file(prefect_harness, tiny_models, tasks_root, t
     with pytest.raises(PromptFileError, match="bad.safetensors: not a valid safetensors"):
         run_study(parse_study(dict(tpt, training={**tpt["training"], "init_prompt": str(bad)})))
     assert counters["train"].n == 2
+
+
+def test_two_backbone_kinds_in_one_study(prefect_harness, tiny_models, tasks_root, tmp_path):
+    """An encoder and a masked LM side by side: one partition per model, same matrix shape."""
+    from flows.transfer_matrix import run_study
+
+    storage = str(tmp_path / "store")
+    d = study_dict(tasks_root, ["pos_a", "pair_c"], storage, tiny_models["encoder"])
+    d["models"].append({"kind": "mlm", "name": "tinymlm", "model_id": tiny_models["mlm"],
+                        "lr": 0.01})
+    r = run_study(parse_study(d))
+    assert (r.n_prompts_trained, r.n_cells_evaluated) == (4, 16)
+    assert set(r.summaries) == {"tiny", "tinymlm"}
+    st = open_storage(storage)
+    prompts = read_table(st, "prompts", filters={"model": "tinymlm"}).to_pandas()
+    assert set(prompts["backbone_kind"]) == {"mlm"} and (prompts["lr"] == 0.01).all()
+    parts = st.list("tables/cross_task/study=t-study/")
+    assert {p.split("/")[3] for p in parts} == {"model=tiny", "model=tinymlm"}
+    con = duckdb_connect(st)
+    assert con.execute("select model, count(*) from cross_task group by 1 order by 1"
+                       ).fetchall() == [("tiny", 16), ("tinymlm", 16)]
