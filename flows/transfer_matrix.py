@@ -45,7 +45,6 @@ from tasks.units import (  # noqa: E402
     PromptRecord,
     evaluate_target_unit,
     prepare_nlp_task,
-    study_config_json,
     train_prompt_unit,
 )
 
@@ -214,7 +213,7 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         write_part(storage, "runs", [{
             "run_id": run_id, "study": study.name, "flow_run_id": fr_id, "status": result.status,
             "started_at": started, "finished_at": now_utc(), "storage": storage.root,
-            "study_config": study_config_json(study),
+            "study_config": study.model_dump_json(),
             "n_prompts_trained": result.n_prompts_trained,
             "n_prompts_cached": result.n_prompts_cached,
             "n_cells_evaluated": result.n_cells_evaluated,

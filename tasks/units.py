@@ -13,11 +13,10 @@ tables are the cache.
 from __future__ import annotations
 
 import functools
-import json
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -75,9 +74,11 @@ def get_backbone(model: ModelConfig, device: str) -> Backbone:
     return cached_backbone(model.kind, model.model_id, model.revision, device, **model.options)
 
 
-@functools.lru_cache(maxsize=8)
-def _storage_cached(root: str) -> Storage:
-    return open_storage(root)
+def stored_rows(storage: Storage, table: str, partition: dict[str, str], column: str,
+                value: Any) -> pd.DataFrame:
+    """Rows of one table partition whose ``column`` equals ``value``."""
+    df = read_table(storage, table, filters=partition).to_pandas()
+    return df[df[column] == value]
 
 
 # --- records passed between stages (plain, JSON-able) ---------------------------------------
@@ -197,18 +198,17 @@ def train_prompt_unit(
     Writes the prompt (safetensors + .json), then its ``prompts`` and ``training_curves`` rows;
     the ``prompts`` row is written last, so its presence means the unit is complete.
     """
-    storage = _storage_cached(storage_root)
+    storage = open_storage(storage_root)
     init_bytes, init_sha = read_init_prompt(train)
     key = prompt_key(model, info, train, seed, init_sha)
     skey = prompt_storage_key(model.name, info.name, key)
     part = {"study": study, "model": model.name}
-    existing = read_table(storage, "prompts", filters=part)
-    hit = existing.filter(existing_mask(existing, "prompt_key", key)).to_pylist()
-    if hit and storage.exists(skey):
-        row = hit[0]
+    hit = stored_rows(storage, "prompts", part, "prompt_key", key)
+    if len(hit) and storage.exists(skey):
+        row = hit.iloc[0]
         progress.report("train", advance=1)
         return PromptRecord(key, model.name, info.name, info.type, seed, storage.uri(skey), skey,
-                            row["dev_accuracy"], row["dev_macro_f1"], trained=False)
+                            float(row["dev_accuracy"]), float(row["dev_macro_f1"]), trained=False)
 
     logger = get_run_logger()
     backbone = get_backbone(model, device)
@@ -257,12 +257,6 @@ def train_prompt_unit(
                         result.best_scores["accuracy"], result.best_scores["macro_f1"], True)
 
 
-def existing_mask(table, column: str, value: Any):
-    import pyarrow.compute as pc
-
-    return pc.equal(table[column], value)
-
-
 @unit_task(task_run_name="evaluate {model.name} -> {target.name}")
 def evaluate_target_unit(
     model: ModelConfig,
@@ -283,7 +277,7 @@ def evaluate_target_unit(
     once for all its cells. Cells whose key is already in ``cross_task`` are skipped; the new
     cells go into one Parquet part named by the hash of their keys.
     """
-    storage = _storage_cached(storage_root)
+    storage = open_storage(storage_root)
     part = {"study": study, "model": model.name}
     own = {s.seed: s for s in sources if s.nlp_task == target.name}
     missing_own = [s for s in seeds if s not in own]
@@ -302,8 +296,7 @@ def evaluate_target_unit(
     keyed = [(cell_key(model, src, target, evaluation, own[seed].prompt_key, seed),
               kind, rec, seed) for src, kind, rec, seed in plan]
 
-    existing = read_table(storage, "cross_task", filters=part)
-    existing = existing.filter(existing_mask(existing, "target_task", target.name)).to_pandas()
+    existing = stored_rows(storage, "cross_task", part, "target_task", target.name)
     done = set(existing["cell_key"])
     todo = [c for c in keyed if c[0] not in done]
     if not todo:
@@ -365,11 +358,3 @@ def evaluate_target_unit(
     uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c[0] for c in todo)))
     progress.report("evaluate", advance=1)
     return EvalOutcome(model.name, target.name, len(todo), len(keyed) - len(todo), uri)
-
-
-def study_config_json(study: Any) -> str:
-    return json.dumps(study.model_dump(mode="json"), sort_keys=True)
-
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
