@@ -10,6 +10,7 @@ Run it from Python with :func:`run_study` or from the shell with ``prompt-transf
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -154,6 +155,16 @@ def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult) -> N
                              description=f"study {study.name}")
 
 
+def _count_work(result: StudyResult, train_futures: list, eval_futures: list) -> None:
+    """Units done vs reused, from the futures that completed (all of them after a success)."""
+    records: list[PromptRecord] = [f.result() for f in train_futures if f.state.is_completed()]
+    outcomes: list[EvalOutcome] = [f.result() for f in eval_futures if f.state.is_completed()]
+    result.n_prompts_trained = sum(r.trained for r in records)
+    result.n_prompts_cached = len(records) - result.n_prompts_trained
+    result.n_cells_evaluated = sum(o.n_cells_evaluated for o in outcomes)
+    result.n_cells_cached = sum(o.n_cells_cached for o in outcomes)
+
+
 @flow(name="transfer-matrix", log_prints=True)
 def transfer_matrix(study: StudyConfig) -> StudyResult:
     """Cross-task transfer matrix for every model in the study (see module docstring)."""
@@ -169,6 +180,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     n_units = len(study.tasks) * (1 + len(study.models) * (len(study.seeds) + 1))
     progress.clear_listeners()
     progress.add_listener(_StageProgress(n_units))
+    train_futures: list = []
+    eval_futures: list = []
     try:
         # prepare: load + validate every NLP task before any compute
         progress.start_stage("prepare", len(study.tasks))
@@ -183,29 +196,29 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
 
         # train: fan out per model x task x seed
         progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))
-        futures = [
+        train_futures = [
             train_prompt_unit.submit(m, cfg, info, study.training, seed, device=device, **common)
             for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
             for seed in study.seeds
         ]
-        records: list[PromptRecord] = [f.result() for f in futures]
-        result.n_prompts_trained = sum(r.trained for r in records)
-        result.n_prompts_cached = len(records) - result.n_prompts_trained
+        records: list[PromptRecord] = [f.result() for f in train_futures]
 
         # evaluate: one unit per model x target task, all sources inside
         progress.start_stage("evaluate", len(study.models) * len(infos))
-        futures = [
+        eval_futures = [
             evaluate_target_unit.submit(
                 m, cfg, info, [r for r in records if r.model == m.name], study.seeds,
                 study.training, study.evaluation, device=device, **common)
             for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
         ]
-        outcomes: list[EvalOutcome] = [f.result() for f in futures]
-        result.n_cells_evaluated = sum(o.n_cells_evaluated for o in outcomes)
-        result.n_cells_cached = sum(o.n_cells_cached for o in outcomes)
+        for f in eval_futures:
+            f.result()  # raises if a unit failed
+        _count_work(result, train_futures, eval_futures)
         _publish(study, storage, run_id, result)
     except BaseException:
         result.status = "failed"
+        with contextlib.suppress(Exception):  # what finished before the failure, best effort
+            _count_work(result, train_futures, eval_futures)
         raise
     finally:
         result.seconds = time.perf_counter() - t0

@@ -360,3 +360,31 @@ def test_two_backbone_kinds_in_one_study(prefect_harness, tiny_models, tasks_roo
     con = duckdb_connect(st)
     assert con.execute("select model, count(*) from cross_task group by 1 order by 1"
                        ).fetchall() == [("tiny", 16), ("tinymlm", 16)]
+
+
+def test_failed_run_records_the_work_it_finished(prefect_harness, tiny_models, tasks_root,
+                                                 tmp_path, monkeypatch):
+    """An evaluation unit that keeps failing fails the run; the runs row says so and counts
+    the prompts trained before the failure, which a rerun then reuses."""
+    import tasks.units as units
+    from flows.transfer_matrix import run_study
+
+    real = units.stored_rows
+
+    def broken(storage, table, *a, **k):
+        if table == "cross_task":
+            raise RuntimeError("storage went away")
+        return real(storage, table, *a, **k)
+
+    monkeypatch.setattr(units, "stored_rows", broken)
+    storage = str(tmp_path / "store")
+    study = parse_study(study_dict(tasks_root, ["pos_a", "pos_b"], storage,
+                                   tiny_models["encoder"]))
+    with pytest.raises(RuntimeError, match="storage went away"):
+        run_study(study)
+    runs = read_table(open_storage(storage), "runs").to_pandas()
+    assert runs[["status", "n_prompts_trained", "n_cells_evaluated"]].values.tolist() == [
+        ["failed", 2, 0]]
+    monkeypatch.setattr(units, "stored_rows", real)
+    r = run_study(study)
+    assert (r.n_prompts_trained, r.n_prompts_cached, r.n_cells_evaluated) == (0, 2, 8)
