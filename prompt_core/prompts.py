@@ -93,13 +93,14 @@ def init_prompt(kind: str, backbone: Backbone, n_tokens: int, seed: int, **kwarg
     return PROMPT_INITS[kind](backbone, n_tokens, g, **kwargs)
 
 
-def check_prompt_shape(prompt: torch.Tensor, hidden_size: int, n_tokens: int | None = None,
-                       where: str = "prompt") -> None:
+def check_prompt_shape(prompt: torch.Tensor, hidden_size: int | None,
+                       n_tokens: int | None = None, where: str = "prompt") -> None:
+    """A finite (n, D) tensor; D and n checked when given."""
     if prompt.ndim != 2:
         raise PromptFileError(
             f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}"
         )
-    if prompt.shape[1] != hidden_size:
+    if hidden_size is not None and prompt.shape[1] != hidden_size:
         raise PromptFileError(
             f"{where}: hidden size {prompt.shape[1]} does not match the model's {hidden_size}"
         )
@@ -128,12 +129,7 @@ def prompt_from_bytes(data: bytes, where: str = "prompt file") -> tuple[torch.Te
     if TENSOR_NAME not in tensors:
         raise PromptFileError(f"{where}: no tensor named {TENSOR_NAME!r} (has {list(tensors)})")
     prompt = tensors[TENSOR_NAME].float()
-    if prompt.ndim != 2:
-        raise PromptFileError(
-            f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}"
-        )
-    if not torch.isfinite(prompt).all():
-        raise PromptFileError(f"{where}: contains NaN or infinite values")
+    check_prompt_shape(prompt, hidden_size=None, where=where)
     meta: dict = {}
     header = _safetensors_metadata(data)
     if header and META_KEY in header:
