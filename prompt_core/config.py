@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prompt_core.errors import InputError
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -211,7 +213,7 @@ class StudyConfig(_Strict):
         return self
 
 
-class StudyFileError(ValueError):
+class StudyFileError(InputError):
     """The study file is missing, not YAML, or fails validation; the message says where."""
 
 

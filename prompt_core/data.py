@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from prompt_core.errors import InputError
+
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("text_a", "text_b", "label")
 BUILTIN_DIR = Path(__file__).resolve().parent / "demo_tasks"
@@ -46,7 +48,7 @@ DEFAULT_LABEL_WORDS: dict[str, str] = {
 }
 
 
-class TaskDataError(ValueError):
+class TaskDataError(InputError):
     """Raised when task data or its description is malformed; the message names the source."""
 
 

@@ -19,13 +19,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from prompt_core.backbones import Backbone
+from prompt_core.errors import InputError
 
 TENSOR_NAME = "prompt"
 META_KEY = "prompt_transfer"
 FORMAT_VERSION = 1
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InputError):
     """A prompt file is unreadable or does not fit the model it is used with."""
 
 

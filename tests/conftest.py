@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.flow_helpers import Counter, write_task
+
 # Before Prefect is imported anywhere: its own home, no analytics, quiet logs.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="pt-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
@@ -87,3 +89,25 @@ def encoder(tiny_models):
     from prompt_core.backbones import load_backbone
 
     return load_backbone("encoder", tiny_models["encoder"])
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    import tasks.units as units
+    from prompt_core.evaluation import EncodedSplit
+
+    train = Counter(units.train_prompt)
+    monkeypatch.setattr(units, "train_prompt", train)
+    score = Counter(EncodedSplit.evaluate)
+    monkeypatch.setattr(units.EncodedSplit, "evaluate", lambda self, *a, **k: score(self, *a, **k))
+    return {"train": train, "score": score}
+
+
+@pytest.fixture(scope="session")
+def tasks_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nlp-tasks")
+    write_task(root, "pos_a", "sentiment")
+    write_task(root, "pos_b", "sentiment")
+    write_task(root, "pair_c", "nli", pair=True)
+    write_task(root, "pos_d", "sentiment")
+    return root

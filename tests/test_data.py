@@ -374,3 +374,15 @@ def test_paper_tasks_catalogue():
     assert {"sentiment", "nli", "paraphrase"} <= types
     assert PAPER_TASKS["mnli"].label_names == ("entailment", "neutral", "contradiction")
     assert PAPER_TASKS["mrpc"].text_b == "sentence2"
+
+
+def test_shipped_demo_tasks_are_exactly_what_the_generator_writes(tmp_path, capsys):
+    """The generator lives in tests/, the package ships its output: the two must agree."""
+    from prompt_core.data import BUILTIN_DIR as DEMO_DIR
+    from tests.demo_data.build_demo_tasks import main
+
+    main(tmp_path)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 6 * 4
+    for rel in written:
+        assert (tmp_path / rel).read_bytes() == (DEMO_DIR / rel).read_bytes(), rel

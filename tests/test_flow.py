@@ -4,96 +4,16 @@ S3 storage, bad input. Work is counted by wrapping the training and scoring func
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 
 from prompt_core.config import parse_study
 from tasks.storage import open_storage
 from tasks.tables import duckdb_connect, read_table
+from tests.flow_helpers import DEV_EVALS, files_under, study_dict, write_task
 from tests.s3_server import moto_s3_server
-
-POS = ["great", "wonderful", "superb", "lovely", "excellent", "delightful"]
-NEG = ["awful", "terrible", "dreadful", "horrible", "boring", "poor"]
-DEV_EVALS = 3  # dev evaluations per trained prompt in study_dict: steps 0, 2 and 4
-THINGS = ["film", "meal", "phone", "hotel", "book", "show", "car", "song"]
-
-
-def write_task(root: Path, name: str, type_: str, pair: bool = False, n: int = 48) -> Path:
-    """A small keyword task folder (jsonl) with balanced labels."""
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    labels = ["no", "yes"] if pair else ["negative", "positive"]
-    (d / "task.json").write_text(json.dumps({"name": name, "type": type_,
-                                             "label_names": labels}))
-    for split, size in (("train", n), ("validation", 16), ("test", 16)):
-        rows = []
-        for i in range(size):
-            lab = i % 2
-            word = (POS if lab else NEG)[(i // 2) % 6]
-            thing = THINGS[(i * 7 + len(split) + len(name) + ord(name[-1])) % 8]
-            if pair:
-                rows.append({"text_a": f"the {thing} number {i} was {word}",
-                             "text_b": f"was it {POS[i % 6]}?", "label": lab})
-            else:
-                rows.append({"text_a": f"a {word} {thing}, take {i} of {split}", "text_b": None,
-                             "label": lab})
-        (d / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return d
-
-
-class Counter:
-    """Thread-safe call counter wrapped around a function."""
-
-    def __init__(self, fn):
-        self.fn, self.n, self.lock = fn, 0, threading.Lock()
-
-    def __call__(self, *a, **k):
-        with self.lock:
-            self.n += 1
-        return self.fn(*a, **k)
-
-
-@pytest.fixture
-def counters(monkeypatch):
-    import tasks.units as units
-    from prompt_core.evaluation import EncodedSplit
-
-    train = Counter(units.train_prompt)
-    monkeypatch.setattr(units, "train_prompt", train)
-    score = Counter(EncodedSplit.evaluate)
-    monkeypatch.setattr(units.EncodedSplit, "evaluate", lambda self, *a, **k: score(self, *a, **k))
-    return {"train": train, "score": score}
-
-
-def study_dict(tasks_root: Path, names: list[str], storage: str, model_path: str) -> dict:
-    types = {"pos_a": "sentiment", "pos_b": "sentiment", "pair_c": "nli", "pos_d": "sentiment"}
-    return {
-        "name": "t-study",
-        "storage": storage,
-        "models": [{"kind": "encoder", "name": "tiny", "model_id": model_path}],
-        "tasks": [{"path": str(tasks_root / n), "type": types[n]} for n in names],
-        "training": {"steps": 4, "batch_size": 8, "eval_every": 2, "n_tokens": 4, "lr": 0.05},
-        "evaluation": {"batch_size": 8},
-    }
-
-
-@pytest.fixture(scope="module")
-def tasks_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nlp-tasks")
-    write_task(root, "pos_a", "sentiment")
-    write_task(root, "pos_b", "sentiment")
-    write_task(root, "pair_c", "nli", pair=True)
-    write_task(root, "pos_d", "sentiment")
-    return root
-
-
-def files_under(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file()}
 
 
 def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks_root, tmp_path,
@@ -257,47 +177,6 @@ def test_study_on_s3(prefect_harness, tiny_models, tasks_root, monkeypatch):
                            "order by 1").fetchall()
         assert rows == [("pair_c", 8), ("pos_a", 8)]
         assert run_study(study).n_cells_evaluated == 0
-
-
-def test_cli_run_query_validate(prefect_harness, tiny_models, tasks_root, tmp_path):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
-    runner = CliRunner()
-    storage = tmp_path / "cli-store"
-    d = study_dict(tasks_root, ["pos_a", "pos_b"], str(storage), tiny_models["encoder"])
-    d["runner"] = {"max_workers": 2}  # two units at once share one model and tokenizer
-    f = tmp_path / "study.yaml"
-    f.write_text(yaml.safe_dump(d))
-    res = runner.invoke(app, ["validate", str(f)])
-    assert res.exit_code == 0, res.output
-    assert "pos_a" in res.output and "valid" in res.output
-    res = runner.invoke(app, ["run", str(f)])
-    assert res.exit_code == 0, res.output
-    assert "prompts trained 2" in res.output
-    res = runner.invoke(app, ["query", "select count(*) as n from cross_task", "--storage",
-                              str(storage), "--format", "csv"])
-    assert res.exit_code == 0 and res.output.strip().splitlines() == ["n", "16"]
-    res = runner.invoke(app, ["query", "select * from nope", "-s", str(storage)])
-    assert res.exit_code == 1 and "query failed" in res.output
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodels: [{kind: gpt9}]\ntasks: []\n")
-    res = runner.invoke(app, ["run", str(bad)])
-    assert res.exit_code == 2
-    assert "models.0.kind: unknown backbone kind 'gpt9'" in res.output
-    assert "tasks" in res.output
-    broken = tmp_path / "broken_task"
-    write_task(tmp_path, "broken_task", "sentiment")
-    (broken / "train.jsonl").write_text('{"text_a": "", "text_b": null, "label": 0}\n')
-    d["tasks"].append({"path": str(broken)})
-    f.write_text(yaml.safe_dump(d))
-    res = runner.invoke(app, ["run", str(f)])
-    assert res.exit_code == 2 and "invalid input" in res.output
-    assert "empty text_a" in res.output
-    res = runner.invoke(app, ["run", "--help"])
-    assert res.exit_code == 0 and "--storage" in res.output and "--workers" in res.output
 
 
 def test_training_from_a_prompt_file(prefect_harness, tiny_models, tasks_root, tmp_path,

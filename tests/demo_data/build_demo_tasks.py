@@ -1,5 +1,8 @@
 """Build the built-in demo tasks shipped inside ``prompt_core/demo_tasks``.
 
+This generator lives with the tests, not in the library: the package ships only its output;
+``tests/test_data.py`` checks that the shipped files are exactly what it writes.
+
 This script is the single source of truth for the six small classification data sets that
 prompt-transfer ships as built-in demo tasks (``movie_sentiment``, ``product_sentiment``,
 ``everyday_nli``, ``fact_nli``, ``paraphrase_pairs`` and ``news_topic``).  All text below was
@@ -24,7 +27,7 @@ Each task folder gets ``task.json`` plus ``train.jsonl`` (160 rows), ``validatio
 (40) and ``test.jsonl`` (60).  Labels are as balanced as the class count allows in every
 split and rows are shuffled with a fixed seed.  Run
 
-    python prompt_core/demo_tasks/build_demo_tasks.py
+    python -m tests.demo_data.build_demo_tasks            # or: ... --out DIR
 
 to regenerate every file byte for byte.  Data lines that are indented continue the line
 above them (this keeps the source within the project's line-length limit).
@@ -38,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SEED = 20240611
-OUT_DIR = Path(__file__).resolve().parent
+OUT_DIR = Path(__file__).resolve().parents[2] / "prompt_core" / "demo_tasks"
 SPLITS: tuple[tuple[str, int], ...] = (("train", 160), ("validation", 40), ("test", 60))
 PROVENANCE = (
     "written for the prompt-transfer project (built-in demo task); "
@@ -3145,7 +3148,7 @@ def _check(name: str, n_labels: int, pair_task: bool, splits: dict[str, list[Row
             assert split_of_text_a.setdefault(text_a, split) == split, (name, text_a)
 
 
-def main() -> None:
+def main(out_dir: Path = OUT_DIR) -> None:
     all_texts_unique = {"movie_sentiment", "product_sentiment", "paraphrase_pairs", "news_topic"}
     for task in TASKS:
         name = str(task["name"])
@@ -3165,7 +3168,7 @@ def main() -> None:
             ]
             assert len(texts) == len(set(texts)), f"{name}: a sentence occurs twice"
 
-        folder = OUT_DIR / name
+        folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         meta = {key: value for key, value in task.items() if key != "build"}
         meta["provenance"] = PROVENANCE
@@ -3176,8 +3179,13 @@ def main() -> None:
                 for row in splits[split]:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         sizes = ", ".join(f"{split}={len(splits[split])}" for split, _ in SPLITS)
-        print(f"wrote {folder.relative_to(OUT_DIR.parent.parent)}: {sizes}")
+        print(f"wrote {folder}: {sizes}")
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the built-in demo task folders.")
+    ap.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: the "
+                    "package's demo_tasks)")
+    main(ap.parse_args().out)
