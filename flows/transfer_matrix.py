@@ -39,11 +39,12 @@ from prompt_core.analysis import matrix, transfer_summary  # noqa: E402
 from prompt_core.config import StudyConfig, load_study  # noqa: E402
 from tasks import progress  # noqa: E402
 from tasks.storage import open_storage  # noqa: E402
-from tasks.tables import now_utc, read_table, write_part  # noqa: E402
+from tasks.tables import RunKeyRow, RunRow, now_utc, read_table, write_part  # noqa: E402
 from tasks.units import (  # noqa: E402
     EvalOutcome,
     NlpTaskInfo,
-    PromptRecord,
+    RunContext,
+    TrainOutcome,
     evaluate_target_unit,
     prepare_nlp_task,
     train_prompt_unit,
@@ -117,18 +118,34 @@ def _heatmap_png(mat, title: str) -> bytes:
     return buf.getvalue()
 
 
-def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult) -> None:
-    """Markdown summary, matrix table and heatmap per model (image in storage, linked)."""
+def run_cells(storage, study: str, model: str, cell_keys: list[str]):
+    """Exactly the ``cross_task`` rows of ``cell_keys`` (one per key and metric, the newest if
+    a cell was ever written twice), as a DataFrame; an error if any is missing."""
+    df = read_table(storage, "cross_task", filters={"study": study, "model": model}).to_pandas()
+    df = df[df["cell_key"].isin(set(cell_keys))]
+    df = (df.sort_values("created_at").drop_duplicates(["cell_key", "metric"], keep="last")
+          .reset_index(drop=True))
+    missing = set(cell_keys) - set(df["cell_key"])
+    if missing:
+        raise RuntimeError(f"{len(missing)} cell(s) of this run are not in cross_task "
+                           f"(study {study}, model {model}), e.g. {sorted(missing)[:3]}")
+    return df
+
+
+def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult,
+             cells_by_model: dict[str, list[str]]) -> None:
+    """Markdown summary, matrix table and heatmap per model, computed from exactly the cells
+    this run covered (not every row of the partition: older configurations stay out)."""
     lines = [f"# Transfer matrix: study `{study.name}`", "",
              f"run `{run_id}`, storage `{storage.root}`", "",
              f"- prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}",
              f"- matrix cells evaluated {result.n_cells_evaluated}, reused "
              f"{result.n_cells_cached}", ""]
     for m in study.models:
-        df = read_table(storage, "cross_task", filters={"study": study.name, "model": m.name})
-        df = df.to_pandas()
-        if df.empty:
+        keys = cells_by_model.get(m.name, [])
+        if not keys:
             continue
+        df = run_cells(storage, study.name, m.name, keys)
         summary = transfer_summary(df)
         result.summaries[m.name] = summary
         rel = matrix(df, "accuracy", "relative_score")
@@ -155,14 +172,32 @@ def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult) -> N
                              description=f"study {study.name}")
 
 
-def _count_work(result: StudyResult, train_futures: list, eval_futures: list) -> None:
-    """Units done vs reused, from the futures that completed (all of them after a success)."""
-    records: list[PromptRecord] = [f.result() for f in train_futures if f.state.is_completed()]
-    outcomes: list[EvalOutcome] = [f.result() for f in eval_futures if f.state.is_completed()]
-    result.n_prompts_trained = sum(r.trained for r in records)
-    result.n_prompts_cached = len(records) - result.n_prompts_trained
-    result.n_cells_evaluated = sum(o.n_cells_evaluated for o in outcomes)
-    result.n_cells_cached = sum(o.n_cells_cached for o in outcomes)
+def _completed(futures: list) -> list:
+    return [f.result() for f in futures if f.state.is_completed()]
+
+
+def _count_work(result: StudyResult, trained: list[TrainOutcome],
+                evaluated: list[EvalOutcome]) -> None:
+    """Units done vs reused."""
+    result.n_prompts_trained = sum(o.trained for o in trained)
+    result.n_prompts_cached = len(trained) - result.n_prompts_trained
+    result.n_cells_evaluated = sum(o.n_cells_evaluated for o in evaluated)
+    result.n_cells_cached = sum(o.n_cells_cached for o in evaluated)
+
+
+def _write_run_keys(storage, ctx: RunContext, trained: list[TrainOutcome],
+                    evaluated: list[EvalOutcome]) -> None:
+    """The run's membership: every prompt and cell key it covered, one part per model."""
+    now = now_utc()
+    by_model: dict[str, list[RunKeyRow]] = {}
+    for o in trained:
+        by_model.setdefault(o.row.model, []).append(
+            RunKeyRow(ctx.run_id, ctx.study, o.row.model, "prompts", o.row.prompt_key, now))
+    for e in evaluated:
+        by_model.setdefault(e.model, []).extend(
+            RunKeyRow(ctx.run_id, ctx.study, e.model, "cross_task", k, now) for k in e.cell_keys)
+    for rows in by_model.values():
+        write_part(storage, "run_keys", rows, ctx.run_id)
 
 
 @flow(name="transfer-matrix", log_prints=True)
@@ -175,8 +210,7 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     storage = open_storage(study.storage)
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
-    device = study.runner.device
-    common = {"storage_root": storage.root, "study": study.name, "run_id": run_id}
+    ctx = RunContext(storage.root, study.name, run_id, study.runner.device)
     n_units = len(study.tasks) * (1 + len(study.models) * (len(study.seeds) + 1))
     progress.clear_listeners()
     progress.add_listener(_StageProgress(n_units))
@@ -197,42 +231,47 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         # train: fan out per model x task x seed
         progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))
         train_futures = [
-            train_prompt_unit.submit(m, cfg, info, study.training, seed, device=device, **common)
+            train_prompt_unit.submit(ctx, m, cfg, info, study.training, seed)
             for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
             for seed in study.seeds
         ]
-        records: list[PromptRecord] = [f.result() for f in train_futures]
+        prompts = [f.result().row for f in train_futures]
 
-        # evaluate: one unit per model x target task, all sources inside
+        # evaluate: one unit per model x target task, all sources inside; the target's own
+        # prompt (per seed) is passed explicitly as the denominator of relative_score
         progress.start_stage("evaluate", len(study.models) * len(infos))
-        eval_futures = [
-            evaluate_target_unit.submit(
-                m, cfg, info, [r for r in records if r.model == m.name], study.seeds,
-                study.training, study.evaluation, device=device, **common)
-            for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
-        ]
-        for f in eval_futures:
-            f.result()  # raises if a unit failed
-        _count_work(result, train_futures, eval_futures)
-        _publish(study, storage, run_id, result)
+        eval_futures = []
+        for m in study.models:
+            sources = [p for p in prompts if p.model == m.name]
+            for cfg, info in zip(study.tasks, infos, strict=True):
+                own = {p.seed: p for p in sources if p.task == info.name}
+                eval_futures.append(evaluate_target_unit.submit(
+                    ctx, m, cfg, info, own, sources, study.training, study.evaluation))
+        evaluated = [f.result() for f in eval_futures]  # raises if a unit failed
+        _count_work(result, _completed(train_futures), evaluated)
+        _write_run_keys(storage, ctx, _completed(train_futures), evaluated)
+        cells = {}
+        for e in evaluated:
+            cells.setdefault(e.model, []).extend(e.cell_keys)
+        _publish(study, storage, run_id, result, cells)
     except BaseException:
         result.status = "failed"
         with contextlib.suppress(Exception):  # what finished before the failure, best effort
-            _count_work(result, train_futures, eval_futures)
+            trained, evaluated = _completed(train_futures), _completed(eval_futures)
+            _count_work(result, trained, evaluated)
+            _write_run_keys(storage, ctx, trained, evaluated)
         raise
     finally:
         result.seconds = time.perf_counter() - t0
         progress.clear_listeners()
-        write_part(storage, "runs", [{
-            "run_id": run_id, "study": study.name, "flow_run_id": fr_id, "status": result.status,
-            "started_at": started, "finished_at": now_utc(), "storage": storage.root,
-            "study_config": study.model_dump_json(),
-            "n_prompts_trained": result.n_prompts_trained,
-            "n_prompts_cached": result.n_prompts_cached,
-            "n_cells_evaluated": result.n_cells_evaluated,
-            "n_cells_cached": result.n_cells_cached,
-            "prefect_version": prefect.__version__, "package_version": _package_version(),
-        }], run_id)
+        write_part(storage, "runs", [RunRow(
+            run_id=run_id, study=study.name, flow_run_id=fr_id, status=result.status,
+            started_at=started, finished_at=now_utc(), storage=storage.root,
+            study_config=study.model_dump_json(), n_prompts_trained=result.n_prompts_trained,
+            n_prompts_cached=result.n_prompts_cached,
+            n_cells_evaluated=result.n_cells_evaluated, n_cells_cached=result.n_cells_cached,
+            prefect_version=prefect.__version__, package_version=_package_version(),
+        )], run_id)
     return result
 
 

@@ -1,4 +1,9 @@
-"""Summaries of a cross-task matrix (a DataFrame shaped like the ``cross_task`` table)."""
+"""Summaries of a cross-task matrix (a DataFrame shaped like the ``cross_task`` table).
+
+The input must be the cells of one configuration (e.g. one run's cells, or the
+``current_cross_task`` view): a cell that appears twice means rows of several configurations
+were mixed, and averaging them would publish figures no run produced, so it is an error.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,31 @@ import numpy as np
 import pandas as pd
 
 
+CELL_ID = ["source_kind", "source_task", "target_task", "seed", "metric"]
+
+
+class MixedCellsError(ValueError):
+    """The rows hold some cell more than once (several configurations mixed)."""
+
+
+def check_one_configuration(df: pd.DataFrame) -> None:
+    """Raise MixedCellsError if a (source, target, seed, metric) cell occurs twice."""
+    dup = df[df.duplicated(CELL_ID, keep=False)]
+    if len(dup):
+        r = dup.iloc[0]
+        raise MixedCellsError(
+            f"{len(dup)} rows repeat a cell (e.g. source {r['source_kind']}:"
+            f"{r['source_task']} -> target {r['target_task']}, seed {r['seed']}, "
+            f"{r['metric']}): rows of more than one configuration; select one run's cells "
+            "(the current_cross_task view, or a run's keys in run_keys)")
+
+
 def matrix(df: pd.DataFrame, metric: str = "accuracy", value: str = "score") -> pd.DataFrame:
     """Pivot to rows = source (task name, ``random`` or ``none``), columns = target task.
 
     Seeds are averaged. Rows are ordered: trained sources in column order, then random, none.
     """
+    check_one_configuration(df)
     d = df[df["metric"] == metric].copy()
     d["source"] = np.where(d["source_kind"] == "prompt", d["source_task"], d["source_kind"])
     m = d.pivot_table(index="source", columns="target_task", values=value, aggfunc="mean")
@@ -27,6 +52,7 @@ def transfer_summary(df: pd.DataFrame, metric: str = "accuracy") -> dict[str, fl
     * ``same_type_rel`` / ``diff_type_rel``: mean relative score of off-diagonal pairs whose
       source and target share / differ in task type; ``random_rel`` / ``none_rel`` likewise.
     """
+    check_one_configuration(df)
     d = df[df["metric"] == metric]
     if d.empty:
         return {"n_tasks": 0}

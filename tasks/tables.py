@@ -1,19 +1,29 @@
-"""Result tables: hive-partitioned Parquet under ``<root>/tables/<table>/``, plus DuckDB views."""
+"""Result tables: hive-partitioned Parquet under ``<root>/tables/<table>/``, plus DuckDB views.
+
+Each table's row is defined once, as a dataclass (``PromptRow``, ``CellRow``...): the Arrow
+schema is derived from its annotations, the pipeline builds rows as instances, and the same
+instances travel between stages. One Parquet part per unit of work, named by the unit's key:
+a unit checks its own part (or its own partition directory), never the whole table.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tasks.storage import Storage
+from tasks.storage import Storage, StorageError
 
 TABLES_PREFIX = "tables"
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -24,6 +34,10 @@ INT64 = pa.int64()
 FLOAT64 = pa.float64()
 BOOL = pa.bool_()
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+QUARANTINE_PREFIX = "_quarantine"
+_ARROW_TYPES: dict[Any, pa.DataType] = {
+    str: STRING, int: INT64, float: FLOAT64, bool: BOOL, dt.datetime: TIMESTAMP,
+}
 
 
 def now_utc() -> dt.datetime:
@@ -57,6 +71,21 @@ class TableSpec:
                 )
         if self.key_column is not None and self.key_column not in names:
             raise ValueError(f"table {self.name!r}: key column {self.key_column!r} not in schema")
+
+    @classmethod
+    def from_row(cls, name: str, row: type, partition_by: tuple[str, ...],
+                 key_column: str | None, description: str) -> TableSpec:
+        """A spec whose schema is ``row``'s dataclass fields in order: ``str``, ``int``,
+        ``float``, ``bool``, ``datetime``; ``X | None`` makes the column nullable."""
+        hints = typing.get_type_hints(row)
+        fields = []
+        for f in dataclasses.fields(row):
+            t, nullable = hints[f.name], False
+            if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+                args = [a for a in typing.get_args(t) if a is not type(None)]
+                t, nullable = args[0], len(args) < len(typing.get_args(t))
+            fields.append(pa.field(f.name, _ARROW_TYPES[t], nullable=nullable))
+        return cls(name, pa.schema(fields), partition_by, key_column, description)
 
     @property
     def file_columns(self) -> list[str]:
@@ -219,10 +248,35 @@ def serialize_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def to_arrow(spec: TableSpec | str, rows: Iterable[Any] | pa.Table) -> pa.Table:
+    """Rows (dataclass instances, mappings or an Arrow table) as a table with the spec's schema.
+
+    Dataclass rows are typed by construction and go through ``pa.Table.from_pylist`` in one
+    call; mappings and Arrow tables are checked column by column (ValueError naming the
+    column). Either way required columns may not be null.
+    """
+    spec = get_table(spec)
+    if isinstance(rows, pa.Table):
+        return conform(spec, rows)
+    rows = list(rows)
+    if rows and all(dataclasses.is_dataclass(r) for r in rows):
+        dicts = [dataclasses.asdict(r) for r in rows]
+        names = set(spec.schema.names)
+        if any(d.keys() != names for d in dicts):
+            return conform(spec, dicts)
+        table = pa.Table.from_pylist(dicts, schema=spec.schema)
+        for field in spec.schema:
+            if not field.nullable and table.column(field.name).null_count:
+                raise ValueError(f"table {spec.name!r}: column {field.name!r} is required but "
+                                 f"has {table.column(field.name).null_count} null value(s)")
+        return table
+    return conform(spec, rows)
+
+
 def write_part(
     storage: Storage,
     table: str,
-    rows: Iterable[Mapping[str, Any]] | pa.Table,
+    rows: Iterable[Any] | pa.Table,
     part_key: str,
 ) -> str:
     """Write rows (one partition) to ``tables/<table>/<p>=<v>/.../part-<part_key>.parquet``.
@@ -233,7 +287,7 @@ def write_part(
     """
     spec = get_table(table)
     check_partition_value(part_key, "part_key")
-    data = conform(spec, rows)
+    data = to_arrow(spec, rows)
     if data.num_rows == 0:
         raise ValueError(f"table {spec.name!r}: refusing to write an empty part")
     values: dict[str, str] = {}
@@ -253,21 +307,6 @@ def write_part(
 # -- reading --------------------------------------------------------------------------------
 
 
-def _parse_partitions(spec: TableSpec, key: str) -> dict[str, str]:
-    dirs = key.split("/")[2:-1]
-    if len(dirs) != len(spec.partition_by):
-        raise ValueError(f"table {spec.name!r}: unexpected file location {key!r}")
-    values = {}
-    for col, part in zip(spec.partition_by, dirs, strict=True):
-        name, sep, value = part.partition("=")
-        if not sep or name != col:
-            raise ValueError(
-                f"table {spec.name!r}: expected partition directory '{col}=...' in {key!r}"
-            )
-        values[col] = value
-    return values
-
-
 def _check_filters(spec: TableSpec, filters: Mapping[str, str] | None) -> dict[str, str]:
     filters = dict(filters or {})
     for col, value in filters.items():
@@ -280,43 +319,53 @@ def _check_filters(spec: TableSpec, filters: Mapping[str, str] | None) -> dict[s
     return filters
 
 
+def _parse_partitions(spec: TableSpec, key: str) -> dict[str, str] | None:
+    """Partition values of a part key, or None when the key is not laid out like the spec."""
+    dirs = key.split("/")[2:-1]
+    if len(dirs) != len(spec.partition_by):
+        return None
+    values = {}
+    for col, part in zip(spec.partition_by, dirs, strict=True):
+        name, sep, value = part.partition("=")
+        if not sep or name != col:
+            return None
+        values[col] = value
+    return values
+
+
 def list_parts(
     storage: Storage, table: str, filters: Mapping[str, str] | None = None
 ) -> list[tuple[str, dict[str, str]]]:
-    """Sorted (key, partition values) of the table's part files matching ``filters``."""
+    """Sorted (key, partition values) of the table's part files matching ``filters``.
+
+    Only the directory of the leading filtered partition columns is listed. Files laid out
+    otherwise (not ``<col>=<value>/`` per partition column) are not parts and are skipped.
+    """
     spec = get_table(table)
     filters = _check_filters(spec, filters)
     out = []
     for key in storage.list(partition_prefix(spec, filters), suffix=".parquet"):
         values = _parse_partitions(spec, key)
-        if all(values[c] == v for c, v in filters.items()):
+        if values is not None and all(values[c] == v for c, v in filters.items()):
             out.append((key, values))
     return out
 
 
-def _read_one(
-    storage: Storage, spec: TableSpec, key: str, values: dict[str, str], columns: list[str]
-) -> pa.Table:
-    with storage.fs.open(storage.path(key), "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        present = set(pf.schema_arrow.names)
-        wanted = [c for c in columns if c not in spec.partition_by and c in present]
-        data = pf.read(columns=wanted)
-    n = data.num_rows
-    arrays = []
-    for name in columns:
-        field = spec.schema.field(name)
-        if name in spec.partition_by:
-            arrays.append(pa.array([values[name]] * n, type=field.type))
-        elif name in present:
-            arrays.append(_arrow_column(spec, field, data.column(name)))
-        elif field.nullable:
-            arrays.append(pa.nulls(n, type=field.type))
-        else:
-            raise ValueError(
-                f"table {spec.name!r}: {storage.uri(key)} lacks required column {name!r}"
-            )
-    return pa.Table.from_arrays(arrays, schema=pa.schema([spec.schema.field(c) for c in columns]))
+def _partitioning(spec: TableSpec) -> ds.Partitioning:
+    return ds.partitioning(pa.schema([spec.schema.field(c) for c in spec.partition_by]),
+                           flavor="hive")
+
+
+def dataset(storage: Storage, table: str, filters: Mapping[str, str] | None = None
+            ) -> ds.Dataset:
+    """The table's parts as one ``pyarrow.dataset`` with the spec schema (partition columns
+    from the hive paths, columns a file lacks read as null). Opening lists files only; a
+    damaged file fails when scanned, with its path in the error."""
+    spec = get_table(table)
+    paths = [storage.path(k) for k, _ in list_parts(storage, spec.name, filters)]
+    return ds.dataset(paths, schema=spec.schema, format="parquet", filesystem=storage.fs,
+                      partitioning=_partitioning(spec),
+                      partition_base_dir=storage.path(spec.prefix()))
 
 
 def read_table(
@@ -328,21 +377,73 @@ def read_table(
     """All parts as one table with the spec schema (partition columns restored from paths).
 
     ``filters`` are equalities on partition columns; ``columns`` selects columns (in the given
-    order). No parts gives an empty table with the schema.
+    order). No parts gives an empty table with the schema. A damaged part raises
+    StorageError naming it (``prompt-transfer verify`` lists them all).
     """
     spec = get_table(table)
     cols = list(spec.schema.names if columns is None else columns)
     unknown = [c for c in cols if c not in spec.schema.names]
     if unknown:
         raise ValueError(f"table {spec.name!r}: unknown columns {unknown}")
-    schema = pa.schema([spec.schema.field(c) for c in cols])
-    parts = [
-        _read_one(storage, spec, key, values, cols)
-        for key, values in list_parts(storage, spec.name, filters)
-    ]
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts)
+    try:
+        return dataset(storage, spec.name, filters).to_table(columns=cols)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise StorageError(f"table {spec.name!r} under {storage.root} has an unreadable "
+                           f"part: {exc} (run `prompt-transfer verify`)") from exc
+
+
+def read_part(storage: Storage, table: str, key: str) -> pa.Table:
+    """One part file (by its storage key) with the spec schema; StorageError when it is
+    missing or damaged (0 bytes, truncated, not Parquet, wrong columns)."""
+    spec = get_table(table)
+    values = _parse_partitions(spec, key)
+    if values is None:
+        raise StorageError(f"{storage.uri(key)} is not a part of table {spec.name!r}")
+    data = storage.read_bytes(key)
+    try:
+        body = pq.read_table(pa.BufferReader(data))
+        body = _with_partitions(spec, body, values)  # partition columns from the path
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
+        raise StorageError(f"damaged part {storage.uri(key)}: {exc}") from exc
+    return body
+
+
+def _with_partitions(spec: TableSpec, body: pa.Table, values: dict[str, str]) -> pa.Table:
+    for col in spec.partition_by:
+        if col in body.column_names:
+            body = body.drop_columns(col)
+        body = body.append_column(col, pa.array([values[col]] * body.num_rows, STRING))
+    return conform(spec, body)
+
+
+def read_parts(storage: Storage, table: str, filters: Mapping[str, str]
+               ) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Every readable part of one partition, and (key, problem) of each damaged part.
+
+    For a unit deciding what is left to do: it reads only its own partition directory, and a
+    damaged part counts as absent (its rows are recomputed) instead of failing the run.
+    """
+    spec = get_table(table)
+    parts, damaged = [], []
+    for key, _ in list_parts(storage, spec.name, filters):
+        try:
+            parts.append(read_part(storage, spec.name, key))
+        except StorageError as exc:
+            damaged.append((key, str(exc)))
+    return (pa.concat_tables(parts) if parts else spec.schema.empty_table()), damaged
+
+
+def quarantine(storage: Storage, key: str) -> str:
+    """Move one object to ``_quarantine/<key>`` (copy, then delete; bytes are never lost) and
+    return its new URI. Used for damaged parts and prompt files before they are recomputed."""
+    target = f"{QUARANTINE_PREFIX}/{key}"
+    try:
+        data = storage.read_bytes(key)
+    except StorageError:
+        return storage.uri(target)  # already gone
+    uri = storage.write_bytes(target, data)
+    storage.delete(key)
+    return uri
 
 
 def existing_keys(
@@ -359,165 +460,191 @@ def existing_keys(
 # -- DuckDB ---------------------------------------------------------------------------------
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# Ready views over the base tables. A study's *current* cells are those its latest completed
+# run covered (``run_keys``): changing a configuration and rerunning makes the new cells
+# current without deleting the old ones, and duplicates of a key (a unit recomputed after
+# damage) collapse to the newest row.
+VIEWS: dict[str, str] = {
+    "latest_runs": """
+        select * from runs where status = 'completed'
+        qualify row_number() over (partition by study order by finished_at desc, run_id) = 1""",
+    "current_cross_task": """
+        select c.* from cross_task c
+        join run_keys k on k.table_name = 'cross_task' and k.key = c.cell_key
+            and k.study = c.study and k.model = c.model
+        join latest_runs r on r.run_id = k.run_id and r.study = k.study
+        qualify row_number() over (partition by c.study, c.model, c.cell_key, c.metric
+                                   order by c.created_at desc) = 1""",
+    "current_prompts": """
+        select p.* from prompts p
+        join run_keys k on k.table_name = 'prompts' and k.key = p.prompt_key
+            and k.study = p.study and k.model = p.model
+        join latest_runs r on r.run_id = k.run_id and r.study = k.study
+        qualify row_number() over (partition by p.study, p.model, p.prompt_key
+                                   order by p.created_at desc) = 1""",
+}
 
 
 def duckdb_connect(
     storage: Storage, tables: Iterable[str] | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with one view per table (hive partition columns are VARCHAR).
+    """In-memory DuckDB with one view per table (hive partition columns are VARCHAR), plus the
+    ready views in ``VIEWS`` when all their tables are present.
 
-    Tables with no files at connect time become empty views with the schema's column types.
+    Each table is a ``pyarrow.dataset`` of its part files (listed now, read when queried): a
+    damaged part fails only the queries that read its table, with the file's path.
     """
     names = list(TABLES if tables is None else tables)
     specs = [get_table(n) for n in names]
     con = duckdb.connect(":memory:")
-    if not storage.is_local:
-        con.register_filesystem(storage.fs)
     for spec in specs:
+        con.register(f"__ds_{spec.name}", dataset(storage, spec.name))
         select = ", ".join(_ident(c) for c in spec.schema.names)
-        if storage.list(spec.prefix(), suffix=".parquet"):
-            glob = storage.uri(spec.prefix()) + "/**/*.parquet"
-            source = (
-                f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-                "union_by_name = true, hive_types_autocast = false)"
-            )
-        else:
-            source = _ident(f"__empty_{spec.name}")
-            con.register(f"__empty_{spec.name}", spec.schema.empty_table())
-        con.execute(f"CREATE VIEW {_ident(spec.name)} AS SELECT {select} FROM {source}")
+        con.execute(f"CREATE VIEW {_ident(spec.name)} AS SELECT {select} FROM "
+                    f"{_ident('__ds_' + spec.name)}")
+    if {"runs", "run_keys", "cross_task", "prompts"} <= set(names):
+        for view, sql in VIEWS.items():
+            con.execute(f"CREATE VIEW {_ident(view)} AS {sql}")
     return con
 
 
 # -- table registry -------------------------------------------------------------------------
+# One dataclass per table row; the schema is derived from it (see TableSpec.from_row).
 
 
-def _f(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable)
+@dataclass
+class RunRow:
+    """One study run: its status, configuration and how much work it did vs reused."""
+
+    run_id: str
+    study: str
+    flow_run_id: str | None
+    status: str  # completed | failed
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    storage: str
+    study_config: str  # the StudyConfig as JSON
+    n_prompts_trained: int
+    n_prompts_cached: int
+    n_cells_evaluated: int
+    n_cells_cached: int
+    prefect_version: str
+    package_version: str
 
 
-RUNS = register_table(
-    TableSpec(
-        name="runs",
-        schema=pa.schema(
-            [
-                _f("run_id", STRING),
-                _f("study", STRING),
-                _f("flow_run_id", STRING, nullable=True),
-                _f("status", STRING),
-                _f("started_at", TIMESTAMP),
-                _f("finished_at", TIMESTAMP),
-                _f("storage", STRING),
-                _f("study_config", STRING),
-                _f("n_prompts_trained", INT64),
-                _f("n_prompts_cached", INT64),
-                _f("n_cells_evaluated", INT64),
-                _f("n_cells_cached", INT64),
-                _f("prefect_version", STRING),
-                _f("package_version", STRING),
-            ]
-        ),
-        partition_by=("study",),
-        key_column="run_id",
-        description="One row per study run (status completed/failed; study_config is JSON).",
-    )
-)
+@dataclass
+class PromptRow:
+    """One trained soft prompt (model x NLP task x seed x training config)."""
 
-PROMPTS = register_table(
-    TableSpec(
-        name="prompts",
-        schema=pa.schema(
-            [
-                _f("prompt_key", STRING),
-                _f("model", STRING),
-                _f("model_id", STRING),
-                _f("backbone_kind", STRING),
-                _f("task", STRING),
-                _f("task_type", STRING),
-                _f("task_fingerprint", STRING),
-                _f("seed", INT64),
-                _f("n_tokens", INT64),
-                _f("init", STRING),
-                _f("steps", INT64),
-                _f("lr", FLOAT64),
-                _f("batch_size", INT64),
-                _f("best_step", INT64),
-                _f("dev_accuracy", FLOAT64),
-                _f("dev_macro_f1", FLOAT64),
-                _f("train_seconds", FLOAT64),
-                _f("prompt_uri", STRING),
-                _f("config_hash", STRING),
-                _f("study", STRING),
-                _f("run_id", STRING),
-                _f("created_at", TIMESTAMP),
-            ]
-        ),
-        partition_by=("study", "model"),
-        key_column="prompt_key",
-        description="One row per trained soft prompt (model x task x seed).",
-    )
-)
+    prompt_key: str
+    config_key: str  # model identity + training config (content hashes, never paths)
+    model: str
+    model_id: str
+    backbone_kind: str
+    hidden_size: int
+    task: str
+    task_type: str
+    task_fingerprint: str
+    seed: int
+    n_tokens: int
+    init: str
+    init_prompt_sha: str | None
+    steps: int
+    lr: float
+    batch_size: int
+    best_step: int
+    dev_accuracy: float
+    dev_macro_f1: float
+    train_seconds: float
+    prompt_uri: str
+    study: str
+    run_id: str  # the run that trained it
+    created_at: dt.datetime
 
-TRAINING_CURVES = register_table(
-    TableSpec(
-        name="training_curves",
-        schema=pa.schema(
-            [
-                _f("prompt_key", STRING),
-                _f("model", STRING),
-                _f("task", STRING),
-                _f("seed", INT64),
-                _f("step", INT64),
-                _f("train_loss", FLOAT64, nullable=True),
-                _f("dev_accuracy", FLOAT64, nullable=True),
-                _f("dev_macro_f1", FLOAT64, nullable=True),
-                _f("elapsed_s", FLOAT64),
-                _f("study", STRING),
-                _f("run_id", STRING),
-                _f("created_at", TIMESTAMP),
-            ]
-        ),
-        partition_by=("study", "model"),
-        key_column="prompt_key",
-        description="Per-step training loss (and dev metrics where evaluated) of each prompt.",
-    )
-)
 
-CROSS_TASK = register_table(
-    TableSpec(
-        name="cross_task",
-        schema=pa.schema(
-            [
-                _f("cell_key", STRING),
-                _f("model", STRING),
-                _f("source_task", STRING, nullable=True),
-                _f("source_kind", STRING),
-                _f("source_prompt_key", STRING, nullable=True),
-                _f("source_task_type", STRING, nullable=True),
-                _f("target_task", STRING),
-                _f("target_task_type", STRING),
-                _f("same_type", BOOL, nullable=True),
-                _f("metric", STRING),
-                _f("score", FLOAT64),
-                _f("relative_score", FLOAT64, nullable=True),
-                _f("n_examples", INT64),
-                _f("seed", INT64),
-                _f("eval_split", STRING),
-                _f("study", STRING),
-                _f("run_id", STRING),
-                _f("created_at", TIMESTAMP),
-            ]
-        ),
-        partition_by=("study", "model"),
-        key_column="cell_key",
-        description=(
-            "Cross-task transfer matrix: score of a source prompt (or random/none baseline) "
-            "on a target task; source_kind is prompt|random|none, metric accuracy|macro_f1."
-        ),
-    )
-)
+@dataclass
+class CurveRow:
+    """Training loss at one step (and dev metrics where evaluated) of one prompt."""
+
+    prompt_key: str
+    model: str
+    task: str
+    seed: int
+    step: int
+    train_loss: float | None
+    dev_accuracy: float | None
+    dev_macro_f1: float | None
+    elapsed_s: float
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class CellRow:
+    """One cell of the cross-task matrix: a source prompt (or the random / no-prompt
+    baseline) scored on a target task; ``relative_score`` = score / the score of the target's
+    own prompt (``target_prompt_key``) of the same seed and metric."""
+
+    cell_key: str
+    config_key: str  # model identity + training config + evaluation config
+    model: str
+    source_task: str | None
+    source_kind: str  # prompt | random | none
+    source_prompt_key: str | None
+    source_task_type: str | None
+    target_task: str
+    target_task_type: str
+    target_prompt_key: str
+    same_type: bool | None
+    metric: str  # accuracy | macro_f1
+    score: float
+    relative_score: float | None
+    n_examples: int
+    seed: int
+    eval_split: str
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class RunKeyRow:
+    """A key (prompt, cell, ...) that a run covered, trained or reused: the run's exact
+    membership, behind the ``current_*`` views."""
+
+    run_id: str
+    study: str
+    model: str
+    table_name: str
+    key: str
+    created_at: dt.datetime
+
+
+RUNS = register_table(TableSpec.from_row(
+    "runs", RunRow, partition_by=("study",), key_column="run_id",
+    description="One row per study run (status completed/failed; study_config is JSON)."))
+
+PROMPTS = register_table(TableSpec.from_row(
+    "prompts", PromptRow, partition_by=("study", "model"), key_column="prompt_key",
+    description="One row per trained soft prompt (model x task x seed)."))
+
+TRAINING_CURVES = register_table(TableSpec.from_row(
+    "training_curves", CurveRow, partition_by=("study", "model"), key_column="prompt_key",
+    description="Per-step training loss (and dev metrics where evaluated) of each prompt."))
+
+CROSS_TASK = register_table(TableSpec.from_row(
+    "cross_task", CellRow, partition_by=("study", "model", "target_task"),
+    key_column="cell_key",
+    description="Cross-task transfer matrix: score of a source prompt (or random/none "
+                "baseline) on a target task; source_kind is prompt|random|none, metric "
+                "accuracy|macro_f1. View current_cross_task: the cells of each study's "
+                "latest completed run."))
+
+RUN_KEYS = register_table(TableSpec.from_row(
+    "run_keys", RunKeyRow, partition_by=("study", "model"), key_column="key",
+    description="Which keys (table_name, key) each run covered, trained or reused."))

@@ -1,22 +1,30 @@
 """Prefect tasks: one per unit of work of the transfer-matrix study.
 
 Naming: an *NLP task* (SST-2, MNLI...) is called ``nlp_task`` here; a *Prefect task* is one of
-the ``@task`` functions below. Tasks receive ids, configs and URIs, never models or tensors; the
-frozen backbone and the task data are loaded (once per process) inside.
+the ``@task`` functions below. Tasks receive ids, configs and URIs (a :class:`RunContext`),
+never models or tensors; the frozen backbone and the task data are loaded (once per process)
+inside.
 
-Every unit has a deterministic key (hash of everything that decides its result). A unit whose
-key already has rows in its table is skipped, so reruns are free and adding a task is
-incremental, on local disk and S3 alike. Prefect's own result cache is not used (NO_CACHE): the
-tables are the cache.
+Every unit has a deterministic key: the hash of the *content* that decides its result (model
+identity or a local model folder's fingerprint, NLP task name + data fingerprint, training or
+evaluation config, init prompt file hash, seed), never a file location. A unit checks only its
+own part: a prompt its ``prompts`` part (named by the prompt key) and its prompt file; a target
+its own ``cross_task`` partition directory. Damaged files count as absent: they are moved to
+``_quarantine/`` (reported by path) and recomputed. Prefect's result cache is not used
+(NO_CACHE): the tables are the cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import functools
+import hashlib
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -29,31 +37,53 @@ from prompt_core.config import (
     load_nlp_task,
     stable_hash,
 )
-from prompt_core.data import TaskData, TaskDataError
+from prompt_core.data import TaskData
+from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
 from tasks import progress
-from tasks.storage import Storage, open_storage
-from tasks.tables import now_utc, read_table, write_part
+from tasks.storage import Storage, StorageError, open_storage
+from tasks.tables import (
+    CellRow,
+    CurveRow,
+    PromptRow,
+    now_utc,
+    part_path,
+    quarantine,
+    read_part,
+    read_parts,
+    write_part,
+)
 
-KEY_VERSION = 1  # bump when the meaning of a key changes
+ROW_FIELDS = {f.name for f in dataclasses.fields(PromptRow)}
+KEY_VERSION = 2  # bump when the meaning of a key changes (2: content keys, target partitions)
+METRICS = ("accuracy", "macro_f1")
 
 
-def _no_retry_on_bad_input(task, task_run, state) -> bool:
-    """Retry transient failures (storage, OOM), not bad input that would fail again."""
+def _is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _retry_transient_only(task, task_run, state) -> bool:
+    """Retry transient failures (a dropped connection, a busy server), never bad input or a
+    full disk, which would fail again."""
     try:
         state.result()
-    except (TaskDataError, PromptFileError, ValueError):
+    except InputError:
         return False
-    except Exception:  # noqa: BLE001
-        return True
+    except Exception as exc:  # noqa: BLE001
+        return not _is_disk_full(exc)
     return False
 
 
 unit_task = functools.partial(
     task, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
-    retry_condition_fn=_no_retry_on_bad_input,
+    retry_condition_fn=_retry_transient_only,
 )
 
 
@@ -74,14 +104,46 @@ def get_backbone(model: ModelConfig, device: str) -> Backbone:
     return cached_backbone(model.kind, model.model_id, model.revision, device, **model.options)
 
 
-def stored_rows(storage: Storage, table: str, partition: dict[str, str], column: str,
-                value: Any) -> pd.DataFrame:
-    """Rows of one table partition whose ``column`` equals ``value``."""
-    df = read_table(storage, table, filters=partition).to_pandas()
-    return df[df[column] == value]
+@functools.lru_cache(maxsize=64)
+def _folder_fingerprint(path: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, size, _ in stamp:
+        h.update(f"{name}\0{size}\0".encode())
+        with open(os.path.join(path, name), "rb") as f:  # head and tail: fast on GB weights
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def model_identity(model: ModelConfig) -> dict[str, Any]:
+    """What decides the model's outputs, by content: a local model folder is fingerprinted
+    (file names, sizes, first and last MiB of each file), so the same model copied to another
+    folder keeps its keys; a hub id stays an id + revision."""
+    ident = model.identity()
+    p = Path(os.path.expanduser(model.model_id))
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        ident = {**ident, "model_id": None, "folder_sha": _folder_fingerprint(str(p), stamp)}
+    return ident
 
 
 # --- records passed between stages (plain, JSON-able) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run writes and which run it is: what every unit needs besides its inputs."""
+
+    storage_root: str
+    study: str
+    run_id: str
+    device: str = "cpu"
+
+    def storage(self) -> Storage:
+        return open_storage(self.storage_root)
 
 
 @dataclass
@@ -97,48 +159,69 @@ class NlpTaskInfo:
 
 
 @dataclass
-class PromptRecord:
-    prompt_key: str
-    model: str
-    nlp_task: str
-    task_type: str
-    seed: int
-    prompt_uri: str
+class TrainOutcome:
+    """A prompt unit's result: the ``prompts`` row (this study's) and how it was obtained."""
+
+    row: PromptRow
     storage_key: str
-    dev_accuracy: float
-    dev_macro_f1: float
-    trained: bool  # False = found in storage from an earlier run
+    trained: bool  # False: found stored (by this study, or reused from another study's file)
 
 
 @dataclass
 class EvalOutcome:
     model: str
     target: str
+    cell_keys: list[str]  # every cell this unit covers (evaluated now or stored before)
     n_cells_evaluated: int
     n_cells_cached: int
     part_uri: str | None
+    quarantined: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    """One planned matrix cell: a source (prompt, random or none) on the unit's target."""
+
+    key: str
+    kind: str  # prompt | random | none
+    seed: int
+    source: PromptRow | None = None  # kind == prompt
+
+    @property
+    def source_id(self) -> tuple[str, int]:
+        return (self.source.prompt_key if self.source else self.kind, self.seed)
 
 
 # --- keys -----------------------------------------------------------------------------------
 
 
-def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int,
-               init_sha: str | None = None) -> str:
-    """Key of a trained prompt: model, NLP task (name + data fingerprint), training config, and
-    the content hash of the init prompt file when training starts from one."""
+def train_config_key(model: ModelConfig, train: TrainConfig, init_sha: str | None) -> str:
+    """Model identity + training config; the init prompt by content hash, not by path."""
     return stable_hash({
-        "v": KEY_VERSION, "model": model.identity(), "task": [info.name, info.fingerprint],
-        "train": train.model_dump(), "lr": model.learning_rate(train), "seed": seed,
+        "v": KEY_VERSION, "model": model_identity(model),
+        "train": train.model_dump(exclude={"init_prompt"}), "lr": model.learning_rate(train),
         "init_sha": init_sha,
     })
+
+
+def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int,
+               init_sha: str | None = None) -> str:
+    """Key of a trained prompt: training config key, NLP task (name + data fingerprint), seed."""
+    return stable_hash({"config": train_config_key(model, train, init_sha),
+                        "task": [info.name, info.fingerprint], "seed": seed})
+
+
+def eval_config_key(model: ModelConfig, train: TrainConfig, init_sha: str | None,
+                    evaluation: EvalConfig) -> str:
+    """The configuration a matrix cell comes from: training config key + evaluation slice."""
+    ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
+    return stable_hash({"train": train_config_key(model, train, init_sha), "eval": ev})
 
 
 def read_init_prompt(train: TrainConfig) -> tuple[bytes | None, str | None]:
     """Bytes and sha256 of ``train.init_prompt`` (a local path or any fsspec URI), if set."""
     if train.init_prompt is None:
         return None, None
-    import hashlib
-
     import fsspec
 
     try:
@@ -153,16 +236,18 @@ def random_source_key(train: TrainConfig, seed: int) -> str:
     return f"random:{train.n_tokens}:{train.init_std}:{seed}"
 
 
-def cell_key(model: ModelConfig, source: str, target: NlpTaskInfo, evaluation: EvalConfig,
-             own_key: str, seed: int) -> str:
-    """Key of one matrix cell: source (prompt key, random spec or none), target task, eval
-    config, and the target's own prompt (the denominator of relative_score)."""
-    ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
+def cell_key(config_key: str, source: str, target: NlpTaskInfo, own_key: str, seed: int) -> str:
+    """Key of one matrix cell: configuration, source (prompt key, random spec or none), target
+    task (name + data fingerprint), the target's own prompt (the denominator of
+    relative_score) and the seed."""
     return stable_hash({
-        "v": KEY_VERSION, "model": model.identity(), "source": source,
-        "target": [target.name, target.fingerprint],
-        "eval": ev, "own": own_key, "seed": seed,
+        "v": KEY_VERSION, "config": config_key, "source": source,
+        "target": [target.name, target.fingerprint], "own": own_key, "seed": seed,
     })
+
+
+def prompt_storage_key(model: str, nlp_task: str, key: str) -> str:
+    return f"prompts/{model}/{nlp_task}/{key}.safetensors"
 
 
 # --- Prefect tasks --------------------------------------------------------------------------
@@ -177,184 +262,222 @@ def prepare_nlp_task(cfg: TaskConfig, cfg_label: str) -> NlpTaskInfo:
                        n["validation"], n["test"], td.spec.n_labels)
 
 
-def prompt_storage_key(model: str, nlp_task: str, key: str) -> str:
-    return f"prompts/{model}/{nlp_task}/{key}.safetensors"
+def _quarantine(storage: Storage, key: str, why: str) -> str:
+    uri = quarantine(storage, key)
+    get_run_logger().warning("damaged %s (%s): moved to %s, recomputing", storage.uri(key),
+                             why, uri)
+    return uri
+
+
+def _prompt_file_ok(storage: Storage, skey: str, key: str, n_tokens: int) -> dict | None:
+    """The prompt file's metadata if it is complete, readable and the right one, else None
+    (a damaged file is quarantined)."""
+    if not storage.exists(skey):
+        return None
+    try:
+        prompt, meta = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey))
+        if meta.get("prompt_key") != key or prompt.shape[0] != n_tokens:
+            raise PromptFileError(f"holds prompt {meta.get('prompt_key')!r} of shape "
+                                  f"{tuple(prompt.shape)}")
+    except (PromptFileError, StorageError) as exc:
+        _quarantine(storage, skey, str(exc))
+        return None
+    return meta
+
+
+def _stored_prompt_row(storage: Storage, ctx: RunContext, model: str, key: str
+                       ) -> PromptRow | None:
+    """This study's ``prompts`` row of ``key`` from its own part, if the part is intact."""
+    part = part_path("prompts", {"study": ctx.study, "model": model}, key)
+    if not storage.exists(part):
+        return None
+    try:
+        rows = read_part(storage, "prompts", part).to_pylist()
+        return next(PromptRow(**r) for r in rows if r["prompt_key"] == key)
+    except (StorageError, StopIteration, TypeError) as exc:
+        _quarantine(storage, part, str(exc) or "no row with its key")
+        return None
 
 
 @unit_task(task_run_name="train {model.name}/{info.name} seed={seed}")
 def train_prompt_unit(
+    ctx: RunContext,
     model: ModelConfig,
     nlp_task: TaskConfig,
     info: NlpTaskInfo,
     train: TrainConfig,
     seed: int,
-    storage_root: str,
-    study: str,
-    run_id: str,
-    device: str = "cpu",
-) -> PromptRecord:
-    """Train one soft prompt (model x NLP task x seed) unless its key is already stored.
+) -> TrainOutcome:
+    """Train one soft prompt (model x NLP task x seed) unless it is already stored.
 
-    Writes the prompt (safetensors + .json), then its ``prompts`` and ``training_curves`` rows;
-    the ``prompts`` row is written last, so its presence means the unit is complete.
+    Done means: this study's ``prompts`` part for the key is readable and the prompt file
+    loads. A prompt file with the same key trained by another study (same content key) is
+    reused, not retrained or overwritten: only this study's row is written. Otherwise the
+    prompt (safetensors carrying its row as metadata, + .json) and its ``training_curves``
+    part are written, then the ``prompts`` part last, so its presence means complete.
     """
-    storage = open_storage(storage_root)
+    storage = ctx.storage()
     init_bytes, init_sha = read_init_prompt(train)
     key = prompt_key(model, info, train, seed, init_sha)
     skey = prompt_storage_key(model.name, info.name, key)
-    part = {"study": study, "model": model.name}
-    hit = stored_rows(storage, "prompts", part, "prompt_key", key)
-    if len(hit) and storage.exists(skey):
-        row = hit.iloc[0]
+    meta = _prompt_file_ok(storage, skey, key, train.n_tokens)
+    row = _stored_prompt_row(storage, ctx, model.name, key) if meta else None
+    if row is not None:
         progress.report("train", advance=1)
-        return PromptRecord(key, model.name, info.name, info.type, seed, storage.uri(skey), skey,
-                            float(row["dev_accuracy"]), float(row["dev_macro_f1"]), trained=False)
+        return TrainOutcome(row, skey, trained=False)
+    if meta is not None and ROW_FIELDS <= meta.keys():  # another study's file: reuse it
+        row = PromptRow(**{**{f: meta[f] for f in ROW_FIELDS}, "study": ctx.study,
+                           "created_at": now_utc()})
+        write_part(storage, "prompts", [row], key)
+        progress.report("train", advance=1)
+        return TrainOutcome(row, skey, trained=False)
 
     logger = get_run_logger()
-    backbone = get_backbone(model, device)
+    backbone = get_backbone(model, ctx.device)
     td = get_nlp_task(nlp_task)
     lr = model.learning_rate(train)
     label = f"train {model.name}/{info.name} seed={seed}"
-    step_cb = progress.step_callback(label)
     init = None
     if init_bytes is not None:
         init, _ = prompt_from_bytes(init_bytes, train.init_prompt)
-    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init, on_step=step_cb)
+    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init,
+                          on_step=progress.step_callback(label))
     progress.finish_steps(label)
-    meta = {
-        "prompt_key": key, "model": model.name, **{f"model_{k}": v for k, v in
-                                                   model.identity().items()},
-        "hidden_size": backbone.hidden_size, "n_tokens": train.n_tokens, "task": info.name,
-        "task_type": info.type, "task_fingerprint": info.fingerprint, "seed": seed,
-        "train_config": train.model_dump(), "lr": lr,
-        "config_hash": stable_hash(train.model_dump()),
-        "best_step": result.best_step, "dev_scores": result.best_scores, "study": study,
-        "run_id": run_id,
-    }
+    now = now_utc()
+    row = PromptRow(
+        prompt_key=key, config_key=train_config_key(model, train, init_sha), model=model.name,
+        model_id=model.model_id, backbone_kind=model.kind, hidden_size=backbone.hidden_size,
+        task=info.name, task_type=info.type, task_fingerprint=info.fingerprint, seed=seed,
+        n_tokens=train.n_tokens, init=train.init, init_prompt_sha=init_sha, steps=train.steps,
+        lr=lr, batch_size=train.batch_size, best_step=result.best_step,
+        dev_accuracy=result.best_scores["accuracy"],
+        dev_macro_f1=result.best_scores["macro_f1"], train_seconds=result.seconds,
+        prompt_uri=storage.uri(skey), study=ctx.study, run_id=ctx.run_id, created_at=now,
+    )
+    meta = {**asdict(row), "created_at": now.isoformat(),  # the row, then what made it
+            "train_config": train.model_dump(), "model_identity": model_identity(model),
+            "dev_scores": result.best_scores}
     storage.write_bytes(skey, prompt_to_bytes(result.prompt, meta))
     storage.write_json(skey.removesuffix(".safetensors") + ".json", meta)
-    now = now_utc()
-    curve_rows = [
-        {**asdict(c), "prompt_key": key, "model": model.name, "task": info.name, "seed": seed,
-         "study": study, "run_id": run_id, "created_at": now}
-        for c in result.curve
-    ]
-    write_part(storage, "training_curves", curve_rows, key)
-    write_part(storage, "prompts", [{
-        "prompt_key": key, "model": model.name, "model_id": model.model_id,
-        "backbone_kind": model.kind, "task": info.name, "task_type": info.type,
-        "task_fingerprint": info.fingerprint, "seed": seed, "n_tokens": train.n_tokens,
-        "init": train.init, "steps": train.steps, "lr": lr, "batch_size": train.batch_size,
-        "best_step": result.best_step, "dev_accuracy": result.best_scores["accuracy"],
-        "dev_macro_f1": result.best_scores["macro_f1"], "train_seconds": result.seconds,
-        "prompt_uri": storage.uri(skey), "config_hash": meta["config_hash"], "study": study,
-        "run_id": run_id, "created_at": now,
-    }], key)
+    curve = [CurveRow(prompt_key=key, model=model.name, task=info.name, seed=seed,
+                      study=ctx.study, run_id=ctx.run_id, created_at=now, **asdict(c))
+             for c in result.curve]
+    write_part(storage, "training_curves", curve, key)
+    write_part(storage, "prompts", [row], key)
     logger.info("%s: best dev accuracy %.3f at step %d (%.1fs)", label,
                 result.best_scores["accuracy"], result.best_step, result.seconds)
     progress.report("train", advance=1)
-    return PromptRecord(key, model.name, info.name, info.type, seed, storage.uri(skey), skey,
-                        result.best_scores["accuracy"], result.best_scores["macro_f1"], True)
+    return TrainOutcome(row, skey, trained=True)
+
+
+def plan_cells(config_key: str, target: NlpTaskInfo, own: dict[int, PromptRow],
+               sources: list[PromptRow], seeds: list[int], train: TrainConfig,
+               evaluation: EvalConfig) -> list[Cell]:
+    """Every cell of one target column: each source prompt, then random and none per seed."""
+    cells = [Cell(cell_key(config_key, s.prompt_key, target, own[s.seed].prompt_key, s.seed),
+                  "prompt", s.seed, s) for s in sources]
+    for seed in seeds:
+        if evaluation.random_prompt:
+            cells.append(Cell(cell_key(config_key, random_source_key(train, seed), target,
+                                       own[seed].prompt_key, seed), "random", seed))
+        if evaluation.no_prompt:
+            cells.append(Cell(cell_key(config_key, "none", target, own[seed].prompt_key, seed),
+                              "none", seed))
+    return cells
 
 
 @unit_task(task_run_name="evaluate {model.name} -> {target.name}")
 def evaluate_target_unit(
+    ctx: RunContext,
     model: ModelConfig,
     target_cfg: TaskConfig,
     target: NlpTaskInfo,
-    sources: list[PromptRecord],
-    seeds: list[int],
+    own: dict[int, PromptRow],
+    sources: list[PromptRow],
     train: TrainConfig,
     evaluation: EvalConfig,
-    storage_root: str,
-    study: str,
-    run_id: str,
-    device: str = "cpu",
 ) -> EvalOutcome:
     """Score every source prompt (+ random and no-prompt rows) on one target NLP task.
 
-    One Prefect task per (model, target): the target split is tokenised once and the model loaded
-    once for all its cells. Cells whose key is already in ``cross_task`` are skipped; the new
-    cells go into one Parquet part named by the hash of their keys.
+    ``own`` maps seed -> the target's own prompt: the denominator of ``relative_score``
+    (stored as ``target_prompt_key``). One Prefect task per (model, target): the target split
+    is tokenised once and the model loaded once for all its cells. Stored cells are read from
+    the target's own partition directory only; the new cells go into one Parquet part there,
+    named by the hash of their keys.
     """
-    storage = open_storage(storage_root)
-    part = {"study": study, "model": model.name}
-    own = {s.seed: s for s in sources if s.nlp_task == target.name}
-    missing_own = [s for s in seeds if s not in own]
-    if missing_own:
-        raise ValueError(f"target {target.name!r} has no own prompt for seed(s) {missing_own}")
+    storage = ctx.storage()
+    seeds = sorted(own)
+    missing = [s.seed for s in sources if s.seed not in own]
+    if missing:
+        raise ValueError(f"target {target.name!r} has no own prompt for seed(s) {missing}")
+    _, init_sha = read_init_prompt(train)
+    config_key = eval_config_key(model, train, init_sha, evaluation)
+    cells = plan_cells(config_key, target, own, sources, seeds, train, evaluation)
 
-    # planned cells: (cell_key, source_kind, source record or None, seed)
-    plan = []
-    for s in sources:
-        plan.append((s.prompt_key, "prompt", s, s.seed))
-    for seed in seeds:
-        if evaluation.random_prompt:
-            plan.append((random_source_key(train, seed), "random", None, seed))
-        if evaluation.no_prompt:
-            plan.append(("none", "none", None, seed))
-    keyed = [(cell_key(model, src, target, evaluation, own[seed].prompt_key, seed),
-              kind, rec, seed) for src, kind, rec, seed in plan]
-
-    existing = stored_rows(storage, "cross_task", part, "target_task", target.name)
-    done = set(existing["cell_key"])
-    todo = [c for c in keyed if c[0] not in done]
+    where = {"study": ctx.study, "model": model.name, "target_task": target.name}
+    stored, damaged = read_parts(storage, "cross_task", where)
+    quarantined = [_quarantine(storage, k, why) for k, why in damaged]
+    stored_df = stored.to_pandas()
+    complete = stored_df.groupby("cell_key")["metric"].nunique()
+    done = set(complete[complete == len(METRICS)].index)
+    todo = [c for c in cells if c.key not in done]
+    all_keys = [c.key for c in cells]
     if not todo:
         progress.report("evaluate", advance=1)
-        return EvalOutcome(model.name, target.name, 0, len(keyed), None)
+        return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None, quarantined)
 
-    backbone = get_backbone(model, device)
+    backbone = get_backbone(model, ctx.device)
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = get_nlp_task(target_cfg)
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
                        evaluation.max_examples)
     label = f"evaluate {model.name} -> {target.name}"
-    scores: dict[tuple[str, int], dict[str, float]] = {}  # (source id, seed) -> scores
-    none_scores = None
-    for i, (_ck, kind, rec, seed) in enumerate(todo):
-        if kind == "prompt":
-            prompt, _ = prompt_from_bytes(storage.read_bytes(rec.storage_key), rec.prompt_uri)
-            s = enc.evaluate(prompt, evaluation.batch_size)
-        elif kind == "random":
-            prompt = init_prompt("random", backbone, train.n_tokens, seed, std=train.init_std)
-            s = enc.evaluate(prompt, evaluation.batch_size)
+    scores: dict[tuple[str, int], dict[str, float]] = {}  # source id -> metric -> score
+    for i, c in enumerate(todo):
+        if c.source_id in scores:
+            continue
+        if c.kind == "prompt":
+            skey = prompt_storage_key(model.name, c.source.task, c.source.prompt_key)
+            prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey))
+        elif c.kind == "random":
+            prompt = init_prompt("random", backbone, train.n_tokens, c.seed, std=train.init_std)
         else:
-            none_scores = none_scores or enc.evaluate(None, evaluation.batch_size)
-            s = none_scores
-        scores[(rec.prompt_key if rec else kind, seed)] = s
+            prompt = None
+        scores[c.source_id] = enc.evaluate(prompt, evaluation.batch_size)
         progress.report_steps(label, i + 1, len(todo))
     progress.finish_steps(label)
 
-    # own-prompt score per seed and metric, for relative_score (from this run or the table)
+    # the own prompt's score per (seed, metric): scored now, or the stored row of its cell
     own_score: dict[tuple[int, str], float] = {}
     for seed, rec in own.items():
         if (rec.prompt_key, seed) in scores:
-            for m in ("accuracy", "macro_f1"):
+            for m in METRICS:
                 own_score[(seed, m)] = scores[(rec.prompt_key, seed)][m]
-        else:  # stored by an earlier run: the row of this exact cell, not a stale config's
-            own_cell = next(k for k, kind, r, sd in keyed if r is rec and sd == seed)
-            rows = existing[existing["cell_key"] == own_cell]
-            for _, r in rows.iterrows():
-                own_score[(seed, r["metric"])] = r["score"]
+            continue
+        own_cell = next(c.key for c in cells if c.kind == "prompt" and c.source is not None
+                        and c.source.prompt_key == rec.prompt_key and c.seed == seed)
+        for r in stored_df[stored_df["cell_key"] == own_cell].itertuples():
+            own_score[(seed, r.metric)] = r.score
 
     now = now_utc()
     rows = []
-    for ck, kind, rec, seed in todo:
-        s = scores[(rec.prompt_key if rec else kind, seed)]
-        for metric in ("accuracy", "macro_f1"):
-            base = own_score.get((seed, metric))
-            rows.append({
-                "cell_key": ck, "model": model.name,
-                "source_task": rec.nlp_task if rec else None, "source_kind": kind,
-                "source_prompt_key": rec.prompt_key if rec else None,
-                "source_task_type": rec.task_type if rec else None,
-                "target_task": target.name, "target_task_type": target.type,
-                "same_type": (rec.task_type == target.type) if rec else None,
-                "metric": metric, "score": s[metric],
-                "relative_score": s[metric] / base if base else None,
-                "n_examples": len(enc), "seed": seed, "eval_split": evaluation.split,
-                "study": study, "run_id": run_id, "created_at": now,
-            })
-    uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c[0] for c in todo)))
+    for c in todo:
+        src = c.source
+        for metric in METRICS:
+            score = scores[c.source_id][metric]
+            base = own_score.get((c.seed, metric))
+            rows.append(CellRow(
+                cell_key=c.key, config_key=config_key, model=model.name,
+                source_task=src.task if src else None, source_kind=c.kind,
+                source_prompt_key=src.prompt_key if src else None,
+                source_task_type=src.task_type if src else None, target_task=target.name,
+                target_task_type=target.type, target_prompt_key=own[c.seed].prompt_key,
+                same_type=(src.task_type == target.type) if src else None, metric=metric,
+                score=score, relative_score=score / base if base else None,
+                n_examples=len(enc), seed=c.seed, eval_split=evaluation.split,
+                study=ctx.study, run_id=ctx.run_id, created_at=now,
+            ))
+    uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c.key for c in todo)))
     progress.report("evaluate", advance=1)
-    return EvalOutcome(model.name, target.name, len(todo), len(keyed) - len(todo), uri)
+    return EvalOutcome(model.name, target.name, all_keys, len(todo), len(cells) - len(todo),
+                       uri, quarantined)

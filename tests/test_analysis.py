@@ -83,3 +83,16 @@ def test_matrix_known_answer():
     f1 = matrix(_rows(), metric="macro_f1")
     assert f1.loc["a", "b"] == 0.0 and f1.loc["none", "a"] == 1.0
     assert math.isnan(f1.loc["a", "a"])
+
+
+def test_rows_of_two_configurations_are_refused_not_averaged():
+    """Averaging a cell over two configurations publishes a figure no run produced."""
+    from prompt_core.analysis import MixedCellsError
+
+    df = _rows()
+    stale = df[df["source_task"] == "a"].assign(score=0.1, relative_score=0.1)
+    mixed = pd.concat([df, stale])
+    with pytest.raises(MixedCellsError, match="source prompt:a -> target"):
+        transfer_summary(mixed)
+    with pytest.raises(MixedCellsError):
+        matrix(mixed)

@@ -94,7 +94,8 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     assert counters["train"].n == 3 and counters["score"].n == 3 * DEV_EVALS + 15
     after = files_under(Path(storage) / "tables")
     new = set(after) - set(before)
-    assert len(new) == 1 and next(iter(new)).startswith("runs/")  # only the run's own row
+    # only the run's own rows: its runs row and its membership (run_keys)
+    assert sorted(k.split("/")[0] for k in new) == ["run_keys", "runs"]
     assert all(after[k] == v for k, v in before.items())
     assert len(read_table(st, "cross_task")) == 30
 
@@ -168,7 +169,8 @@ def test_study_on_s3(prefect_harness, tiny_models, tasks_root, monkeypatch):
         assert (r.n_prompts_trained, r.n_cells_evaluated) == (2, 8)
         keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint)
                 .list_objects_v2(Bucket="pt-results")["Contents"]]
-        assert any(k.startswith("runs/tables/cross_task/study=t-study/model=tiny/part-")
+        assert any(k.startswith("runs/tables/cross_task/study=t-study/model=tiny/"
+                   "target_task=pos_a/part-")
                    for k in keys)
         assert any(k.endswith(".safetensors") for k in keys)
         assert any(k.endswith(".png") for k in keys)
@@ -248,14 +250,14 @@ def test_failed_run_records_the_work_it_finished(prefect_harness, tiny_models, t
     import tasks.units as units
     from flows.transfer_matrix import run_study
 
-    real = units.stored_rows
+    real = units.read_parts
 
     def broken(storage, table, *a, **k):
         if table == "cross_task":
             raise RuntimeError("storage went away")
         return real(storage, table, *a, **k)
 
-    monkeypatch.setattr(units, "stored_rows", broken)
+    monkeypatch.setattr(units, "read_parts", broken)
     storage = str(tmp_path / "store")
     study = parse_study(study_dict(tasks_root, ["pos_a", "pos_b"], storage,
                                    tiny_models["encoder"]))
@@ -264,6 +266,6 @@ def test_failed_run_records_the_work_it_finished(prefect_harness, tiny_models, t
     runs = read_table(open_storage(storage), "runs").to_pandas()
     assert runs[["status", "n_prompts_trained", "n_cells_evaluated"]].values.tolist() == [
         ["failed", 2, 0]]
-    monkeypatch.setattr(units, "stored_rows", real)
+    monkeypatch.setattr(units, "read_parts", real)
     r = run_study(study)
     assert (r.n_prompts_trained, r.n_prompts_cached, r.n_cells_evaluated) == (0, 2, 8)
