@@ -269,3 +269,139 @@ def test_failed_run_records_the_work_it_finished(prefect_harness, tiny_models, t
     monkeypatch.setattr(units, "read_parts", real)
     r = run_study(study)
     assert (r.n_prompts_trained, r.n_prompts_cached, r.n_cells_evaluated) == (0, 2, 8)
+
+
+@pytest.fixture
+def distinct_scores(monkeypatch):
+    """Scores that differ per prompt and per target (a tiny random model scores about 0.5
+    everywhere, which makes any denominator of relative_score look right)."""
+    from prompt_core.evaluation import EncodedSplit
+
+    def fake(self, prompt, batch_size=64):
+        target = sum(self.items[0].input_ids) % 101 / 1000
+        acc = 0.5 if prompt is None else 0.2 + (float(prompt.abs().sum()) * 7919) % 0.6
+        return {"accuracy": acc + target, "macro_f1": (acc + target) / 2}
+
+    monkeypatch.setattr(EncodedSplit, "evaluate", fake)
+
+
+def test_published_figures_are_exactly_this_runs_cells(prefect_harness, tiny_models, tasks_root,
+                                                       tmp_path, distinct_scores):
+    """Item 1 and 2: after a configuration change, a run's summary comes from its own cells,
+    the current_cross_task view selects them, and relative_score divides by the target's own
+    prompt of the same seed (target_prompt_key)."""
+    from flows.transfer_matrix import run_study
+    from prompt_core.analysis import MixedCellsError, transfer_summary
+
+    storage = str(tmp_path / "store")
+    d = study_dict(tasks_root, ["pos_a", "pos_b", "pair_c"], storage, tiny_models["encoder"])
+    d["seeds"] = [0, 1]
+    run_study(parse_study(d))
+    d["training"]["steps"] = 2  # another configuration: every prompt and cell is new
+    r2 = run_study(parse_study(d))
+    assert (r2.n_prompts_trained, r2.n_cells_evaluated) == (6, 30)
+
+    st = open_storage(storage)
+    every = read_table(st, "cross_task").to_pandas()
+    assert every["config_key"].nunique() == 2 and len(every) == 2 * 60
+    with pytest.raises(MixedCellsError):  # the old publishing averaged these
+        transfer_summary(every)
+    con = duckdb_connect(st)
+    cur = con.execute("select * from current_cross_task").df()
+    assert len(cur) == 60 and cur["config_key"].nunique() == 1
+    assert set(cur["run_id"]) == {r2.run_id}
+    assert r2.summaries["tiny"] == transfer_summary(cur)
+    assert con.execute("select count(*) from current_prompts").fetchone()[0] == 6
+    assert con.execute("select run_id from latest_runs").fetchall() == [(r2.run_id,)]
+
+    # the denominator: the target's own prompt of the same seed, named in the row
+    prompts = con.execute("select task, seed, prompt_key from current_prompts").fetchall()
+    own_key = {(t, s): k for t, s, k in prompts}
+    assert (cur.apply(lambda r: own_key[(r.target_task, r.seed)], axis=1)
+            == cur["target_prompt_key"]).all()
+    own_cells = cur[cur["source_prompt_key"] == cur["target_prompt_key"]]
+    own_score = {(r.target_task, r.seed, r.metric): r.score for r in own_cells.itertuples()}
+    assert len(own_score) == 3 * 2 * 2
+    for r in cur.itertuples():
+        assert r.relative_score == pytest.approx(r.score / own_score[(r.target_task, r.seed,
+                                                                      r.metric)])
+    assert cur["relative_score"].round(6).nunique() > 20  # scores differ: a real check
+
+
+def test_keys_hash_content_and_studies_share_prompt_files(prefect_harness, tiny_models,
+                                                          tasks_root, tmp_path, counters):
+    """Item 3: the same init prompt file or model folder in another location keeps its keys;
+    a second study with the same configuration reuses the stored prompt files (no retraining,
+    no overwrite) and gets its own rows."""
+    import shutil
+
+    from flows.transfer_matrix import run_study
+
+    storage = str(tmp_path / "store")
+    base = study_dict(tasks_root, ["pos_a", "pos_b"], storage, tiny_models["encoder"])
+    run_study(parse_study(base))
+    assert counters["train"].n == 2
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "prompts").rglob("*")}
+
+    other = dict(base, name="t-study-2")
+    r = run_study(parse_study(other))
+    assert (r.n_prompts_trained, r.n_prompts_cached) == (0, 2) and counters["train"].n == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "prompts").rglob("*")} \
+        == files  # nothing overwritten
+    rows = read_table(open_storage(storage), "prompts", filters={"study": "t-study-2"})
+    assert rows.num_rows == 2
+
+    moved_model = tmp_path / "elsewhere" / "tiny-encoder"
+    shutil.copytree(tiny_models["encoder"], moved_model)
+    moved = study_dict(tasks_root, ["pos_a", "pos_b"], storage, str(moved_model))
+    r = run_study(parse_study(moved))
+    assert (r.n_prompts_trained, r.n_cells_evaluated) == (0, 0) and counters["train"].n == 2
+
+    src = read_table(open_storage(storage), "prompts").to_pandas()["prompt_uri"].iloc[0]
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(src, tmp_path / folder / "init.safetensors")
+    trained = []
+    for folder in ("one", "two"):
+        tpt = dict(base, training={**base["training"], "init": "prompt",
+                                   "init_prompt": str(tmp_path / folder / "init.safetensors")})
+        trained.append(run_study(parse_study(tpt)).n_prompts_trained)
+    assert trained == [2, 0] and counters["train"].n == 4
+
+
+def test_damaged_files_are_quarantined_and_recomputed(prefect_harness, tiny_models, tasks_root,
+                                                     tmp_path, counters):
+    """Item 10: a truncated prompt file is retrained, a 0-byte cross_task part re-evaluated,
+    a damaged prompts row rebuilt from its intact prompt file; the damaged bytes are kept in
+    _quarantine/; a damaged part fails only the queries that read its table."""
+    from flows.transfer_matrix import run_study
+
+    storage = str(tmp_path / "store")
+    study = parse_study(study_dict(tasks_root, ["pos_a", "pos_b"], storage,
+                                   tiny_models["encoder"]))
+    run_study(study)
+    root = tmp_path / "store"
+    prompt_a = next((root / "prompts" / "tiny" / "pos_a").glob("*.safetensors"))
+    prompt_a.write_bytes(prompt_a.read_bytes()[: prompt_a.stat().st_size // 2])
+    part_b = next((root / "tables" / "cross_task").rglob("target_task=pos_b/part-*.parquet"))
+    part_b.write_bytes(b"")
+    prompts_b = next((root / "tables" / "prompts").rglob("part-*.parquet"))
+    key_b = read_table(open_storage(storage), "prompts").to_pandas().set_index("task")
+    prompts_b = prompts_b.with_name(f"part-{key_b.loc['pos_b', 'prompt_key']}.parquet")
+    prompts_b.write_bytes(prompts_b.read_bytes()[:100])
+
+    con = duckdb_connect(open_storage(storage), ["runs", "cross_task"])
+    assert con.execute("select count(*) from runs").fetchone()[0] == 1
+    with pytest.raises(Exception, match=part_b.name):
+        con.execute("select count(*) from cross_task").fetchall()
+
+    r = run_study(study)
+    assert r.status == "completed"
+    assert (r.n_prompts_trained, r.n_prompts_cached) == (1, 1) and counters["train"].n == 3
+    assert (r.n_cells_evaluated, r.n_cells_cached) == (4, 4)  # the pos_b column again
+    quarantined = sorted(str(p.relative_to(root / "_quarantine"))
+                         for p in (root / "_quarantine").rglob("*") if p.is_file())
+    assert quarantined == sorted(str(p.relative_to(root)) for p in (prompt_a, part_b, prompts_b))
+    assert (root / "_quarantine" / part_b.relative_to(root)).stat().st_size == 0
+    ct = read_table(open_storage(storage), "cross_task").to_pandas()
+    assert len(ct) == 2 * 8 and not ct.duplicated(["cell_key", "metric"]).any()

@@ -21,20 +21,23 @@ from tests.s3_server import moto_s3_server
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
 
 
-def cross_rows(study: str, model: str, n: int, run_id: str = "run-1") -> list[dict]:
+def cross_rows(study: str, model: str, n: int, run_id: str = "run-1",
+               target: str = "target0") -> list[dict]:
     rows = []
     for i in range(n):
         kind = ["prompt", "random", "none"][i % 3]
         rows.append(
             {
                 "cell_key": f"{study}-{model}-{i}",
+                "config_key": "cfg",
                 "model": model,
                 "source_task": f"task{i}" if kind == "prompt" else None,
                 "source_kind": kind,
                 "source_prompt_key": f"pk{i}" if kind == "prompt" else None,
                 "source_task_type": "nli" if kind == "prompt" else None,
-                "target_task": f"target{i % 2}",
+                "target_task": target,
                 "target_task_type": "sentiment",
+                "target_prompt_key": "own",
                 "same_type": False if kind == "prompt" else None,
                 "metric": "accuracy" if i % 2 == 0 else "macro_f1",
                 "score": 0.5 + i / 100,
@@ -179,7 +182,7 @@ def test_check_writable_local(tmp_path):
 
 def test_registry_has_first_tables():
     assert {"runs", "prompts", "training_curves", "cross_task"} <= set(TABLES)
-    assert TABLES["cross_task"].partition_by == ("study", "model")
+    assert TABLES["cross_task"].partition_by == ("study", "model", "target_task")
     assert TABLES["runs"].partition_by == ("study",)
     assert TABLES["cross_task"].schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     with pytest.raises(ValueError, match="already registered"):
@@ -193,10 +196,11 @@ def test_write_part_read_table_roundtrip(store):
     b = cross_rows("demo", "bert-base", 4)
     uri_a = write_part(store, "cross_task", a, "p1")
     write_part(store, "cross_task", b, "p1")
-    assert uri_a == store.uri("tables/cross_task/study=demo/model=minilm/part-p1.parquet")
+    assert uri_a == store.uri(
+        "tables/cross_task/study=demo/model=minilm/target_task=target0/part-p1.parquet")
     assert store.list("tables/cross_task") == [
-        "tables/cross_task/study=demo/model=bert-base/part-p1.parquet",
-        "tables/cross_task/study=demo/model=minilm/part-p1.parquet",
+        "tables/cross_task/study=demo/model=bert-base/target_task=target0/part-p1.parquet",
+        "tables/cross_task/study=demo/model=minilm/target_task=target0/part-p1.parquet",
     ]
 
     got = read_table(store, "cross_task")
@@ -410,7 +414,8 @@ def test_s3_tables_and_duckdb(s3_endpoint, bucket, s3_env):
     a = cross_rows("demo", "minilm", 4)
     b = cross_rows("demo", "bert", 3)
     uri = write_part(s, "cross_task", a, "p1")
-    assert uri == f"s3://{bucket}/results/tables/cross_task/study=demo/model=minilm/part-p1.parquet"
+    assert uri == (f"s3://{bucket}/results/tables/cross_task/study=demo/model=minilm/"
+                   "target_task=target0/part-p1.parquet")
     write_part(s, "cross_task", b, "p1")
     write_part(s, "cross_task", b, "p1")  # rewrite: no duplicates
     write_part(s, "runs", [run_row("demo")], "run-1")
