@@ -146,9 +146,9 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=50)
     ap.add_argument("--s3", action="store_true", help="also on a local moto S3 server")
     args = ap.parse_args()
-    import tasks.units as units
-
     import logging
+
+    import tasks.units as units
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     units.get_run_logger = lambda: logging.getLogger("bench")  # outside a flow
