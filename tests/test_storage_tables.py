@@ -460,3 +460,68 @@ def test_s3_check_writable_unreachable_endpoint(s3_env):
     with pytest.raises(StorageError, match="unreachable") as err:
         s.check_writable()
     assert "http://127.0.0.1:1" in str(err.value)
+
+
+# -- rows defined once, damaged parts, ready views -----------------------------------------
+
+
+def test_table_schemas_come_from_their_row_dataclasses(store):
+    import dataclasses
+
+    for name, row in (("runs", tables.RunRow), ("prompts", tables.PromptRow),
+                      ("training_curves", tables.CurveRow), ("cross_task", tables.CellRow),
+                      ("run_keys", tables.RunKeyRow)):
+        assert TABLES[name].schema.names == [f.name for f in dataclasses.fields(row)]
+    assert TABLES["cross_task"].schema.field("relative_score").nullable
+    assert not TABLES["cross_task"].schema.field("score").nullable
+    row = tables.RunKeyRow("r1", "demo", "m", "cross_task", "k1", T0)
+    write_part(store, "run_keys", [row], "r1")
+    assert read_table(store, "run_keys").to_pylist() == [dataclasses.asdict(row)]
+    with pytest.raises(ValueError, match="'key' is required"):
+        write_part(store, "run_keys", [dataclasses.replace(row, key=None)], "r2")
+
+
+def test_damaged_part_is_reported_by_path_and_kept_out_of_other_tables(store):
+    write_part(store, "cross_task", cross_rows("demo", "minilm", 3), "good")
+    bad = write_part(store, "cross_task", cross_rows("demo", "minilm", 3, "run-2"), "bad")
+    write_part(store, "runs", [run_row()], "run-1")
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 2)
+    part = {"study": "demo", "model": "minilm", "target_task": "target0"}
+    good, damaged = tables.read_parts(store, "cross_task", part)
+    assert good.num_rows == 3 and [k for k, _ in damaged] == [
+        "tables/cross_task/study=demo/model=minilm/target_task=target0/part-bad.parquet"]
+    with pytest.raises(StorageError, match="part-bad.parquet"):
+        read_table(store, "cross_task")
+    con = duckdb_connect(store)  # views open; only queries of the damaged table fail
+    assert con.execute("select count(*) from runs").fetchone()[0] == 1
+    with pytest.raises(Exception, match="part-bad.parquet"):
+        con.execute("select count(*) from cross_task").fetchall()
+    moved = tables.quarantine(store, damaged[0][0])
+    assert moved == store.uri("_quarantine/" + damaged[0][0]) and os.path.getsize(moved) > 0
+    assert not os.path.exists(bad)
+    assert duckdb_connect(store).execute("select count(*) from cross_task").fetchone()[0] == 3
+
+
+def test_current_views_select_the_latest_completed_runs_cells(store):
+    """Two configurations' cells in one partition: current_cross_task has exactly those of
+    the latest completed run (a newer failed run does not count)."""
+    import dataclasses
+
+    for i, (run, status) in enumerate((("old", "completed"), ("new", "completed"),
+                                       ("broken", "failed"))):
+        r = {**run_row("demo", run), "status": status,
+             "finished_at": T0 + dt.timedelta(hours=i)}
+        write_part(store, "runs", [r], run)
+        rows = [{**c, "cell_key": f"{run}-{c['cell_key']}", "config_key": run}
+                for c in cross_rows("demo", "minilm", 4, run)]
+        write_part(store, "cross_task", rows, run)
+        write_part(store, "run_keys", [
+            dataclasses.asdict(tables.RunKeyRow(run, "demo", "minilm", "cross_task",
+                                                c["cell_key"], T0)) for c in rows], run)
+    con = duckdb_connect(store)
+    assert con.execute("select count(*) from cross_task").fetchone()[0] == 12
+    got = con.execute("select distinct config_key, run_id from current_cross_task").fetchall()
+    assert got == [("new", "new")]
+    assert con.execute("select count(*) from current_cross_task").fetchone()[0] == 4
+    assert con.execute("select run_id from latest_runs").fetchall() == [("new",)]

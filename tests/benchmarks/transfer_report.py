@@ -4,7 +4,8 @@
 
 Per model: own prompt vs no prompt on each task, mean relative score of same-type vs
 different-type off-diagonal pairs (overall and per target type), the random- and no-prompt
-rows, and the accuracy matrix.
+rows, and the accuracy matrix. Rows come from the ``current_cross_task`` view: exactly the
+cells of the study's latest completed run, never older configurations' rows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from prompt_core.analysis import matrix, transfer_summary
 from tasks.storage import open_storage
-from tasks.tables import read_table
+from tasks.tables import duckdb_connect
 
 
 def main() -> None:
@@ -24,9 +25,10 @@ def main() -> None:
     ap.add_argument("--storage", default=None)
     args = ap.parse_args()
     st = open_storage(args.storage)
-    ct = read_table(st, "cross_task", filters={"study": args.study}).to_pandas()
+    ct = duckdb_connect(st).execute("select * from current_cross_task where study = ?",
+                                    [args.study]).df()
     if ct.empty:
-        raise SystemExit(f"no cross_task rows for study {args.study!r} under {st.root}")
+        raise SystemExit(f"no completed run of study {args.study!r} under {st.root}")
     pd.set_option("display.width", 200)
     for model, df in ct.groupby("model"):
         s = transfer_summary(df)
