@@ -3,7 +3,8 @@ on every target task, write the tables, publish artifacts.
 
 Stages (each a fan-out of Prefect tasks, each unit skipped when its key is already stored)::
 
-    validate -> prepare NLP tasks -> train prompts -> cross-task evaluation -> runs row + artifacts
+    validate (prompt_core.preflight) -> prepare NLP tasks -> train prompts
+    -> cross-task evaluation -> runs row + run_keys + artifacts
 
 Run it from Python with :func:`run_study` or from the shell with ``prompt-transfer run``.
 """
@@ -37,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from prompt_core.analysis import matrix, transfer_summary  # noqa: E402
 from prompt_core.config import StudyConfig, load_study  # noqa: E402
+from prompt_core.preflight import check_study  # noqa: E402
 from tasks import progress  # noqa: E402
 from tasks.storage import open_storage  # noqa: E402
 from tasks.tables import RunKeyRow, RunRow, now_utc, read_table, write_part  # noqa: E402
@@ -46,6 +48,7 @@ from tasks.units import (  # noqa: E402
     RunContext,
     TrainOutcome,
     evaluate_target_unit,
+    get_nlp_task,
     prepare_nlp_task,
     train_prompt_unit,
 )
@@ -217,16 +220,15 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     train_futures: list = []
     eval_futures: list = []
     try:
-        # prepare: load + validate every NLP task before any compute
+        # validate: everything knowable before compute (models, lengths, init prompt, task
+        # data, duplicate names); all problems in one InputError. Tasks stay loaded (cached).
+        check_study(study, load_task=get_nlp_task)
+        # prepare: each NLP task's identity (name, type, data fingerprint)
         progress.start_stage("prepare", len(study.tasks))
         infos: list[NlpTaskInfo] = []
         for cfg in study.tasks:
             infos.append(prepare_nlp_task(cfg, cfg.label()))
             progress.report("prepare")
-        names = [i.name for i in infos]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"two study tasks share the name(s) {dup}; set `name:` on one")
 
         # train: fan out per model x task x seed
         progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))

@@ -10,23 +10,42 @@ A minimal study file::
       - path: ../../shared/data/sst2 # task folder; relative paths resolve from the study file
       - builtin: movie_sentiment     # a demo task shipped with the package
 
-Everything else has defaults (see the ``description`` of each field).
+Everything else has defaults (see the ``description`` of each field). A study file is plain
+YAML of at most 1 MiB (anchors and aliases are refused), types are strict (``steps: true`` is
+an error, not 1), and ``models[].options`` are the keyword parameters of the backbone kind.
+What needs the data, the models' configs or a prompt file is checked by
+:func:`prompt_core.preflight.check_study`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from prompt_core.errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_STUDY_BYTES = 1 << 20  # a study file is a page of settings; 1 MiB is far beyond any real one
+JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -34,14 +53,72 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
+def name_problem(value: object) -> str | None:
+    """Why ``value`` cannot name a study, model or task (it becomes a path segment and a table
+    partition value), or None when it can."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not NAME_RE.match(value):
+        return "may only use letters, digits, '_', '.', '-'"
+    if value in (".", ".."):
+        return "may not be '.' or '..'"
+    return None
+
+
 def _check_name(v: str, what: str) -> str:
-    if not NAME_RE.match(v):
-        raise ValueError(f"{what} {v!r} may only use letters, digits, '_', '.', '-'")
+    problem = name_problem(v)
+    if problem:
+        raise ValueError(f"{what} {v!r} {problem}")
     return v
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every study section: unknown keys are errors, and types are strict (``steps:
+    true`` or ``lr: "1e-3"`` is refused, never read as 1 or parsed from text)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _params(fn: Any) -> dict[str, inspect.Parameter]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n: p for n, p in inspect.signature(fn).parameters.items()
+            if n not in ("self", "cls") and p.kind in kinds}
+
+
+def backbone_options(kind: str) -> dict[str, Any]:
+    """Options a backbone kind accepts, name -> type (``Any`` when unannotated): the keyword
+    parameters its ``from_pretrained`` and constructor add to those every backbone takes."""
+    from prompt_core.backbones import Backbone, backbone_class
+
+    cls = backbone_class(kind)
+    common = {*_params(Backbone.__init__), *_params(Backbone.from_pretrained)}
+    options: dict[str, Any] = {}
+    for fn in (cls.from_pretrained, cls.__init__):
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation only skips the type check
+            hints = {}
+        for name in _params(fn):
+            if name not in common:
+                options.setdefault(name, hints.get(name, Any))
+    return options
+
+
+def _option_problem(kind: str, name: str, value: Any, known: dict[str, Any]) -> str | None:
+    if name not in known:
+        return f"unknown option {name!r} for kind {kind!r}; known: {sorted(known)}"
+    if not isinstance(value, JSON_SCALARS):
+        return (f"option {name!r} must be a string, number, boolean or null, "
+                f"got {type(value).__name__}")
+    try:
+        TypeAdapter(known[name]).validate_python(value, strict=True)
+    except ValidationError:
+        return f"option {name!r} for kind {kind!r} must be {_type_name(known[name])}, got {value!r}"
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
 
 
 class TrainConfig(_Strict):
@@ -99,7 +176,11 @@ class ModelConfig(_Strict):
     model_id: str | None = Field(None, description="hub id or local directory; default per kind")
     revision: str | None = Field(None, description="model revision (hub)")
     lr: float | None = Field(None, gt=0, description="learning rate override for this model")
-    options: dict[str, Any] = Field(default_factory=dict, description="backbone options")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="backbone options: keyword parameters of the kind's class (e.g. encoder: "
+        "temperature), scalar values",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -110,12 +191,27 @@ class ModelConfig(_Strict):
             raise ValueError(f"unknown backbone kind {v!r}; known kinds: {sorted(BACKBONES)}")
         return v
 
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is None:  # the kind itself is invalid and already reported
+            return v
+        known = backbone_options(kind)
+        problems = [p for name, value in v.items()
+                    if (p := _option_problem(kind, name, value, known))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
     @model_validator(mode="after")
     def _defaults(self):
         from prompt_core.backbones import MINILM_ID, backbone_class
 
         if self.model_id is None:
             self.model_id = backbone_class(self.kind).default_model_id
+        elif self.model_id.startswith("~"):  # transformers does not expand the home folder
+            self.model_id = os.path.expanduser(self.model_id)
         if self.name is None:
             base = ("minilm" if self.model_id == MINILM_ID
                     else self.model_id.rstrip("/").split("/")[-1])
@@ -135,18 +231,23 @@ class ModelConfig(_Strict):
 
 
 class HFSourceConfig(_Strict):
+    """Any Hugging Face dataset read through ``datasets.load_dataset`` with a column mapping."""
+
     path: str = Field(description="dataset id or builder (e.g. 'parquet')")
     name: str | None = Field(None, description="dataset config name")
-    data_files: dict[str, str] | str | None = None
-    revision: str | None = None
-    text_a: str
-    text_b: str | None = None
-    label: str = "label"
-    label_names: list[str]
-    splits: dict[str, str] = Field(
-        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    data_files: dict[str, str] | str | None = Field(
+        None, description="local files or URLs for a builder; relative to the study file"
     )
-    type: str = "unknown"
+    revision: str | None = Field(None, description="dataset revision (hub)")
+    text_a: str = Field(description="column holding the first text")
+    text_b: str | None = Field(None, description="column holding the second text (pairs)")
+    label: str = Field("label", description="column holding the label id")
+    label_names: list[str] = Field(description="label names, in label id order (a list)")
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"},
+        description="our split name -> the dataset's split name",
+    )
+    type: str = Field("unknown", description="task type (sentiment, nli...)")
 
 
 class TaskConfig(_Strict):
@@ -176,11 +277,14 @@ class TaskConfig(_Strict):
     def label(self) -> str:
         """Display label before the data is loaded."""
         return self.name or self.builtin or self.catalogue or (
-            Path(self.path).name if self.path else self.hf.name or self.hf.path
+            Path(self.path).name if self.path
+            else self.hf.name or self.hf.path.rstrip("/").split("/")[-1]
         )
 
 
 class RunnerConfig(_Strict):
+    """How the flow runs its units."""
+
     max_workers: int = Field(1, ge=1, description="concurrent Prefect task runs (threads)")
     device: str = Field("cpu", description="torch device for models")
 
@@ -196,6 +300,12 @@ class StudyConfig(_Strict):
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    _source: str = PrivateAttr("study")  # the file it came from, for error messages
+
+    @property
+    def source(self) -> str:
+        """The study file (or the ``source`` given to :func:`parse_study`)."""
+        return self._source
 
     @field_validator("name")
     @classmethod
@@ -217,13 +327,23 @@ class StudyFileError(InputError):
     """The study file is missing, not YAML, or fails validation; the message says where."""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: {err.error_count()} problem(s) in the study file:"]
+def _format_errors(err: ValidationError, source: str, what: str = "the study file") -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in {what}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {format_error_line(e)}")
     return "\n".join(lines)
+
+
+def format_error_line(e: Any) -> str:
+    """One pydantic error as ``field.path: problem``, with the offending value when it is a
+    short scalar (``training.steps: Input should be a valid integer (got True)``)."""
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"].removeprefix("Value error, ")
+    value = e.get("input")
+    if (e["type"].endswith("_type") and isinstance(value, JSON_SCALARS)
+            and len(repr(value)) <= 80):
+        msg += f" (got {value!r})"
+    return f"{loc}: {msg}"
 
 
 def _resolve_files(files: dict[str, str] | str, base_dir: Path) -> dict[str, str] | str:
@@ -245,6 +365,7 @@ def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) 
         study = StudyConfig.model_validate(data)
     except ValidationError as e:
         raise StudyFileError(_format_errors(e, source)) from None
+    study._source = source
     if base_dir is not None:
         for t in study.tasks:
             if t.path and not Path(t.path).is_absolute():
@@ -256,16 +377,53 @@ def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) 
     return study
 
 
+class _AliasFound(Exception):
+    def __init__(self, mark: yaml.Mark):
+        super().__init__(f"line {mark.line + 1}")
+        self.line = mark.line + 1
+
+
+class _StudyYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors and aliases. A study file is plain settings, and
+    aliases are how a few lines expand to gigabytes (the "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasFound(event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _read_yaml(p: Path) -> Any:
+    size = p.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise StudyFileError(
+            f"{p}: {size} bytes; a study file may be at most {MAX_STUDY_BYTES} bytes (1 MiB)"
+        )
+    try:
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_StudyYamlLoader)  # noqa: S506
+    except _AliasFound as e:
+        raise StudyFileError(
+            f"{p}: line {e.line}: YAML aliases are not allowed in a study file "
+            "(no '&anchor' or '*alias': write each value out)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise StudyFileError(f"{p}: not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise StudyFileError(f"{p}: nested too deeply to be a study file") from None
+    except yaml.YAMLError as e:
+        raise StudyFileError(f"{p}: not valid YAML ({e})") from None
+
+
 def load_study(path: str | Path) -> StudyConfig:
-    """Read and validate a study YAML file (relative task paths resolve from its folder)."""
+    """Read and validate a study YAML file (relative task paths resolve from its folder).
+
+    Plain YAML only: anchors and aliases are refused, and so is a file over 1 MiB.
+    """
     p = Path(path)
     if not p.is_file():
         raise StudyFileError(f"study file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise StudyFileError(f"{p}: not valid YAML ({e})") from None
-    return parse_study(data, str(p), p.resolve().parent)
+    return parse_study(_read_yaml(p), str(p), p.resolve().parent)
 
 
 def load_nlp_task(cfg: TaskConfig):

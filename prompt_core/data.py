@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prompt_core.config import format_error_line, name_problem
 from prompt_core.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -46,6 +48,11 @@ DEFAULT_LABEL_WORDS: dict[str, str] = {
     "not_duplicate": "false",
     "sci/tech": "technology",
 }
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the plain Python value (messages show 7, not np.int64(7))."""
+    return value.item() if hasattr(value, "item") else value
 
 
 class TaskDataError(InputError):
@@ -139,6 +146,13 @@ def make_spec(
     where = f" ({source})" if source else ""
     if not name or not isinstance(name, str):
         raise TaskDataError(f"task name must be a non-empty string{where}")
+    if problem := name_problem(name):
+        raise TaskDataError(f"task name {name!r}{where} {problem}; set `name:` in the study")
+    for field_name, names in (("label_names", label_names), ("label_words", label_words)):
+        if names is not None and (isinstance(names, str) or not all(
+                isinstance(n, str) for n in names)):
+            raise TaskDataError(f"task {name!r}{where}: {field_name} must be a list of strings, "
+                                f"got {names!r}")
     if not label_names or len(label_names) < 2:
         raise TaskDataError(
             f"task {name!r}{where}: needs at least 2 label_names, got {label_names}"
@@ -168,7 +182,7 @@ def normalise_split(df: pd.DataFrame, spec: TaskSpec, split: str, source: str) -
         i = int(bad.to_numpy().nonzero()[0][0])
         raise TaskDataError(
             f"{where}: {int(bad.sum())} label(s) outside 0..{spec.n_labels - 1}; "
-            f"first at row {i}: {df['label'].iloc[i]!r}"
+            f"first at row {i}: {_plain(df['label'].iloc[i])!r}"
         )
     text_a = df["text_a"]
     empty = text_a.isna() | (text_a.astype(str).str.strip() == "")
@@ -206,6 +220,48 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return pd.read_json(path, lines=True, dtype={"text_a": str, "text_b": object})
 
 
+class TaskJson(BaseModel):
+    """The fields of a folder's ``task.json`` this package reads; others (provenance, notes)
+    are allowed and ignored. Types are strict: a string is never read as a list."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str = Field(description="task name: letters, digits, '_', '.', '-' (a path segment)")
+    type: str = Field("unknown", description="task type (sentiment, nli, paraphrase...)")
+    label_names: list[str] = Field(description="label names in label id order")
+    label_words: list[str] | None = Field(
+        None, description="verbalizer words, one per label; default from the label names"
+    )
+    description: str = Field("", description="free text")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if problem := name_problem(v):
+            raise ValueError(f"task name {v!r} {problem}")
+        return v
+
+
+def read_task_json(meta_path: Path) -> TaskJson:
+    """Parse and check ``task.json``; errors name the file and the field."""
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TaskDataError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise TaskDataError(f"{meta_path}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return TaskJson.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            if err["type"] == "missing":
+                lines.append(f"missing field {err['loc'][0]!r}")
+            else:
+                lines.append(f"field {format_error_line(err)}")
+        raise TaskDataError(f"{meta_path}: " + "; ".join(lines)) from None
+
+
 def load_task_folder(path: str | Path, name: str | None = None) -> TaskData:
     """Load a task folder: ``task.json`` plus ``train/validation/test`` as .parquet or .jsonl."""
     folder = Path(path)
@@ -214,19 +270,13 @@ def load_task_folder(path: str | Path, name: str | None = None) -> TaskData:
     meta_path = folder / "task.json"
     if not meta_path.exists():
         raise TaskDataError(f"task folder {folder}: task.json is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise TaskDataError(f"{meta_path}: not valid JSON ({e})") from e
-    for k in ("name", "label_names"):
-        if k not in meta:
-            raise TaskDataError(f"{meta_path}: missing field {k!r}")
+    meta = read_task_json(meta_path)
     spec = make_spec(
-        name or meta["name"],
-        meta.get("type", "unknown"),
-        meta["label_names"],
-        meta.get("label_words"),
-        meta.get("description", ""),
+        name or meta.name,
+        meta.type,
+        meta.label_names,
+        meta.label_words,
+        meta.description,
         source=str(folder),
     )
     splits = {s: normalise_split(_read_split_file(folder, s), spec, s, str(folder)) for s in SPLITS}

