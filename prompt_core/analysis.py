@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
 CELL_ID = ["source_kind", "source_task", "target_task", "seed", "metric"]
 
 
