@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/prompt-transfer run deployments/studies/demo.yaml
-	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from cross_task where study = 'demo' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 12"
+	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 12"
 
 test: install
 	$(BIN)/python -m pytest -q -m "not benchmark"
