@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from prompt_core.backbones import Backbone, Encoded
+from prompt_core.backbones import Backbone, Encoded, EncodeError
 from prompt_core.data import TaskData
 
 
@@ -40,13 +40,21 @@ class EncodedSplit:
         if max_examples is not None and len(df) > max_examples:
             df = df.sample(n=max_examples, random_state=0)
         self.backbone = backbone
-        self.items: list[Encoded] = backbone.encode_many(
-            df["text_a"].tolist(), df["text_b"].tolist(), max_length
-        )
+        self.max_length = max_length
+        try:
+            self.items: list[Encoded] = backbone.encode_many(
+                df["text_a"].tolist(), df["text_b"].tolist(), max_length
+            )
+        except EncodeError as e:
+            row = df.index[e.index] if e.index is not None else "?"
+            raise EncodeError(f"task {task.spec.name!r}, split {split!r}, row {row}: {e}",
+                              e.index) from e
         self.labels = df["label"].to_numpy()
         self.n_labels = task.spec.n_labels
         self.scorer = backbone.label_scorer(task.spec.label_words)
-        self._order = np.argsort([len(it.input_ids) for it in self.items], kind="stable")
+        lengths = [len(it.input_ids) for it in self.items]
+        self.longest = max(lengths, default=0)
+        self._order = np.argsort(lengths, kind="stable")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,12 +67,20 @@ class EncodedSplit:
     def predict(self, prompt: torch.Tensor | None, batch_size: int = 64) -> np.ndarray:
         """Predicted label ids for every example, in the split's order."""
         pred = np.empty(len(self.items), dtype=np.int64)
+        self.check_fits(0 if prompt is None else prompt.shape[0])
         p = None if prompt is None else prompt.to(self.backbone.device)
         for start in range(0, len(self.items), batch_size):
             idx = self._order[start : start + batch_size]
             batch, _ = self.batch(idx)
             pred[idx] = self.backbone.logits(p, batch, self.scorer).argmax(-1).cpu().numpy()
         return pred
+
+    def check_fits(self, n_tokens: int) -> None:
+        """Before any forward pass: a prompt of ``n_tokens`` + the longest encoded example fit
+        the model's positions (else :meth:`Backbone.check_lengths` names the numbers)."""
+        limit = self.backbone.max_positions
+        if limit is not None and n_tokens + self.longest > limit:
+            self.backbone.check_lengths(n_tokens, self.max_length)
 
     def evaluate(self, prompt: torch.Tensor | None, batch_size: int = 64) -> dict[str, float]:
         return scores(self.predict(prompt, batch_size), self.labels, self.n_labels)

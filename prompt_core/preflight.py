@@ -158,7 +158,9 @@ def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
     if problem:
         return facts, [problem]
     facts.hidden_size = _embedding_size(config)
-    facts.max_positions = getattr(config, "max_position_embeddings", None)
+    from prompt_core.backbones import config_positions
+
+    facts.max_positions = config_positions(config)[0]  # usable: 512 for RoBERTa's 514
     return facts, []
 
 

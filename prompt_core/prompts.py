@@ -55,7 +55,7 @@ def init_random(backbone: Backbone, n_tokens: int, generator: torch.Generator, s
 def init_vocab(backbone: Backbone, n_tokens: int, generator: torch.Generator, **_: Any):
     """Copies of n embeddings sampled (without replacement) from the non-special vocabulary."""
     table = backbone.input_embeddings.weight.detach().cpu()  # (V, D)
-    special = set(backbone.tokenizer.all_special_ids)
+    special = backbone.special_ids
     candidates = torch.tensor([i for i in range(1000, table.shape[0]) if i not in special])
     if len(candidates) < n_tokens:
         candidates = torch.tensor([i for i in range(table.shape[0]) if i not in special])
@@ -69,7 +69,7 @@ def init_text(backbone: Backbone, n_tokens: int, generator: torch.Generator,
     """Embeddings of the tokens of ``text``, repeated or cut to n tokens."""
     if not text:
         raise ValueError("prompt init 'text' needs init_text")
-    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = backbone.tokenize(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"init_text {text!r} has no tokens")
     ids = (ids * (n_tokens // len(ids) + 1))[:n_tokens]
@@ -82,7 +82,7 @@ def init_from_prompt(backbone: Backbone, n_tokens: int, generator: torch.Generat
     """A copy of an existing prompt (transferable prompt tuning starts here)."""
     if prompt is None:
         raise ValueError("prompt init 'prompt' needs an existing prompt tensor or file")
-    check_prompt_shape(prompt, backbone.hidden_size, n_tokens)
+    check_prompt_shape(prompt, backbone.hidden_size, n_tokens, where="init prompt")
     return prompt.detach().cpu().float().clone()
 
 
@@ -96,17 +96,23 @@ def init_prompt(kind: str, backbone: Backbone, n_tokens: int, seed: int, **kwarg
 
 def check_prompt_shape(prompt: torch.Tensor, hidden_size: int | None,
                        n_tokens: int | None = None, where: str = "prompt") -> None:
-    """A finite (n, D) tensor; D and n checked when given."""
+    """A finite (n, D) tensor; D and n checked when given. Errors start with ``where`` (the
+    file or URI the prompt came from) and give the found and the expected shape."""
+    found = tuple(prompt.shape)
+    n_want = "n_tokens" if n_tokens is None else n_tokens
+    want = f"({n_want}, {'d' if hidden_size is None else hidden_size})"
     if prompt.ndim != 2:
-        raise PromptFileError(
-            f"{where}: expected a 2-d tensor (n_tokens, d), got {tuple(prompt.shape)}"
-        )
+        raise PromptFileError(f"{where}: expected a 2-d tensor {want}, got shape {found}")
     if hidden_size is not None and prompt.shape[1] != hidden_size:
         raise PromptFileError(
-            f"{where}: hidden size {prompt.shape[1]} does not match the model's {hidden_size}"
+            f"{where}: hidden size {prompt.shape[1]} does not match the model's {hidden_size} "
+            f"(shape {found}, expected {want})"
         )
     if n_tokens is not None and prompt.shape[0] != n_tokens:
-        raise PromptFileError(f"{where}: has {prompt.shape[0]} tokens, expected {n_tokens}")
+        raise PromptFileError(
+            f"{where}: has {prompt.shape[0]} tokens, expected {n_tokens} "
+            f"(shape {found}, expected {want})"
+        )
     if not torch.isfinite(prompt).all():
         raise PromptFileError(f"{where}: contains NaN or infinite values")
 
@@ -121,8 +127,14 @@ def prompt_to_bytes(prompt: torch.Tensor, metadata: dict[str, Any]) -> bytes:
     return st_save({TENSOR_NAME: tensor}, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
-def prompt_from_bytes(data: bytes, where: str = "prompt file") -> tuple[torch.Tensor, dict]:
-    """Parse safetensors bytes into (prompt (n, D), metadata); clear errors for bad files."""
+def prompt_from_bytes(data: bytes, where: str = "prompt file", hidden_size: int | None = None,
+                      n_tokens: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Parse safetensors bytes into (prompt (n, D), metadata); clear errors for bad files.
+
+    ``where`` (the file name or URI) starts every error message; ``hidden_size`` / ``n_tokens``,
+    when given, are checked too (:func:`check_prompt_shape`), so a prompt that does not fit the
+    model it is used with fails here, naming the file, instead of inside a forward pass.
+    """
     try:
         tensors = st_load(data)
     except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure
@@ -130,7 +142,7 @@ def prompt_from_bytes(data: bytes, where: str = "prompt file") -> tuple[torch.Te
     if TENSOR_NAME not in tensors:
         raise PromptFileError(f"{where}: no tensor named {TENSOR_NAME!r} (has {list(tensors)})")
     prompt = tensors[TENSOR_NAME].float()
-    check_prompt_shape(prompt, hidden_size=None, where=where)
+    check_prompt_shape(prompt, hidden_size, n_tokens, where=where)
     meta: dict = {}
     header = _safetensors_metadata(data)
     if header and META_KEY in header:
@@ -151,8 +163,9 @@ def save_prompt_file(path: str | Path, prompt: torch.Tensor, metadata: dict[str,
     Path(path).write_bytes(prompt_to_bytes(prompt, metadata))
 
 
-def load_prompt_file(path: str | Path) -> tuple[torch.Tensor, dict]:
+def load_prompt_file(path: str | Path, hidden_size: int | None = None,
+                     n_tokens: int | None = None) -> tuple[torch.Tensor, dict]:
     p = Path(path)
     if not p.exists():
         raise PromptFileError(f"prompt file {p} does not exist")
-    return prompt_from_bytes(p.read_bytes(), where=str(p))
+    return prompt_from_bytes(p.read_bytes(), str(p), hidden_size, n_tokens)

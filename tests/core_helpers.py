@@ -69,3 +69,27 @@ def write_task_folder(
         else:
             df.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
     return folder
+
+
+def tiny_roberta_dir(folder: Path, max_position_embeddings: int = 66) -> Path:
+    """A tiny random-weight RobertaForMaskedLM with a real byte-level BPE tokenizer (trained on
+    the filler words here): ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4. Like
+    roberta-base its position ids start at pad + 1 = 2, so ``max_position_embeddings - 2``
+    positions are usable."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    corpus = [" ".join(FILLER + ["excellent", "terrible", "negative", "positive"])] * 4
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, type_vocab_size=1,
+                        max_position_embeddings=max_position_embeddings, pad_token_id=1,
+                        bos_token_id=0, eos_token_id=2)
+    RobertaForMaskedLM(cfg).save_pretrained(folder)
+    return folder

@@ -9,20 +9,27 @@ import torch.nn.functional as F
 
 from prompt_core.backbones import (
     BACKBONES,
+    Encoded,
+    EncodeError,
     EncoderBackbone,
+    LengthError,
+    MaskTokenError,
     MLMBackbone,
     backbone_class,
     cached_backbone,
+    config_positions,
     load_backbone,
     prepend_prompt,
+    usable_positions,
 )
 from prompt_core.backbones.base import pad_batch
 from prompt_core.backbones.encoder import mean_pool
 from prompt_core.config import TrainConfig
+from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit, accuracy, evaluate_prompts, macro_f1, scores
 from prompt_core.prompts import init_prompt
 from prompt_core.training import train_prompt
-from tests.core_helpers import keyword_task
+from tests.core_helpers import keyword_task, tiny_roberta_dir
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,6 @@ def test_prepend_prompt_shapes_and_mask():
 
 
 def test_pad_batch_right_pads():
-    from prompt_core.backbones import Encoded
-
     b = pad_batch([Encoded([5, 6, 7], [0, 0, 1]), Encoded([8], [0])], pad_id=0,
                   device=torch.device("cpu"))
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -217,6 +222,138 @@ def test_mlm_multi_token_label_words(mlm):
     assert torch.allclose(logits[:, 1], full[:, scorer[1][0]], atol=1e-4)
     with pytest.raises(ValueError, match="has no tokens"):
         mlm.label_scorer(("ok", ""))
+
+
+def test_mlm_left_truncating_tokenizer_keeps_mask(tiny_models):
+    """A tokenizer that truncates on the left would cut the mask: the text is cut instead."""
+    from transformers import AutoTokenizer
+
+    d = tiny_models["mlm"]
+    tok = AutoTokenizer.from_pretrained(d, truncation_side="left")
+    bb = MLMBackbone(load_backbone("mlm", d).model, tok, d)
+    words = [f"w{i}" for i in range(40)]
+    text = " ".join(words)
+    assert tok(f"{tok.mask_token} {text}", truncation=True,
+               max_length=16)["input_ids"][1] != tok.mask_token_id  # the tokenizer alone: lost
+    enc = bb.encode(text, None, 16)
+    assert len(enc.input_ids) == 16 and enc.input_ids[1] == tok.mask_token_id
+    a = tok(text, add_special_tokens=False)["input_ids"]
+    # left truncation kept: the end of the text stays
+    assert enc.input_ids == [tok.cls_token_id, tok.mask_token_id] + a[-13:] + [tok.sep_token_id]
+    pair = bb.encode(text, " ".join(words[:5]), 12)
+    assert len(pair.input_ids) == 12 and pair.input_ids[1] == tok.mask_token_id
+    assert pair.token_type_ids.count(1) == len(pair.input_ids) - pair.token_type_ids.index(1)
+
+
+@pytest.mark.bad_input
+def test_mlm_max_length_without_room_for_the_mask(mlm, task):
+    # [CLS] [MASK] [SEP] [SEP] + a text token is the least a pair needs
+    assert mlm.layout_tokens == 4
+    for n in (4, 5, 6):  # the tokenizer's own truncation cuts the mask of a pair here or not;
+        enc = mlm.encode("one two three four", "five six seven", n)  # the mask stays anyway
+        assert len(enc.input_ids) <= n and enc.input_ids[1] == mlm.mask_token_id, n
+    with pytest.raises(EncodeError, match="max_length 3 leaves no room for the mask token"):
+        mlm.encode("one two", "three", 3)
+    # a single text fits in 3 ([CLS] [MASK] [SEP]), a pair does not
+    with pytest.raises(EncodeError, match=r"^example 1: .*max_length 3 leaves no room") as e:
+        mlm.encode_many(["one", "two"], [None, "three"], 3)
+    assert e.value.index == 1 and isinstance(e.value, InputError)
+    with pytest.raises(EncodeError, match=r"task 'keyword', split 'test', row \d+: example 0:"):
+        EncodedSplit(mlm, task, "test", 2)
+    with pytest.raises(LengthError, match="max_length 4 leaves no room for text.*'mlm' takes 4 "
+                       r"tokens of layout \(special tokens \+ the mask\)"):
+        mlm.check_lengths(4, 4)
+    mlm.check_lengths(4, 5)
+
+
+@pytest.mark.bad_input
+def test_mlm_batch_row_without_mask_is_an_error(mlm):
+    """A row without its mask would silently be scored at [CLS]: it fails, naming the row."""
+    tok = mlm.tokenizer
+    good = mlm.encode("a fine film", None, 32)
+    bad = Encoded([tok.cls_token_id, 2204, tok.sep_token_id], [0, 0, 0])
+    scorer = mlm.label_scorer(("no", "yes"))
+    batch = mlm.collate([good, bad, good])
+    with pytest.raises(EncodeError, match=r"batch row\(s\) \[1\] have no \[MASK\] token"):
+        mlm.logits(None, batch, scorer)
+
+
+@pytest.mark.bad_input
+def test_mlm_without_mask_token_fails_at_load(tiny_models, tmp_path):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    d = tmp_path / "no-mask"
+    BertForMaskedLM.from_pretrained(tiny_models["mlm"]).save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny_models["mlm"], mask_token=None).save_pretrained(d)
+    with pytest.raises(MaskTokenError, match="its tokenizer has no mask token.*kind 'encoder'"):
+        load_backbone("mlm", str(d))
+    assert issubclass(MaskTokenError, InputError)
+    assert load_backbone("encoder", str(d)).hidden_size == 32  # fine as an encoder
+
+
+# --- position limits (RoBERTa-style offsets) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory):
+    """Tiny RoBERTa MLM: max_position_embeddings 66, pad 1, so 64 usable positions."""
+    return load_backbone("mlm", str(tiny_roberta_dir(tmp_path_factory.mktemp("rb") / "m", 66)))
+
+
+def test_usable_positions(roberta, mlm, encoder):
+    assert roberta.model.config.max_position_embeddings == 66
+    assert usable_positions(roberta.model) == (64, 2) and roberta.max_positions == 64
+    assert usable_positions(mlm.model) == (256, 0) == usable_positions(encoder.model)
+    # the same from the config alone (no weights), e.g. to check a study before loading
+    assert config_positions(roberta.model.config) == (64, 2)
+    assert config_positions(encoder.model.config) == (256, 0)
+
+
+@pytest.mark.bad_input
+def test_roberta_length_check_fails_before_the_forward_pass(roberta, task):
+    """4 + 62 = 66 used to pass the check (66 table rows) and then crash: ids start at 2."""
+    tok = roberta.tokenizer
+    assert tok.pad_token_id == 1 and roberta.pad_token_id == 1
+    long = " ".join(["movie"] * 200)
+    scorer = roberta.label_scorer(task.spec.label_words)
+    prompt = init_prompt("random", roberta, 4, seed=0)
+    over = roberta.collate([roberta.encode(long, None, 62)])
+    assert over["input_ids"].shape == (1, 62)
+    with pytest.raises(IndexError), torch.no_grad():  # what the old check let through
+        roberta.logits(prompt, over, scorer)
+    with pytest.raises(LengthError, match=r"n_tokens 4 \+ max_length 62 \(special tokens "
+                       r"included\) = 66 exceeds the 64 positions the model can use "
+                       r"\(max_position_embeddings 66, position ids start at 2\)"):
+        roberta.check_lengths(4, 62)
+    with pytest.raises(LengthError, match="exceeds the 64 positions"):
+        train_prompt(roberta, task, CFG.model_copy(update={"n_tokens": 4, "max_length": 61}))
+    # the largest allowed length runs
+    roberta.check_lengths(4, 60)
+    fits = roberta.collate([roberta.encode(long, None, 60), roberta.encode(long, "a city", 60)])
+    assert fits["input_ids"].shape == (2, 60)
+    with torch.no_grad():
+        assert roberta.logits(prompt, fits, scorer).shape == (2, 2)
+    # evaluation checks the longest encoded example + prompt before any forward pass
+    split = EncodedSplit(roberta, task, "test", 32)
+    assert split.longest < 32
+    split.predict(prompt)
+    with pytest.raises(LengthError, match="n_tokens 60 \\+ max_length 32"):
+        split.predict(init_prompt("random", roberta, 60, seed=0))
+
+
+def test_roberta_mlm_layout_and_training_smoke(roberta, task):
+    tok = roberta.tokenizer
+    enc = roberta.encode("the movie", "a city", 32)
+    a = tok(" the movie", add_special_tokens=False)["input_ids"]
+    b = tok("a city", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(a)[0].startswith("Ġ")  # byte-level BPE marks word starts
+    assert enc.input_ids == [0, 4] + a + [2, 2] + b + [2]  # <s> <mask> a </s></s> b </s>
+    assert roberta.layout_tokens == 5
+    scorer = roberta.label_scorer(("terrible", "excellent"))
+    assert scorer == [tok.convert_tokens_to_ids(["Ġterrible"]), tok.convert_tokens_to_ids(
+        ["Ġexcellent"])]
+    r = train_prompt(roberta, task, CFG.model_copy(update={"steps": 2, "eval_every": 2}))
+    assert r.prompt.shape == (4, 32) and r.best_step == 2
 
 
 # --- evaluation ----------------------------------------------------------------------------

@@ -578,6 +578,22 @@ def test_check_study_prompt_and_input_must_fit_the_positions(tmp_path, tiny_conf
 
 
 @pytest.mark.bad_input
+def test_check_study_counts_usable_positions_not_the_configs_number(tmp_path):
+    """RoBERTa-style: 66 positions in the config, 64 usable (ids start after the pad row)."""
+    from prompt_core.preflight import check_study
+    from tests.core_helpers import tiny_roberta_dir
+
+    folder = tiny_roberta_dir(tmp_path / "tiny-roberta", max_position_embeddings=66)
+    study = _study(tmp_path, [{"kind": "mlm", "name": "rob", "model_id": str(folder)}],
+                   training={"n_tokens": 4, "max_length": 62}, evaluation={"max_length": 8})
+    msg = _check_problems(study)
+    assert "training.n_tokens 4 + training.max_length 62 exceeds the 64 positions" in msg
+    fits = _study(tmp_path, [{"kind": "mlm", "name": "rob", "model_id": str(folder)}],
+                  training={"n_tokens": 4, "max_length": 60}, evaluation={"max_length": 8})
+    assert check_study(fits).models[0].max_positions == 64
+
+
+@pytest.mark.bad_input
 def test_check_study_lists_every_problem_at_once(tmp_path):
     bad = write_task_folder(tmp_path / "bad", meta={"name": "a/b", "label_names": "neg pos"})
     a = write_task_folder(tmp_path / "a")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +79,87 @@ def test_init_text(encoder):
         init_prompt("text", encoder, 5, seed=0)
 
 
+class ConcurrencyProbe:
+    """Wraps a tokenizer and records whether two threads were ever inside it at once (each
+    call sleeps a little, so unsynchronised callers overlap almost surely)."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self._count = threading.Lock()
+        self.inside = self.most_inside = self.calls = 0
+
+    def _enter(self):
+        with self._count:
+            self.inside += 1
+            self.calls += 1
+            self.most_inside = max(self.most_inside, self.inside)
+
+    def _leave(self):
+        with self._count:
+            self.inside -= 1
+
+    def __call__(self, *args, **kwargs):
+        self._enter()
+        try:
+            time.sleep(0.002)
+            return self._tok(*args, **kwargs)
+        finally:
+            self._leave()
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "mlm"])
+def test_tokenizer_calls_never_overlap(tiny_models, kind):
+    """init_text, encode_many and label_scorer from several threads share one backbone (as
+    Prefect task threads do): no two of them are ever inside the tokenizer at once."""
+    from prompt_core.backbones import load_backbone
+
+    bb = load_backbone(kind, tiny_models[kind])
+    probe = bb.tokenizer = ConcurrencyProbe(bb.tokenizer)
+    start = threading.Barrier(4)
+    errors = []
+
+    def work(i):
+        try:
+            start.wait()
+            for j in range(6):
+                if (i + j) % 3 == 0:
+                    init_prompt("text", bb, 4, seed=0, text="great movie")
+                elif (i + j) % 3 == 1:
+                    bb.encode_many(["a fine film", "ok"], [None, "yes"], 16)
+                else:
+                    bb.label_scorer(("bad", "good"))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert probe.calls >= 24
+    assert probe.most_inside == 1, "two threads were inside the tokenizer at once"
+
+
+def test_library_code_tokenizes_only_through_the_backbone():
+    """Every tokenizer use in the library goes through Backbone.tokenize (which holds the
+    lock) or the ids read at construction; only backbones/base.py calls the tokenizer."""
+    root = Path(__file__).resolve().parents[1]
+    direct = re.compile(r"\.tokenizer\s*[(.]")
+    offenders = []
+    for pkg in ("prompt_core", "tasks", "flows"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            if f.relative_to(root).as_posix() == "prompt_core/backbones/base.py":
+                continue
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if direct.search(line):
+                    offenders.append(f"{f.relative_to(root)}:{n}: {line.strip()}")
+    assert not offenders, "use backbone.tokenize(...):\n" + "\n".join(offenders)
+
+
 def test_init_from_prompt(encoder):
     src = torch.randn(4, 32)
     p = init_prompt("prompt", encoder, 4, seed=0, prompt=src)
@@ -100,6 +185,34 @@ def test_check_prompt_shape():
         check_prompt_shape(torch.tensor([[0.0, float("inf")]]), 2)
     with pytest.raises(PromptFileError, match="^p.safetensors: "):
         check_prompt_shape(torch.zeros(3, 8), 16, where="p.safetensors")
+
+
+@pytest.mark.bad_input
+def test_prompt_file_shape_errors_name_the_file_and_both_shapes(tmp_path):
+    """A prompt that does not fit the model fails when read, naming its file/URI and the found
+    and expected shapes."""
+    uri = "s3://bucket/prompts/m/t/k.safetensors"
+    data = prompt_to_bytes(torch.zeros(4, 16), {})
+    prompt_from_bytes(data, uri, hidden_size=16, n_tokens=4)  # fits
+    with pytest.raises(PromptFileError, match=re.escape(
+            f"{uri}: hidden size 16 does not match the model's 32 (shape (4, 16), "
+            "expected (4, 32))")):
+        prompt_from_bytes(data, uri, hidden_size=32, n_tokens=4)
+    with pytest.raises(PromptFileError, match=re.escape(
+            f"{uri}: has 4 tokens, expected 5 (shape (4, 16), expected (5, 16))")):
+        prompt_from_bytes(data, uri, hidden_size=16, n_tokens=5)
+    with pytest.raises(PromptFileError, match=re.escape(
+            f"{uri}: hidden size 16 does not match the model's 32 (shape (4, 16), "
+            "expected (n_tokens, 32))")):
+        prompt_from_bytes(data, uri, hidden_size=32)
+    with pytest.raises(PromptFileError, match=re.escape(
+            f"{uri}: expected a 2-d tensor (4, 16), got shape (2, 2, 16)")):
+        prompt_from_bytes(st_save({"prompt": torch.zeros(2, 2, 16)}), uri, 16, 4)
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(PromptFileError, match=re.escape(f"{path}: has 4 tokens, expected 20")):
+        load_prompt_file(path, hidden_size=16, n_tokens=20)
+    assert load_prompt_file(path, 16, 4)[0].shape == (4, 16)
 
 
 # --- file format ---------------------------------------------------------------------------

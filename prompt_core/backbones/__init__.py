@@ -5,9 +5,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prompt_core.backbones.base import Backbone, Encoded, prepend_prompt
+from prompt_core.backbones.base import (
+    Backbone,
+    Encoded,
+    EncodeError,
+    LengthError,
+    config_positions,
+    prepend_prompt,
+    usable_positions,
+)
 from prompt_core.backbones.encoder import MINILM_ID, EncoderBackbone
-from prompt_core.backbones.mlm import MLMBackbone
+from prompt_core.backbones.mlm import MaskTokenError, MLMBackbone
 
 BACKBONES: dict[str, type[Backbone]] = {}
 
@@ -60,6 +68,8 @@ def cached_backbone(
 
 
 __all__ = [
-    "BACKBONES", "Backbone", "Encoded", "EncoderBackbone", "MINILM_ID", "MLMBackbone",
-    "backbone_class", "cached_backbone", "load_backbone", "prepend_prompt", "register_backbone",
+    "BACKBONES", "Backbone", "Encoded", "EncodeError", "EncoderBackbone", "LengthError",
+    "MINILM_ID", "MLMBackbone", "MaskTokenError", "backbone_class", "cached_backbone",
+    "config_positions", "load_backbone", "prepend_prompt", "register_backbone",
+    "usable_positions",
 ]

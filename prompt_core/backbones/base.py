@@ -9,6 +9,11 @@ only ever call four things:
 * ``logits(prompt, batch, scorer)`` -> (B, K) class logits for a soft prompt (or none)
 
 so a new kind (seq2seq, causal) slots in by implementing these and registering itself.
+
+Threads share one backbone (``cached_backbone``), and a fast tokenizer is not thread-safe (it
+raises "Already borrowed" when two threads use it at once), so every tokenizer call goes through
+:meth:`Backbone.tokenize`, which holds the backbone's lock; the ids the loops need per batch (pad,
+mask, special ids) are read once at construction.
 """
 
 from __future__ import annotations
@@ -20,6 +25,23 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from prompt_core.errors import InputError
+
+
+class LengthError(InputError):
+    """Prompt + text do not fit the model's positions, or leave no room for the text."""
+
+
+class EncodeError(InputError):
+    """An example cannot be laid out for a backbone kind (e.g. no room for its mask token).
+
+    ``index`` is the example's position in the list being encoded, when known.
+    """
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass
@@ -44,6 +66,51 @@ def prepend_prompt(
     p = prompt.to(embeds.dtype).unsqueeze(0).expand(B, -1, -1)  # (B, n, D)
     ones = attention_mask.new_ones(B, prompt.shape[0])  # (B, n)
     return torch.cat([p, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+
+def position_table(model: nn.Module) -> nn.Embedding | None:
+    """The learned absolute position embedding table of ``model``, or None (e.g. relative or
+    rotary positions): ``embeddings.position_embeddings`` of the base model, else the first
+    module named ``*position_embeddings`` that is an ``nn.Embedding``."""
+    base = getattr(model, "base_model", model)
+    table = getattr(getattr(base, "embeddings", None), "position_embeddings", None)
+    if isinstance(table, nn.Embedding):
+        return table
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding):
+            return module
+    return None
+
+
+def usable_positions(model: nn.Module) -> tuple[int | None, int]:
+    """(positions an input may use, index of the first position id) for ``model``.
+
+    BERT-style tables start at position 0: all ``max_position_embeddings`` are usable. Tables
+    with a padding row (RoBERTa, XLM-R, CamemBERT, ...: ``nn.Embedding(..., padding_idx=p)``)
+    number real tokens from ``p + 1``, so ``num_embeddings - p - 1`` are usable (514 -> 512).
+    Without a table the config's ``max_position_embeddings`` is the limit, if it has one.
+    """
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    table = position_table(model)
+    if table is None:
+        return limit, 0
+    offset = 0 if table.padding_idx is None else table.padding_idx + 1
+    usable = table.num_embeddings - offset
+    return (usable if limit is None else min(limit, usable)), offset
+
+
+def config_positions(config: Any) -> tuple[int | None, int]:
+    """:func:`usable_positions` from a model config alone (no weights): the model is built on
+    PyTorch's meta device, which allocates nothing. Falls back to the config's
+    ``max_position_embeddings`` (offset 0) when transformers cannot build it."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001 - unknown architecture: the config's number is all we have
+        return getattr(config, "max_position_embeddings", None), 0
+    return usable_positions(model)
 
 
 def pad_batch(items: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -71,16 +138,24 @@ class Backbone(ABC):
     kind: ClassVar[str]
     default_model_id: ClassVar[str]
     default_lr: ClassVar[float]
+    layout_words: ClassVar[str] = "special tokens"  # what layout_tokens counts, for messages
 
     def __init__(self, model: nn.Module, tokenizer: Any, model_id: str, device: str = "cpu"):
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # the raw tokenizer: call it only through tokenize() (or under _tokenizer_lock)
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self._positions = usable_positions(self.model)  # (usable, first position id)
         self.device = torch.device(device)
-        # fast tokenizers raise "Already borrowed" when two threads tokenise at once
-        self._tokenizer_lock = threading.Lock()
+        # fast tokenizers raise "Already borrowed" when two threads tokenise at once; reentrant,
+        # so encode_many can hold it around the encode() calls that tokenize
+        self._tokenizer_lock = threading.RLock()
+        with self._tokenizer_lock:
+            self.pad_token_id: int = tokenizer.pad_token_id or 0
+            self.special_ids: frozenset[int] = frozenset(tokenizer.all_special_ids)
+            self._n_special_pair: int = tokenizer.num_special_tokens_to_add(pair=True)
 
     @classmethod
     @abstractmethod
@@ -100,17 +175,41 @@ class Backbone(ABC):
 
     @property
     def max_positions(self) -> int | None:
-        """Longest input (prompt + text tokens) the model's position embeddings allow."""
-        return getattr(self.model.config, "max_position_embeddings", None)
+        """Longest input (prompt + text tokens, special tokens included) the model's position
+        embeddings allow (see :func:`usable_positions`); None when it has no fixed limit."""
+        return self._positions[0]
+
+    @property
+    def layout_tokens(self) -> int:
+        """Tokens this kind's input layout adds to the text (special tokens of a text pair)."""
+        return self._n_special_pair
 
     def check_lengths(self, n_tokens: int, max_length: int) -> None:
-        """Fail early, with the numbers, when prompt + text cannot fit the model."""
-        limit = self.max_positions
-        if limit is not None and n_tokens + max_length > limit:
-            raise ValueError(
-                f"{self.model_id}: n_tokens {n_tokens} + max_length {max_length} exceeds the "
-                f"model's {limit} positions; lower one of them"
+        """Fail early, with the numbers, when prompt + text cannot fit the model (before any
+        forward pass). ``max_length`` counts the text's tokens including the special tokens."""
+        if max_length <= self.layout_tokens:
+            raise LengthError(
+                f"{self.model_id}: max_length {max_length} leaves no room for text: an input "
+                f"of kind {self.kind!r} takes {self.layout_tokens} tokens of layout "
+                f"({self.layout_words}); raise max_length"
             )
+        limit, offset = self._positions
+        if limit is not None and n_tokens + max_length > limit:
+            how = ""
+            if offset:
+                total = getattr(self.model.config, "max_position_embeddings", limit + offset)
+                how = f" (max_position_embeddings {total}, position ids start at {offset})"
+            raise LengthError(
+                f"{self.model_id}: n_tokens {n_tokens} + max_length {max_length} (special tokens "
+                f"included) = {n_tokens + max_length} exceeds the {limit} positions the model can "
+                f"use{how}; lower n_tokens or max_length"
+            )
+
+    def tokenize(self, text: str | list[str], text_pair: str | list[str] | None = None,
+                 **kwargs: Any) -> Any:
+        """Call the tokenizer under the backbone's lock: the one way to tokenise (thread-safe)."""
+        with self._tokenizer_lock:
+            return self.tokenizer(text, text_pair, **kwargs)
 
     def token_type_ids(self, encoding: dict) -> list[int]:
         ids = encoding["input_ids"]
@@ -123,11 +222,18 @@ class Backbone(ABC):
     def encode_many(
         self, text_a: list[str], text_b: list[str | None], max_length: int
     ) -> list[Encoded]:
+        """``encode`` each pair; an :class:`EncodeError` names the failing example's index."""
+        out = []
         with self._tokenizer_lock:
-            return [self.encode(a, b, max_length) for a, b in zip(text_a, text_b, strict=True)]
+            for i, (a, b) in enumerate(zip(text_a, text_b, strict=True)):
+                try:
+                    out.append(self.encode(a, b, max_length))
+                except EncodeError as e:
+                    raise EncodeError(f"example {i}: {e}", index=i) from e
+        return out
 
     def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
-        return pad_batch(items, self.tokenizer.pad_token_id or 0, self.device)
+        return pad_batch(items, self.pad_token_id, self.device)
 
     @abstractmethod
     def label_scorer(self, label_words: tuple[str, ...] | list[str]) -> Any:

@@ -57,7 +57,7 @@ class EncoderBackbone(Backbone):
         return cls(model, tok, model_id, device, **options)
 
     def encode(self, text_a, text_b, max_length):
-        enc = self.tokenizer(
+        enc = self.tokenize(
             text_a, text_b, truncation=True, max_length=max_length, add_special_tokens=True
         )
         return Encoded(enc["input_ids"], self.token_type_ids(enc))
@@ -65,7 +65,8 @@ class EncoderBackbone(Backbone):
     @torch.no_grad()
     def label_scorer(self, label_words) -> torch.Tensor:
         """Unit-norm label embeddings (K, D) from the frozen model, no prompt."""
-        items = self.encode_many(list(label_words), [None] * len(label_words), 32)
+        items = self.encode_many(list(label_words), [None] * len(label_words),
+                                 min(32, self.max_positions or 32))
         batch = self.collate(items)
         out = self.model(**batch).last_hidden_state  # (K, T, D)
         return F.normalize(mean_pool(out, batch["attention_mask"]), dim=-1)
