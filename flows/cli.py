@@ -1,19 +1,32 @@
-"""``prompt-transfer``: run a study, query its tables, check a study file.
+"""``prompt-transfer``: run a study, query its tables, check a study file or a storage root.
 
-Storage for ``query`` and ``tables``: ``--storage URI`` if given, else $PROMPT_TRANSFER_STORAGE,
-else ``./results``. S3 endpoints and credentials come from the environment
-(PROMPT_TRANSFER_S3_ENDPOINT or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+Storage for ``query``, ``tables`` and ``verify``: ``--storage URI`` if given, else
+$PROMPT_TRANSFER_STORAGE, else ``./results``. S3 endpoints and credentials come from the
+environment (PROMPT_TRANSFER_S3_ENDPOINT or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY).
+
+Errors are one line on stderr, never a traceback (``--debug`` shows it): exit 2 for bad input
+(study file, task data, prompt files, a storage root that is unusable or holds no tables), 1 for
+a failed run or query.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
+import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,6 +36,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+from prompt_core.errors import InputError
+from tasks.storage import Storage, StorageError, open_storage
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
@@ -42,6 +59,182 @@ StorageOpt = Annotated[
     typer.Option("--storage", "-s", help="Storage root URI (local path or s3://bucket/prefix). "
                  "Default: $PROMPT_TRANSFER_STORAGE, else ./results."),
 ]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", envvar="PROMPT_TRANSFER_DEBUG",
+                 help="On an error, show the traceback and Prefect's own error logs."),
+]
+_global = {"debug": False}  # set by `prompt-transfer --debug <command>`
+
+
+@app.callback()
+def _main(debug: DebugOpt = False) -> None:
+    _global["debug"] = debug
+
+
+# -- errors: one clear line, the traceback only with --debug ----------------------------------
+
+
+def _error_line(msg: str) -> None:
+    """Print ``error: msg`` on stderr. The line is never wrapped nor cropped by rich (a
+    terminal may still wrap it visually), and ``msg`` is text, not rich markup."""
+    console.print(Text.assemble(("error:", "bold red"), " ", msg), soft_wrap=True)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    _error_line(msg)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _reported(action: str, debug: bool) -> Iterator[None]:
+    """Turn any exception into one line and an exit code: bad input (InputError) and unusable
+    storage (StorageError) exit 2, anything else is ``<action> failed`` with exit 1."""
+    try:
+        yield
+    except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        raise
+    except BaseException as e:
+        if isinstance(e, SystemExit | GeneratorExit):
+            raise
+        if debug or _global["debug"]:
+            sys.stderr.write(traceback.format_exc())
+        if isinstance(e, InputError):
+            _fail(f"invalid input: {e}", 2)
+        if isinstance(e, StorageError):
+            _fail(str(e), 2)
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", signal.SIGINT)
+            _fail(f"{action} stopped by {signal.Signals(signum).name}", 128 + signum)
+        if isinstance(e, Exception):
+            _fail(f"{action} failed: {type(e).__name__}: {e}", 1)
+        # Prefect's TerminationSignal (SIGTERM) and other BaseExceptions
+        _fail(f"{action} stopped: {type(e).__name__}", 1)
+
+
+# Prefect reports a failed task or flow run at ERROR level with its traceback, through the
+# loggers below, to the console handler of the root logger (and to its API handler, for the UI).
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine",
+                       "prefect.flow_engine", "prefect.task_engine")
+
+
+class _DropRunErrors(logging.Filter):
+    """Drop Prefect's own reports of failed runs from the console: the CLI prints one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and record.name.startswith(PREFECT_RUN_LOGGERS))
+
+
+@contextlib.contextmanager
+def _quiet_prefect_errors(enabled: bool) -> Iterator[None]:
+    """While the flow runs, keep Prefect's ERROR logs and tracebacks off the console handlers
+    (the Prefect API and UI still get them)."""
+    if not enabled:
+        yield
+        return
+    filt = _DropRunErrors()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C: the flow marks the run failed and writes its runs row."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the flow runs, SIGTERM stops it as Ctrl-C does (by default it killed the process
+    on the spot: no runs row, no clean exit). Only on the main thread, where handlers live."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- the ephemeral Prefect API: a child that dies with the CLI --------------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent_fn():
+    """A ``preexec_fn`` for Popen that asks the kernel to SIGKILL the child when the thread that
+    spawned it exits (so spawn from the main thread: that is when the process exits, even by
+    SIGKILL). None where this cannot be done (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_ephemeral_api() -> None:
+    """Start Prefect's ephemeral API server now, on this (the main) thread, tied to this process.
+
+    Without PREFECT_API_URL, Prefect starts a uvicorn subprocess on first use (from whichever
+    thread needs it) and stops it at exit; a CLI killed by SIGKILL left it running for good.
+    Started here, the server is registered as Prefect's default instance (as Prefect's own test
+    harness does), so Prefect reuses it, and on Linux the kernel kills it when this process
+    dies. Nothing happens when an API URL is set, ephemeral mode is off or a server exists.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    preexec = _die_with_parent_fn()
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return
+    from prefect.server.api import server as prefect_server
+
+    if None in prefect_server.SubprocessASGIServer._instances or preexec is None:
+        return
+
+    class _Subprocess:
+        """The ``subprocess`` module as Prefect's server module sees it: Popen with preexec."""
+
+        def __getattr__(self, name: str):
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
+            return subprocess.Popen(*args, preexec_fn=preexec, **kwargs)
+
+    class TiedServer(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            prefect_server.subprocess = _Subprocess()
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = subprocess
+
+    TiedServer().start()
 
 
 class RichReporter:
@@ -78,11 +271,6 @@ class RichReporter:
             self.p.remove_task(tid)
 
 
-def _fail(msg: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(code)
-
-
 @app.command()
 def run(
     study_file: Annotated[Path, typer.Argument(help="Study YAML file (name, storage, models, "
@@ -94,45 +282,44 @@ def run(
         help="Concurrent Prefect task runs (threads); default: the study's runner.max_workers."
     )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run a study: train prompts, evaluate the cross-task matrix, write tables.
 
     Reruns skip every unit whose result is already stored. Exit code 0 on success, 1 on a
     failed run, 2 on invalid input (study file, storage, task data or prompt files), which is
-    checked before any training.
+    checked before any training and before anything is written.
     """
-    if not verbose:
+    debug = debug or _global["debug"]
+    if not (verbose or debug):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from prompt_core.config import StudyFileError, load_study
+    with _reported("run", debug):
+        _run(study_file, storage, workers, prefect_errors=verbose or debug)
 
-    try:
-        study = load_study(study_file)
-    except StudyFileError as e:
-        _fail(str(e), 2)
+
+def _run(study_file: Path, storage: str | None, workers: int | None,
+         prefect_errors: bool) -> None:
+    from prompt_core.config import load_study
+    from prompt_core.preflight import check_study
+
+    study = load_study(study_file)
     from flows.transfer_matrix import run_study
     from tasks import progress as prog
-    from tasks.storage import StorageError, open_storage
+    from tasks.units import get_nlp_task
 
-    try:
-        root = open_storage(storage or study.storage)
-        root.check_writable()
-    except StorageError as e:
-        _fail(str(e), 2)
-    console.print(f"study [bold]{study.name}[/bold]: {len(study.models)} model(s) x "
-                  f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> {root.root}")
+    check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
+    root = open_storage(storage or study.storage)
+    root.check_writable()
+    console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
+                  f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
+                  f"{escape(root.root)}", soft_wrap=True)
+    start_ephemeral_api()
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
     prog.set_reporter(RichReporter(bars))
-    from prompt_core.data import TaskDataError
-    from prompt_core.prompts import PromptFileError
-
     try:
-        with bars:
+        with _sigterm_interrupts(), _quiet_prefect_errors(not prefect_errors), bars:
             result = run_study(study, storage=root.root, max_workers=workers)
-    except (TaskDataError, PromptFileError) as e:  # bad input, found before any training
-        _fail(f"invalid input: {e}", 2)
-    except Exception as e:  # noqa: BLE001 - the CLI reports and exits non-zero
-        _fail(f"run failed: {type(e).__name__}: {e}")
     finally:
         prog.set_reporter(None)
     t = Table(title=f"study {result.study} ({result.seconds:.0f}s)")
@@ -145,7 +332,19 @@ def run(
     out.print(f"prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}; "
               f"cells evaluated {result.n_cells_evaluated}, reused {result.n_cells_cached}")
     out.print(f"tables: {result.storage}/tables/  (try: prompt-transfer query "
-              f"\"select * from cross_task limit 5\" --storage {result.storage})")
+              f"\"select * from cross_task limit 5\" --storage {result.storage})",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+def open_tables_root(uri: str | None) -> Storage:
+    """The storage root of ``query``/``tables``; StorageError (exit 2) when it holds no tables,
+    rather than an empty answer from a mistyped path or bucket."""
+    st = open_storage(uri)
+    if st.exists("tables"):
+        return st
+    if not st.exists(""):  # local: no folder; s3: no bucket, or nothing under the prefix
+        raise StorageError(f"storage root {st.root} does not exist (no tables there)")
+    raise StorageError(f"storage root {st.root} has no tables/ (no study has run there)")
 
 
 @app.command()
@@ -155,20 +354,15 @@ def query(
     storage: StorageOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
+    debug: DebugOpt = False,
 ) -> None:
     """Query the result tables with DuckDB (local or s3 storage)."""
-    from tasks.storage import StorageError, open_storage
-    from tasks.tables import duckdb_connect
-
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {fmt!r}", 2)
-    try:
-        con = duckdb_connect(open_storage(storage))
-        df = con.execute(sql).df()
-    except StorageError as e:
-        _fail(str(e), 2)
-    except Exception as e:  # noqa: BLE001 - duckdb raises many error types
-        _fail(f"query failed: {e}", 1)
+    with _reported("query", debug):
+        from tasks.tables import duckdb_connect
+
+        df = duckdb_connect(open_tables_root(storage)).execute(sql).df()
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
@@ -190,42 +384,103 @@ def _fmt(v) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.4f}"
-    return str(v)
+    return escape(str(v))
 
 
 @app.command()
-def tables(storage: StorageOpt = None) -> None:
-    """List the tables with their row counts and partition columns."""
-    from tasks.storage import open_storage
-    from tasks.tables import TABLES, duckdb_connect
+def tables(storage: StorageOpt = None, debug: DebugOpt = False) -> None:
+    """List the tables with their row counts and partition columns.
 
-    st = open_storage(storage)
-    con = duckdb_connect(st)
-    t = Table(title=f"tables under {st.root}/tables")
-    for col in ("table", "rows", "partitions", "description"):
-        t.add_column(col)
-    for name, spec in TABLES.items():
-        n = con.execute(f'select count(*) from "{name}"').fetchone()[0]
-        t.add_row(name, str(n), "/".join(spec.partition_by), spec.description)
+    A table that cannot be read (a damaged part file) is listed as such, with its error below
+    the listing, and the exit code is 1.
+    """
+    broken: list[str] = []
+    with _reported("tables", debug):
+        from tasks.tables import TABLES, duckdb_connect
+
+        st = open_tables_root(storage)
+        con = duckdb_connect(st)
+        t = Table(title=f"tables under {escape(st.root)}/tables")
+        for col in ("table", "rows", "partitions", "description"):
+            t.add_column(col)
+        for name, spec in TABLES.items():
+            try:
+                n = str(con.execute(f'select count(*) from "{name}"').fetchone()[0])
+            except Exception as e:  # noqa: BLE001 - duckdb/arrow raise many types; reported
+                if debug or _global["debug"]:
+                    sys.stderr.write(traceback.format_exc())
+                n = "unreadable"
+                broken.append(f"table {name}: {type(e).__name__}: {e}")
+            t.add_row(name, n, "/".join(spec.partition_by), escape(spec.description))
     out.print(t)
+    for msg in broken:
+        _error_line(msg)
+    if broken:
+        console.print("(`prompt-transfer verify` lists every damaged file)", markup=False,
+                      soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
-def validate(study_file: Annotated[Path, typer.Argument(help="Study YAML file.")]) -> None:
-    """Check a study file and load its NLP tasks, without training anything."""
-    from prompt_core.config import StudyFileError, load_nlp_task, load_study
-    from prompt_core.data import TaskDataError
+def validate(study_file: Annotated[Path, typer.Argument(help="Study YAML file.")],
+             debug: DebugOpt = False) -> None:
+    """Check a study file, its models, prompt file and NLP tasks, without training anything.
 
-    try:
+    Everything `run` checks before compute is checked here; exit 2 lists every problem.
+    """
+    with _reported("validate", debug):
+        from prompt_core.config import load_study
+        from prompt_core.preflight import check_study
+
         study = load_study(study_file)
-        for cfg in study.tasks:
-            td = load_nlp_task(cfg)
-            s = td.summary()
-            out.print(f"{s['name']:<24} {s['type']:<12} labels={s['labels']} "
-                      f"train={s['n_train']} validation={s['n_validation']} test={s['n_test']}")
-    except (StudyFileError, TaskDataError) as e:
-        _fail(str(e), 2)
-    out.print(f"[green]ok[/green]: study {study.name!r} is valid")
+        checked = check_study(study)
+    for td in checked.tasks:
+        s = td.summary()
+        out.print(f"{s['name']:<24} {s['type']:<12} labels={s['labels']} "
+                  f"train={s['n_train']} validation={s['n_validation']} test={s['n_test']}",
+                  markup=False, highlight=False)
+    out.print(f"[green]ok[/green]: study {escape(repr(study.name))} is valid")
+
+
+@app.command()
+def verify(
+    storage: StorageOpt = None,
+    quarantine: Annotated[bool, typer.Option(
+        "--quarantine", help="Move each damaged object aside (reruns then recompute it).")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check every stored table part and prompt file under a storage root.
+
+    Exit 0 when nothing is damaged (or everything damaged was quarantined), 1 when damage was
+    found and left in place, 2 when the root is unusable.
+    """
+    with _reported("verify", debug):
+        from tasks import integrity
+
+        st = open_storage(storage)
+        if not st.exists(""):
+            raise StorageError(f"storage root {st.root} does not exist (nothing to verify)")
+        damage = integrity.verify_root(st)
+        n_files = sum(not k.startswith(integrity.QUARANTINE_PREFIX + "/") for k in st.list(""))
+        moved = [integrity.quarantine(st, d) for d in damage] if quarantine else []
+    if not damage:
+        out.print(f"ok: nothing damaged among the {n_files} files under {st.root}",
+                  markup=False, highlight=False, soft_wrap=True)
+        return
+    t = Table(title=f"damaged objects under {escape(st.root)}")
+    for col in ("uri", "kind", "problem") + (("moved to",) if quarantine else ()):
+        t.add_column(col, overflow="fold")
+    for i, d in enumerate(damage):
+        cells = [d.uri, d.kind, d.problem] + ([moved[i]] if quarantine else [])
+        t.add_row(*[escape(str(c)) for c in cells])
+    out.print(t)
+    if quarantine:
+        out.print(f"{len(damage)} damaged object(s) quarantined; a rerun recomputes them")
+        return
+    console.print(Text(f"{len(damage)} damaged object(s); rerun with --quarantine to move "
+                       "them aside", style="red"), soft_wrap=True)
+    raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from prompt_core.analysis import matrix, transfer_summary  # noqa: E402
 from prompt_core.config import StudyConfig, load_study  # noqa: E402
+from prompt_core.errors import InputError  # noqa: E402
 from prompt_core.preflight import check_study  # noqa: E402
 from tasks import progress  # noqa: E402
 from tasks.storage import open_storage  # noqa: E402
@@ -175,6 +176,23 @@ def _publish(study: StudyConfig, storage, run_id: str, result: StudyResult,
                              description=f"study {study.name}")
 
 
+class UnitFailed(RuntimeError):
+    """A unit of work failed for a reason other than bad input; the message names the unit."""
+
+
+def _results(futures: list, labels: list[str]) -> list:
+    """Each future's result in order; a failure re-raised naming its unit (bad input as is)."""
+    out = []
+    for f, label in zip(futures, labels, strict=True):
+        try:
+            out.append(f.result())
+        except InputError:
+            raise
+        except Exception as exc:
+            raise UnitFailed(f"{label}: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
 def _completed(futures: list) -> list:
     return [f.result() for f in futures if f.state.is_completed()]
 
@@ -210,6 +228,10 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     started = now_utc()
     fr_id = flow_run.get_id()
     run_id = fr_id or uuid.uuid4().hex
+    # validate: everything knowable before compute (models, lengths, init prompt, task data,
+    # duplicate names), all problems in one InputError, before anything is written. The
+    # tasks stay loaded (per-process cache) for the prepare stage.
+    check_study(study, load_task=get_nlp_task)
     storage = open_storage(study.storage)
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
@@ -220,9 +242,6 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     train_futures: list = []
     eval_futures: list = []
     try:
-        # validate: everything knowable before compute (models, lengths, init prompt, task
-        # data, duplicate names); all problems in one InputError. Tasks stay loaded (cached).
-        check_study(study, load_task=get_nlp_task)
         # prepare: each NLP task's identity (name, type, data fingerprint)
         progress.start_stage("prepare", len(study.tasks))
         infos: list[NlpTaskInfo] = []
@@ -232,24 +251,27 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
 
         # train: fan out per model x task x seed
         progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))
-        train_futures = [
-            train_prompt_unit.submit(ctx, m, cfg, info, study.training, seed)
-            for m in study.models for cfg, info in zip(study.tasks, infos, strict=True)
-            for seed in study.seeds
-        ]
-        prompts = [f.result().row for f in train_futures]
+        train_futures, train_labels = [], []
+        for m in study.models:
+            for cfg, info in zip(study.tasks, infos, strict=True):
+                for seed in study.seeds:
+                    train_futures.append(train_prompt_unit.submit(
+                        ctx, m, cfg, info, study.training, seed))
+                    train_labels.append(f"train {m.name}/{info.name} seed={seed}")
+        prompts = [o.row for o in _results(train_futures, train_labels)]
 
         # evaluate: one unit per model x target task, all sources inside; the target's own
         # prompt (per seed) is passed explicitly as the denominator of relative_score
         progress.start_stage("evaluate", len(study.models) * len(infos))
-        eval_futures = []
+        eval_futures, eval_labels = [], []
         for m in study.models:
             sources = [p for p in prompts if p.model == m.name]
             for cfg, info in zip(study.tasks, infos, strict=True):
                 own = {p.seed: p for p in sources if p.task == info.name}
                 eval_futures.append(evaluate_target_unit.submit(
                     ctx, m, cfg, info, own, sources, study.training, study.evaluation))
-        evaluated = [f.result() for f in eval_futures]  # raises if a unit failed
+                eval_labels.append(f"evaluate {m.name} -> {info.name}")
+        evaluated = _results(eval_futures, eval_labels)  # raises if a unit failed
         _count_work(result, _completed(train_futures), evaluated)
         _write_run_keys(storage, ctx, _completed(train_futures), evaluated)
         cells = {}

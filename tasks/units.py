@@ -334,7 +334,8 @@ def train_prompt_unit(
     label = f"train {model.name}/{info.name} seed={seed}"
     init = None
     if init_bytes is not None:
-        init, _ = prompt_from_bytes(init_bytes, train.init_prompt)
+        init, _ = prompt_from_bytes(init_bytes, train.init_prompt, backbone.hidden_size,
+                                    train.n_tokens)
     result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init,
                           on_step=progress.step_callback(label))
     progress.finish_steps(label)
@@ -433,7 +434,8 @@ def evaluate_target_unit(
             continue
         if c.kind == "prompt":
             skey = prompt_storage_key(model.name, c.source.task, c.source.prompt_key)
-            prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey))
+            prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey),
+                                          backbone.hidden_size, train.n_tokens)
         elif c.kind == "random":
             prompt = init_prompt("random", backbone, train.n_tokens, c.seed, std=train.init_std)
         else:
