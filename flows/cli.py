@@ -39,7 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prompt_core.errors import InputError
-from tasks.storage import Storage, StorageError, open_storage
+from tasks.storage import Storage, StorageError, StorageTimeoutError, open_storage
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
@@ -340,11 +340,15 @@ def open_tables_root(uri: str | None) -> Storage:
     """The storage root of ``query``/``tables``; StorageError (exit 2) when it holds no tables,
     rather than an empty answer from a mistyped path or bucket."""
     st = open_storage(uri)
-    if st.exists("tables"):
-        return st
-    if not st.exists(""):  # local: no folder; s3: no bucket, or nothing under the prefix
-        raise StorageError(f"storage root {st.root} does not exist (no tables there)")
-    raise StorageError(f"storage root {st.root} has no tables/ (no study has run there)")
+    try:  # a silent endpoint fails within the probe deadline, naming the endpoint
+        st.check_readable()  # local: no folder; s3: no bucket, or nothing under the prefix
+    except StorageTimeoutError:
+        raise
+    except StorageError as exc:
+        raise StorageError(f"{exc} (no tables there)") from exc
+    if not st.exists("tables"):
+        raise StorageError(f"storage root {st.root} has no tables/ (no study has run there)")
+    return st
 
 
 @app.command()
@@ -459,8 +463,12 @@ def verify(
         from tasks import integrity
 
         st = open_storage(storage)
-        if not st.exists(""):
-            raise StorageError(f"storage root {st.root} does not exist (nothing to verify)")
+        try:
+            st.check_readable()
+        except StorageTimeoutError:
+            raise
+        except StorageError as exc:
+            raise StorageError(f"{exc} (nothing to verify)") from exc
         damage = integrity.verify_root(st)
         n_files = sum(not k.startswith(integrity.QUARANTINE_PREFIX + "/") for k in st.list(""))
         moved = [integrity.quarantine(st, d) for d in damage] if quarantine else []

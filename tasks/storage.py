@@ -1,20 +1,55 @@
-"""Storage root (local directory or ``s3://bucket/prefix``) addressed by relative keys."""
+"""Storage root (local directory or ``s3://bucket/prefix``) addressed by relative keys.
+
+S3 roots go through s3fs. No S3 call can hang: botocore gets connect/read timeouts and a bounded
+number of attempts, s3fs's own retry loop is bounded, and every operation of :class:`Storage`
+runs under a wall-clock deadline (the async s3fs call is cancelled when it expires). Settings,
+from the environment (positive numbers; explicit ``storage_options`` win):
+
+=====================================  =======  ==============================================
+``PROMPT_TRANSFER_S3_CONNECT_TIMEOUT``  10 s     botocore connect timeout, per attempt
+``PROMPT_TRANSFER_S3_READ_TIMEOUT``     30 s     botocore read timeout (socket silent that long)
+``PROMPT_TRANSFER_S3_MAX_ATTEMPTS``     3        botocore attempts per request (``standard``
+                                                 retry mode); s3fs retries a failed call once
+``PROMPT_TRANSFER_S3_DEADLINE``         120 s    wall-clock bound of one Storage operation
+=====================================  =======  ==============================================
+
+:meth:`Storage.check_writable` (the probe run before any compute) has its own overall deadline
+(30 s by default) and fails with "S3 endpoint ... did not answer within 30 s (storage root ...)".
+A PUT waits for "100 Continue" with no socket timeout (aiohttp), so for writes the deadline is
+the bound that holds. Local roots have no deadlines.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+from fsspec.asyn import sync
 from fsspec.core import split_protocol
+from fsspec.exceptions import FSTimeoutError
 
 DEFAULT_STORAGE_ENV = "PROMPT_TRANSFER_STORAGE"
 DEFAULT_LOCAL_ROOT = "./results"
 S3_ENDPOINT_ENVS = ("PROMPT_TRANSFER_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-PROBE_PREFIX = "_probe"
+S3_CONNECT_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_CONNECT_TIMEOUT"
+S3_READ_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_READ_TIMEOUT"
+S3_MAX_ATTEMPTS_ENV = "PROMPT_TRANSFER_S3_MAX_ATTEMPTS"
+S3_DEADLINE_ENV = "PROMPT_TRANSFER_S3_DEADLINE"
+DEFAULT_S3_CONNECT_TIMEOUT = 10.0
+DEFAULT_S3_READ_TIMEOUT = 30.0
+DEFAULT_S3_MAX_ATTEMPTS = 3
+DEFAULT_S3_DEADLINE = 120.0
+S3FS_RETRIES = 2  # s3fs's own loop (also retries a body read cut mid-transfer)
+DEFAULT_PROBE_DEADLINE = 30.0
+PROBE_PREFIX = ".prompt-transfer-probe-"  # probe object directly under the root, then removed
 _TMP_SUFFIX = ".tmp"
 
 
@@ -22,8 +57,40 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the problem."""
 
 
-def s3_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """s3fs options taken from the environment: endpoint and region (credentials via boto chain)."""
+class StorageTimeoutError(StorageError):
+    """An S3 operation did not finish within its deadline."""
+
+
+class _DeadlineExceeded(TimeoutError):
+    def __init__(self, seconds: float):
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the in-flight temporary files of atomic writes (``.<name>.<uuid>.tmp``)."""
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def _env_positive(env: Mapping[str, str], name: str, default: float, integer: bool = False):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        what = "a positive integer" if integer else "a positive number of seconds"
+        raise StorageError(f"environment variable {name} must be {what}, got {raw!r}")
+    return value
+
+
+def s3_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """s3fs options from the environment: endpoint, region, timeouts and attempts.
+
+    Credentials come from the usual boto chain.
+    """
     env = os.environ if env is None else env
     opts: dict[str, Any] = {}
     for name in S3_ENDPOINT_ENVS:
@@ -32,14 +99,21 @@ def s3_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
             break
     region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
     opts["client_kwargs"] = {"region_name": region}
+    attempts = _env_positive(env, S3_MAX_ATTEMPTS_ENV, DEFAULT_S3_MAX_ATTEMPTS, integer=True)
+    opts["config_kwargs"] = {
+        "connect_timeout": _env_positive(env, S3_CONNECT_TIMEOUT_ENV, DEFAULT_S3_CONNECT_TIMEOUT),
+        "read_timeout": _env_positive(env, S3_READ_TIMEOUT_ENV, DEFAULT_S3_READ_TIMEOUT),
+        "retries": {"max_attempts": attempts, "mode": "standard"},
+    }
     return opts
 
 
-def _merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def _merge_options(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``override``; nested dicts (client/config kwargs) are merged."""
     merged = dict(base)
     for key, value in override.items():
-        if key in ("client_kwargs", "config_kwargs") and isinstance(value, dict):
-            merged[key] = {**merged.get(key, {}), **value}
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_options(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -74,9 +148,18 @@ def _check_key(key: str) -> str:
 
 
 class Storage:
-    """One storage root (local path or s3://bucket/prefix) addressed by relative keys."""
+    """One storage root (local path or s3://bucket/prefix) addressed by relative keys.
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+    ``deadline`` bounds each S3 operation in seconds (default: $PROMPT_TRANSFER_S3_DEADLINE or
+    120 s); the methods that talk to S3 also take a ``timeout`` for one call.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ):
         self.root, self.protocol = _normalise_root(root)
         self.is_local = self.protocol is None
         if self.protocol == "s3":
@@ -88,10 +171,16 @@ class Storage:
         else:
             opts = dict(storage_options or {})
         self.storage_options = opts
+        if deadline is None and self.protocol == "s3":
+            deadline = _env_positive(os.environ, S3_DEADLINE_ENV, DEFAULT_S3_DEADLINE)
+        self.deadline = float(deadline or DEFAULT_S3_DEADLINE)
         try:
-            self.fs, base = fsspec.core.url_to_fs(self.root, **opts)
+            # A copy: botocore pops keys from the retries dict it is given.
+            self.fs, base = fsspec.core.url_to_fs(self.root, **copy.deepcopy(opts))
         except Exception as exc:
             raise StorageError(f"cannot open storage root {self.root}: {exc}") from exc
+        if self.protocol == "s3":
+            self.fs.retries = S3FS_RETRIES  # s3fs multiplies botocore's attempts by this
         self._base = base.rstrip("/") if base != "/" else base
 
     def __repr__(self) -> str:
@@ -135,10 +224,25 @@ class Storage:
             return None
         return fs_path[len(base) + 1 :]
 
+    # -- calls with a deadline -------------------------------------------------------------
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """``self.fs.<method>(*args)``; on S3 the async variant, cancelled after the deadline."""
+        if not getattr(self.fs, "async_impl", False):  # local disk: no deadline
+            return getattr(self.fs, method)(*args)
+        limit = self.deadline if timeout is None else timeout
+        coro_fn = getattr(self.fs, f"_{method}")
+        try:
+            # fsspec's sync() wraps the coroutine in asyncio.wait_for on its IO loop thread.
+            return sync(self.fs.loop, coro_fn, *args, timeout=max(limit, 0.01))
+        except FSTimeoutError as exc:
+            raise _DeadlineExceeded(limit) from exc
+
     # -- error reporting -------------------------------------------------------------------
     def _explain(self, exc: BaseException) -> str:
         """Human explanation of an exception raised by the filesystem."""
         name = type(exc).__name__
+        if isinstance(exc, _DeadlineExceeded):
+            return f"S3 endpoint {self.endpoint} did not answer within {exc.seconds:g} s"
         if not self.is_local:
             try:
                 from botocore import exceptions as bexc
@@ -149,6 +253,13 @@ class Storage:
                     return (
                         "no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                         f"or an AWS profile): {exc}"
+                    )
+                if isinstance(exc, bexc.ReadTimeoutError):
+                    cfg = self.storage_options.get("config_kwargs", {})
+                    tries = cfg.get("retries", {}).get("max_attempts", 1) * S3FS_RETRIES
+                    return (
+                        f"S3 endpoint {self.endpoint} did not answer (read timeout "
+                        f"{cfg.get('read_timeout', '?')} s, {tries} attempts): {exc}"
                     )
                 if isinstance(
                     exc,
@@ -169,20 +280,21 @@ class Storage:
         return f"{name}: {exc}"
 
     def _fail(self, action: str, key: str, exc: BaseException) -> StorageError:
-        return StorageError(f"cannot {action} {self.uri(key)}: {self._explain(exc)}")
+        cls = StorageTimeoutError if isinstance(exc, _DeadlineExceeded) else StorageError
+        return cls(f"cannot {action} {self.uri(key)}: {self._explain(exc)}")
 
     # -- operations ------------------------------------------------------------------------
-    def exists(self, key: str) -> bool:
+    def exists(self, key: str, *, timeout: float | None = None) -> bool:
         try:
-            return bool(self.fs.exists(self.path(key)))
+            return bool(self._call("exists", self.path(key), timeout=timeout))
         except Exception as exc:
             raise self._fail("check existence of", key, exc) from exc
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, *, timeout: float | None = None) -> bytes:
         """Contents of ``key``; StorageError if it is missing."""
         path = self.path(key)
         try:
-            return self.fs.cat_file(path)
+            return self._call("cat_file", path, timeout=timeout)
         except (FileNotFoundError, IsADirectoryError) as exc:
             if self.protocol == "s3" and "bucket" in str(exc).lower():
                 raise self._fail("read", key, exc) from exc
@@ -190,7 +302,7 @@ class Storage:
         except Exception as exc:
             raise self._fail("read", key, exc) from exc
 
-    def write_bytes(self, key: str, data: bytes) -> str:
+    def write_bytes(self, key: str, data: bytes, *, timeout: float | None = None) -> str:
         """Atomically write ``data`` at ``key`` (replacing it); return its URI."""
         key = _check_key(key)
         if not key:
@@ -199,8 +311,8 @@ class Storage:
         try:
             if self.is_local:
                 self._write_local(self.path(key), data)
-            else:
-                self.fs.pipe_file(self.path(key), data)  # one PUT: atomic on S3
+            else:  # one PUT: atomic on S3
+                self._call("pipe_file", self.path(key), data, timeout=timeout)
         except StorageError:
             raise
         except Exception as exc:
@@ -238,21 +350,31 @@ class Storage:
         text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
         return self.write_bytes(key, text.encode("utf-8"))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, timeout: float | None = None) -> None:
         """Remove one object; missing objects are ignored."""
         key = _check_key(key)
         try:
-            self.fs.rm_file(self.path(key))
+            self._call("rm_file", self.path(key), timeout=timeout)
         except FileNotFoundError:
             pass
         except Exception as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def list(self, prefix: str = "", suffix: str = "") -> list[str]:
-        """Sorted relative keys of files under ``prefix`` (recursive); [] if it is absent."""
+    def list(
+        self,
+        prefix: str = "",
+        suffix: str = "",
+        *,
+        include_temp: bool = False,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Sorted relative keys of files under ``prefix`` (recursive); [] if it is absent.
+
+        In-flight temporary files of atomic writes are left out unless ``include_temp``.
+        """
         path = self.path(prefix)
         try:
-            found = self.fs.find(path)
+            found = self._call("find", path, timeout=timeout)
         except FileNotFoundError as exc:
             if self.is_local:
                 return []
@@ -264,30 +386,100 @@ class Storage:
             rel = self._rel(item)
             if rel is None:
                 continue
-            name = rel.rsplit("/", 1)[-1]
-            if name.startswith(".") and name.endswith(_TMP_SUFFIX):
-                continue  # in-flight atomic local write
+            if not include_temp and is_temp_name(rel.rsplit("/", 1)[-1]):
+                continue
             if rel.endswith(suffix):
                 keys.append(rel)
         return sorted(keys)
 
-    def check_writable(self) -> None:
-        """Write, read back and delete a probe object; StorageError explains any failure."""
-        key = f"{PROBE_PREFIX}/probe-{uuid.uuid4().hex}.txt"
+    def probe_deadline(self, deadline: float | None = None) -> float:
+        """The probe's overall bound: ``deadline``, else 30 s, but never more than one
+        operation may take (``self.deadline``, e.g. $PROMPT_TRANSFER_S3_DEADLINE)."""
+        return min(DEFAULT_PROBE_DEADLINE if deadline is None else deadline, self.deadline)
+
+    def check_writable(self, deadline: float | None = None) -> None:
+        """Write, read back and delete a probe object within ``deadline`` seconds (S3; default
+        :meth:`probe_deadline`).
+
+        Leaves nothing behind: the probe is a temp-named object directly under the root, and
+        on a local root the directories it had to create are removed again. StorageError
+        explains any failure; StorageTimeoutError names the endpoint when S3 does not answer.
+        """
+        key = f"{PROBE_PREFIX}{uuid.uuid4().hex}{_TMP_SUFFIX}"
         payload = f"prompt-transfer write probe {uuid.uuid4().hex}\n".encode()
+        deadline = self.probe_deadline(deadline)
+        stop = time.monotonic() + deadline
+
+        def left() -> float:
+            return max(stop - time.monotonic(), 0.01)
+
+        created = _missing_dirs(self.root) if self.is_local else []
+        written = False
         try:
-            if self.is_local:
-                os.makedirs(self.root, exist_ok=True)
-            self.write_bytes(key, payload)
-            if self.read_bytes(key) != payload:
+            self.write_bytes(key, payload, timeout=left())
+            written = True
+            if self.read_bytes(key, timeout=left()) != payload:
                 raise StorageError(f"probe object at {self.uri(key)} read back different bytes")
-            self.delete(key)
+            self.delete(key, timeout=left())
+            written = False
+        except StorageTimeoutError as exc:
+            raise StorageTimeoutError(
+                f"S3 endpoint {self.endpoint} did not answer within {deadline:g} s "
+                f"(storage root {self.root})"
+            ) from exc
         except StorageError as exc:
             raise StorageError(f"storage root {self.root} is not usable: {exc}") from exc
         except Exception as exc:
             raise StorageError(
                 f"storage root {self.root} is not usable: {self._explain(exc)}"
             ) from exc
+        finally:
+            if written:  # failed after the write: best effort to leave nothing
+                try:
+                    self.delete(key, timeout=min(left(), 5.0))
+                except StorageError:
+                    pass
+            for d in created:  # deepest first; only the ones still empty
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+
+    def check_readable(self, deadline: float | None = None) -> None:
+        """StorageError unless the root exists and answers within ``deadline`` seconds
+        (default :meth:`probe_deadline`).
+
+        For readers (``query``, ``tables``, ``verify``): a root that does not exist (local
+        directory missing, S3 prefix holding no object, missing bucket) is an error, not an
+        empty result.
+        """
+        deadline = self.probe_deadline(deadline)
+        try:
+            found = self._call("exists", self.path(""), timeout=deadline)
+        except _DeadlineExceeded as exc:
+            raise StorageTimeoutError(
+                f"S3 endpoint {self.endpoint} did not answer within {deadline:g} s "
+                f"(storage root {self.root})"
+            ) from exc
+        except Exception as exc:
+            raise StorageError(
+                f"storage root {self.root} is not readable: {self._explain(exc)}"
+            ) from exc
+        if not found:
+            where = f" at {self.endpoint}" if not self.is_local else ""
+            raise StorageError(f"storage root {self.root} does not exist{where}")
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """Ancestors of ``path`` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def default_root() -> str:

@@ -34,7 +34,6 @@ INT64 = pa.int64()
 FLOAT64 = pa.float64()
 BOOL = pa.bool_()
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-QUARANTINE_PREFIX = "_quarantine"
 _ARROW_TYPES: dict[Any, pa.DataType] = {
     str: STRING, int: INT64, float: FLOAT64, bool: BOOL, dt.datetime: TIMESTAMP,
 }
@@ -431,19 +430,6 @@ def read_parts(storage: Storage, table: str, filters: Mapping[str, str]
         except StorageError as exc:
             damaged.append((key, str(exc)))
     return (pa.concat_tables(parts) if parts else spec.schema.empty_table()), damaged
-
-
-def quarantine(storage: Storage, key: str) -> str:
-    """Move one object to ``_quarantine/<key>`` (copy, then delete; bytes are never lost) and
-    return its new URI. Used for damaged parts and prompt files before they are recomputed."""
-    target = f"{QUARANTINE_PREFIX}/{key}"
-    try:
-        data = storage.read_bytes(key)
-    except StorageError:
-        return storage.uri(target)  # already gone
-    uri = storage.write_bytes(target, data)
-    storage.delete(key)
-    return uri
 
 
 def existing_keys(

@@ -44,6 +44,7 @@ from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
 from tasks import progress
+from tasks.integrity import Damage, quarantine
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
     CellRow,
@@ -51,7 +52,6 @@ from tasks.tables import (
     PromptRow,
     now_utc,
     part_path,
-    quarantine,
     read_part,
     read_parts,
     write_part,
@@ -258,7 +258,7 @@ def prepare_nlp_task(cfg: TaskConfig, cfg_label: str) -> NlpTaskInfo:
 
 
 def _quarantine(storage: Storage, key: str, why: str) -> str:
-    uri = quarantine(storage, key)
+    uri = quarantine(storage, Damage(key, storage.uri(key), "unreadable", why))
     get_run_logger().warning("damaged %s (%s): moved to %s, recomputing", storage.uri(key),
                              why, uri)
     return uri

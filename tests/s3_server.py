@@ -1,7 +1,9 @@
-"""Throwaway moto S3 server for tests."""
+"""Throwaway S3 servers for tests: moto, and a silent endpoint that never answers."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,3 +23,40 @@ def moto_s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def silent_server(max_connections: int = 64) -> Iterator[str]:
+    """A 127.0.0.1 TCP server that accepts connections and never sends a byte.
+
+    Yields its ``http://127.0.0.1:PORT`` URL. Accepted connections are held open (and what
+    the client sends is never read) until the context exits; at most ``max_connections`` are
+    accepted, later ones wait in the backlog, which looks the same to a client.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept_loop() -> None:
+        while not stop.is_set() and len(held) < max_connections:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept_loop, name="silent-s3", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()

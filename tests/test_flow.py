@@ -402,7 +402,9 @@ def test_damaged_files_are_quarantined_and_recomputed(prefect_harness, tiny_mode
     assert (r.n_cells_evaluated, r.n_cells_cached) == (4, 4)  # the pos_b column again
     quarantined = sorted(str(p.relative_to(root / "_quarantine"))
                          for p in (root / "_quarantine").rglob("*") if p.is_file())
-    assert quarantined == sorted(str(p.relative_to(root)) for p in (prompt_a, part_b, prompts_b))
+    sidecar = prompt_a.with_suffix(".json")  # a prompt file moves with its metadata sidecar
+    assert quarantined == sorted(str(p.relative_to(root))
+                                 for p in (prompt_a, sidecar, part_b, prompts_b))
     assert (root / "_quarantine" / part_b.relative_to(root)).stat().st_size == 0
     ct = read_table(open_storage(storage), "cross_task").to_pandas()
     assert len(ct) == 2 * 8 and not ct.duplicated(["cell_key", "metric"]).any()

@@ -63,6 +63,7 @@ def cross_rows(model: str, n: int) -> list[dict]:
     return [
         {
             "cell_key": f"demo-{model}-{i}",
+            "config_key": "cfg",
             "model": model,
             "source_task": f"task{i}" if i % 2 == 0 else None,
             "source_kind": "prompt" if i % 2 == 0 else "random",
@@ -70,6 +71,7 @@ def cross_rows(model: str, n: int) -> list[dict]:
             "source_task_type": "nli" if i % 2 == 0 else None,
             "target_task": "sst2",
             "target_task_type": "sentiment",
+            "target_prompt_key": "own",
             "same_type": False if i % 2 == 0 else None,
             "metric": "accuracy",
             "score": 0.5 + i / 100,
@@ -97,12 +99,13 @@ def test_valid_credentials_check_writable_tables_and_duckdb(seaweed, bucket, s3_
 
     a, b = cross_rows("minilm", 4), cross_rows("bert", 3)
     uri = write_part(s, "cross_task", a, "p1")
-    assert uri == f"s3://{bucket}/results/tables/cross_task/study=demo/model=minilm/part-p1.parquet"
+    where = "tables/cross_task/study=demo/model={}/target_task=sst2/part-p1.parquet"
+    assert uri == f"s3://{bucket}/results/" + where.format("minilm")
     write_part(s, "cross_task", b, "p1")
     write_part(s, "cross_task", b, "p1")  # rewriting a part replaces it
     assert keys_under(seaweed, bucket, "results/") == [
-        "results/tables/cross_task/study=demo/model=bert/part-p1.parquet",
-        "results/tables/cross_task/study=demo/model=minilm/part-p1.parquet",
+        "results/" + where.format("bert"),
+        "results/" + where.format("minilm"),
     ]
 
     got = read_table(s, "cross_task")
