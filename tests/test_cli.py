@@ -294,8 +294,8 @@ def test_cli_query_s3_root_without_tables(monkeypatch):
         s3.put_object(Bucket=bucket, Key="other/x.txt", Body=b"x")
         runner = CliRunner()
         cases = {f"s3://{bucket}/other": "has no tables/",
-                 f"s3://{bucket}/nothing-here": "does not exist (no tables there)",
-                 f"s3://no-{bucket}/p": "does not exist (no tables there)"}
+                 f"s3://{bucket}/nothing-here": f"does not exist at {endpoint} (no tables there)",
+                 f"s3://no-{bucket}/p": f"does not exist at {endpoint} (no tables there)"}
         for root, problem in cases.items():
             res = runner.invoke(app, ["query", "select count(*) from runs", "-s", root])
             assert res.exit_code == 2, (root, res.output)
