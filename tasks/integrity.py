@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from prompt_core.prompts import prompt_from_bytes
 from tasks.storage import Storage, StorageError, is_temp_name
-from tasks.tables import TABLES, TABLES_PREFIX, TableSpec, check_partition_value
+from tasks.tables import TABLES, TABLES_PREFIX, TableSpec, castable, check_partition_value
 
 QUARANTINE_PREFIX = "_quarantine"
 PROMPTS_PREFIX = "prompts"
@@ -61,26 +61,6 @@ def _damage(storage: Storage, key: str, kind: str, problem: str) -> Damage:
 # -- Parquet parts --------------------------------------------------------------------------
 
 
-def _is_string(t: pa.DataType) -> bool:
-    is_view = getattr(pa.types, "is_string_view", lambda _: False)
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t)
-
-
-_KINDS = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
-          pa.types.is_timestamp, _is_string)
-
-
-def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
-    """True when a reader may cast ``actual`` to ``expected`` (ints widen to floats)."""
-    if pa.types.is_dictionary(actual):
-        actual = actual.value_type
-    if actual == expected or pa.types.is_null(actual):
-        return True
-    if pa.types.is_integer(actual) and pa.types.is_floating(expected):
-        return True
-    return any(kind(actual) and kind(expected) for kind in _KINDS)
-
-
 def _location_problem(spec: TableSpec, key: str) -> str | None:
     dirs = key.split("/")[2:-1]
     expected = "/".join(f"{col}=<value>" for col in spec.partition_by)
@@ -106,7 +86,7 @@ def _schema_problem(spec: TableSpec, data: pa.Table) -> str | None:
                 continue
             return f"lacks required column {name!r} of table {spec.name!r}"
         col = data.column(name)
-        if not _same_kind(col.type, field.type):
+        if not castable(col.type, field.type):
             return f"column {name!r} is {col.type}, table {spec.name!r} expects {field.type}"
         try:
             col.cast(field.type, safe=True)

@@ -164,7 +164,9 @@ def _python_column(spec: TableSpec, field: pa.Field, values: list[Any]) -> pa.Ar
         raise ValueError(f"{where}: cannot convert values to {t}: {exc}") from exc
 
 
-def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+def castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """True when a reader may cast ``src`` to ``dst`` (same kind: strings, numbers, booleans,
+    timestamps; dictionaries by value type; nulls to anything)."""
     if src == dst or pa.types.is_null(src):
         return True
     num = pa.types.is_integer, pa.types.is_floating
@@ -177,13 +179,13 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
         if any(f(dst) for f in group) and any(f(src) for f in group):
             return True
     if pa.types.is_dictionary(src):
-        return _castable(src.value_type, dst)
+        return castable(src.value_type, dst)
     return False
 
 
 def _arrow_column(spec: TableSpec, field: pa.Field, col: pa.ChunkedArray) -> pa.ChunkedArray:
     where = f"table {spec.name!r} column {field.name!r}"
-    if not _castable(col.type, field.type):
+    if not castable(col.type, field.type):
         raise ValueError(f"{where}: expected {field.type}, got {col.type}")
     try:
         return col.cast(field.type, safe=True)

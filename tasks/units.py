@@ -205,18 +205,18 @@ def train_config_key(model: ModelConfig, train: TrainConfig, init_sha: str | Non
     })
 
 
-def prompt_key(model: ModelConfig, info: NlpTaskInfo, train: TrainConfig, seed: int,
-               init_sha: str | None = None) -> str:
-    """Key of a trained prompt: training config key, NLP task (name + data fingerprint), seed."""
-    return stable_hash({"config": train_config_key(model, train, init_sha),
-                        "task": [info.name, info.fingerprint], "seed": seed})
+def prompt_key(config_key: str, info: NlpTaskInfo, seed: int) -> str:
+    """Key of a trained prompt: its training config key (:func:`train_config_key`), NLP task
+    (name + data fingerprint), seed."""
+    return stable_hash({"config": config_key, "task": [info.name, info.fingerprint],
+                        "seed": seed})
 
 
-def eval_config_key(model: ModelConfig, train: TrainConfig, init_sha: str | None,
-                    evaluation: EvalConfig) -> str:
-    """The configuration a matrix cell comes from: training config key + evaluation slice."""
+def eval_config_key(train_key: str, evaluation: EvalConfig) -> str:
+    """The configuration a matrix cell comes from: the training config key (carried by every
+    prompt row as ``config_key``) + the evaluation slice."""
     ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
-    return stable_hash({"train": train_config_key(model, train, init_sha), "eval": ev})
+    return stable_hash({"train": train_key, "eval": ev})
 
 
 def read_init_prompt(train: TrainConfig) -> tuple[bytes | None, str | None]:
@@ -313,7 +313,8 @@ def train_prompt_unit(
     """
     storage = ctx.storage()
     init_bytes, init_sha = read_init_prompt(train)
-    key = prompt_key(model, info, train, seed, init_sha)
+    cfg_key = train_config_key(model, train, init_sha)
+    key = prompt_key(cfg_key, info, seed)
     skey = prompt_storage_key(model.name, info.name, key)
     meta = _prompt_file_ok(storage, skey, key, train.n_tokens)
     row = _stored_prompt_row(storage, ctx, model.name, key) if meta else None
@@ -341,7 +342,7 @@ def train_prompt_unit(
     progress.finish_steps(label)
     now = now_utc()
     row = PromptRow(
-        prompt_key=key, config_key=train_config_key(model, train, init_sha), model=model.name,
+        prompt_key=key, config_key=cfg_key, model=model.name,
         model_id=model.model_id, backbone_kind=model.kind, hidden_size=backbone.hidden_size,
         task=info.name, task_type=info.type, task_fingerprint=info.fingerprint, seed=seed,
         n_tokens=train.n_tokens, init=train.init, init_prompt_sha=init_sha, steps=train.steps,
@@ -406,8 +407,8 @@ def evaluate_target_unit(
     missing = [s.seed for s in sources if s.seed not in own]
     if missing:
         raise ValueError(f"target {target.name!r} has no own prompt for seed(s) {missing}")
-    _, init_sha = read_init_prompt(train)
-    config_key = eval_config_key(model, train, init_sha, evaluation)
+    # the own prompts carry the training config key: no need to re-read the init prompt file
+    config_key = eval_config_key(own[seeds[0]].config_key, evaluation)
     cells = plan_cells(config_key, target, own, sources, seeds, train, evaluation)
 
     where = {"study": ctx.study, "model": model.name, "target_task": target.name}
