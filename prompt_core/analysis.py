@@ -52,7 +52,8 @@ def transfer_summary(df: pd.DataFrame, metric: str = "accuracy") -> dict[str, fl
       source and target share / differ in task type; ``random_rel`` / ``none_rel`` likewise.
     """
     check_one_configuration(df)
-    d = df[df["metric"] == metric]
+    # a fixed row order: the same cells give bit-identical means however they were read
+    d = df[df["metric"] == metric].sort_values(CELL_ID, na_position="first")
     if d.empty:
         return {"n_tasks": 0}
     prompts = d[d["source_kind"] == "prompt"]

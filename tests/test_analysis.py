@@ -96,3 +96,22 @@ def test_rows_of_two_configurations_are_refused_not_averaged():
         transfer_summary(mixed)
     with pytest.raises(MixedCellsError):
         matrix(mixed)
+
+
+def test_summary_does_not_depend_on_row_order():
+    """A run's summary and the same cells read back from the tables agree bit for bit."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(40):  # many different floats: a sum's last bit depends on their order
+        for kind, src in (("prompt", f"t{t}"), ("prompt", f"t{(t + 1) % 40}"), ("none", None),
+                          ("random", None)):
+            score = float(rng.uniform(0.3, 0.9))
+            rows.append({"source_kind": kind, "source_task": src, "target_task": f"t{t}",
+                         "seed": 0, "metric": "accuracy", "score": score,
+                         "same_type": bool(t % 2) if src else None,
+                         "relative_score": score / 0.7})
+    df = pd.DataFrame(rows)
+    for seed in range(5):
+        assert transfer_summary(df.sample(frac=1, random_state=seed)) == transfer_summary(df)
