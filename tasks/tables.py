@@ -522,6 +522,9 @@ class RunRow:
     n_cells_cached: int
     prefect_version: str
     package_version: str
+    # JSON list of {"unit": "train minilm/sst2 seed=0", "stage": "train", "model": ...,
+    # "error": "..."}: the units that failed in this run (empty list when none)
+    failures: str | None = None
 
 
 @dataclass
