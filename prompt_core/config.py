@@ -283,10 +283,31 @@ class TaskConfig(_Strict):
 
 
 class RunnerConfig(_Strict):
-    """How the flow runs its units."""
+    """How the flow runs its units: which Prefect task runner, where models live."""
 
-    max_workers: int = Field(1, ge=1, description="concurrent Prefect task runs (threads)")
-    device: str = Field("cpu", description="torch device for models")
+    task_runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="threads (one process, models shared), processes (a local "
+        "process pool), dask (prefect-dask: a local cluster, or dask_address)")
+    max_workers: int = Field(1, ge=1, description="concurrent task runs (threads or processes; "
+                                                  "dask: worker processes of a local cluster)")
+    dask_address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (tcp://host:8786); "
+        "task_runner: dask only")
+    device: str = Field("cpu", description="torch device for models: cpu, cuda, cuda:N or auto "
+                                           "(cuda when present, else cpu)")
+    bf16: bool = Field(True, description="bf16 autocast on a CUDA device that supports it")
+    trainings_per_gpu: int = Field(
+        1, ge=1, description="trainings sharing one GPU at once (a Prefect global concurrency "
+        "limit per GPU)")
+    train_deployment: str | None = Field(
+        None, description="fan training out as one flow run per (model, source task) of this "
+        "deployment (e.g. 'train-prompts/local') through run_deployment; default: in this run")
+
+    @model_validator(mode="after")
+    def _dask_address(self):
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError("dask_address needs task_runner: dask")
+        return self
 
 
 class StudyConfig(_Strict):

@@ -248,13 +248,19 @@ def prompt_storage_key(model: str, nlp_task: str, key: str) -> str:
 # --- Prefect tasks --------------------------------------------------------------------------
 
 
+def nlp_task_info(cfg: TaskConfig) -> NlpTaskInfo:
+    """One NLP task's identity (name, type, data fingerprint, split sizes), read without
+    writing anything (``status`` uses it; the prepare unit adds the copy in storage)."""
+    td = get_nlp_task(cfg)
+    n = {s: len(df) for s, df in td.splits.items()}
+    return NlpTaskInfo(cfg.label(), td.name, td.spec.type, td.fingerprint, n["train"],
+                       n["validation"], n["test"], td.spec.n_labels)
+
+
 @unit_task(task_run_name="prepare {cfg_label}", retries=0)
 def prepare_nlp_task(cfg: TaskConfig, cfg_label: str) -> NlpTaskInfo:
     """Load and validate one NLP task; return its identity (name, type, data fingerprint)."""
-    td = get_nlp_task(cfg)
-    n = {s: len(df) for s, df in td.splits.items()}
-    return NlpTaskInfo(cfg_label, td.name, td.spec.type, td.fingerprint, n["train"],
-                       n["validation"], n["test"], td.spec.n_labels)
+    return dataclasses.replace(nlp_task_info(cfg), label=cfg_label)
 
 
 def _quarantine(storage: Storage, key: str, why: str) -> str:
