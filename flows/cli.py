@@ -237,38 +237,22 @@ def start_ephemeral_api() -> None:
     TiedServer().start()
 
 
-class RichReporter:
-    """Progress bars: one per stage, plus a bar per running unit. Off a terminal (CI, nohup)
-    bars do not redraw, so each finished unit is also logged as a line."""
+class StageBars:
+    """Progress bars, one per stage, fed by the flow from its futures (so they move whether
+    the units run in threads, processes or on Dask). Off a terminal (CI, nohup) bars do not
+    redraw, so each finished unit is also logged as a line."""
 
     def __init__(self, progress: Progress):
         self.p = progress
-        self.stages: dict[str, tuple[TaskID, int]] = {}  # name -> (bar, total)
-        self.done: dict[str, int] = {}
-        self.units: dict[str, TaskID] = {}
+        self.bars: dict[str, TaskID] = {}
         self.lines = not progress.console.is_terminal
 
-    def stage(self, name: str, total: int) -> None:
-        self.stages[name] = (self.p.add_task(f"[bold]{name}", total=total), total)
-        self.done[name] = 0
-
-    def advance(self, name: str, n: int = 1) -> None:
-        if name in self.stages:
-            bar, total = self.stages[name]
-            self.p.advance(bar, n)
-            self.done[name] += n
-            if self.lines:
-                self.p.console.log(f"{name}: {self.done[name]}/{total} done")
-
-    def steps(self, label: str, done: int, total: int) -> None:
-        if label not in self.units:
-            self.units[label] = self.p.add_task(f"  {label}", total=total)
-        self.p.update(self.units[label], completed=done)
-
-    def finish(self, label: str) -> None:
-        tid = self.units.pop(label, None)
-        if tid is not None:
-            self.p.remove_task(tid)
+    def __call__(self, stage: str, done: int, total: int, label: str | None) -> None:
+        if stage not in self.bars:
+            self.bars[stage] = self.p.add_task(f"[bold]{stage}", total=total)
+        self.p.update(self.bars[stage], completed=done, total=total)
+        if label is not None and self.lines:
+            self.p.console.log(f"{stage}: {done}/{total} done ({escape(label)})")
 
 
 @app.command()
@@ -278,50 +262,65 @@ def run(
     storage: Annotated[str | None, typer.Option(
         "--storage", "-s", help="Storage root URI; overrides the study's `storage`. Without "
         "either: $PROMPT_TRANSFER_STORAGE, else ./results.")] = None,
+    runner: Annotated[str | None, typer.Option(
+        "--runner", help="Where units run: threads (one process), processes (a local "
+        "process pool) or dask (a local Dask cluster, or --dask-address); default: the "
+        "study's runner.task_runner (threads).")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Concurrent Prefect task runs (threads); default: the study's runner.max_workers."
-    )] = None,
+        help="Concurrent units: threads, processes or local Dask workers; default: the study's "
+        "runner.max_workers.")] = None,
+    dask_address: Annotated[str | None, typer.Option(
+        "--dask-address", help="Scheduler of an existing Dask cluster (tcp://host:8786); "
+        "implies --runner dask.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Torch device: cpu, cuda, cuda:N or auto; default: the study's runner.device.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run a study: train prompts, evaluate the cross-task matrix, write tables.
 
     Reruns skip every unit whose result is already stored. Exit code 0 on success, 1 on a
-    failed run, 2 on invalid input (study file, storage, task data or prompt files), which is
-    checked before any training and before anything is written.
+    failed run, 2 on invalid input (study file, options, storage, task data or prompt files),
+    which is checked before any training and before anything is written.
     """
     debug = debug or _global["debug"]
     if not (verbose or debug):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     with _reported("run", debug):
-        _run(study_file, storage, workers, prefect_errors=verbose or debug)
+        _run(study_file, storage, dict(task_runner=runner, workers=workers,
+                                       dask_address=dask_address, device=device),
+             prefect_errors=verbose or debug)
 
 
-def _run(study_file: Path, storage: str | None, workers: int | None,
-         prefect_errors: bool) -> None:
-    from prompt_core.config import load_study
+def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors: bool) -> None:
+    from pydantic import ValidationError
+
+    from prompt_core.config import StudyFileError, format_error_line, load_study
     from prompt_core.preflight import check_study
 
     study = load_study(study_file)
-    from flows.transfer_matrix import run_study
-    from tasks import progress as prog
+    from flows.transfer_matrix import observe_progress, run_study, with_overrides
     from tasks.units import get_nlp_task
 
+    try:
+        study = with_overrides(study, storage, **overrides)
+    except ValidationError as e:
+        raise StudyFileError("options: " + "; ".join(
+            format_error_line(err) for err in e.errors())) from None
     check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
-    root = open_storage(storage or study.storage)
+    root = open_storage(study.storage)
     root.check_writable()
     console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
-                  f"{escape(root.root)}", soft_wrap=True)
+                  f"{escape(root.root)} ({study.runner.task_runner}, "
+                  f"{study.runner.max_workers} worker(s))", soft_wrap=True)
     start_ephemeral_api()
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
-    prog.set_reporter(RichReporter(bars))
-    try:
-        with _sigterm_interrupts(), _quiet_prefect_errors(not prefect_errors), bars:
-            result = run_study(study, storage=root.root, max_workers=workers)
-    finally:
-        prog.set_reporter(None)
+    with (_sigterm_interrupts(), _quiet_prefect_errors(not prefect_errors), bars,
+          observe_progress(StageBars(bars))):
+        result = run_study(study, storage=root.root)
     t = Table(title=f"study {result.study} ({result.seconds:.0f}s)")
     for col in ("model", "own>none", "same-type rel", "diff-type rel", "random rel", "heatmap"):
         t.add_column(col)
@@ -492,6 +491,95 @@ def verify(
     console.print(Text(f"{len(damage)} damaged object(s); rerun with --quarantine to move "
                        "them aside", style="red"), soft_wrap=True)
     raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    storage: Annotated[str | None, typer.Option(
+        "--storage", "-s", help="Storage root URI; overrides the study's `storage`. Without "
+        "either: $PROMPT_TRANSFER_STORAGE, else ./results.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    max_missing: Annotated[int, typer.Option(help="Missing units listed (--json lists all).")
+                           ] = 20,
+    debug: DebugOpt = False,
+) -> None:
+    """How complete a study is, from its tables alone: units done / total per stage and model,
+    the missing units, and the failed units of its latest run. Trains and writes nothing.
+
+    Exit 0 whatever the completion; 2 for a bad study file or a storage root without tables.
+    """
+    with _reported("status", debug):
+        import json
+
+        from flows.status import study_status
+        from prompt_core.config import load_study
+
+        study = load_study(study_file)
+        st = study_status(study, open_tables_root(storage or study.storage))
+    if as_json:
+        sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+        return
+    out.print(f"study {st.study} under {st.storage}", markup=False, highlight=False,
+              soft_wrap=True)
+    t = Table()
+    for col in ("stage", "model", "done", "total"):
+        t.add_column(col, justify="right" if col in ("done", "total") else "left")
+    for s in st.stages:
+        t.add_row(s.stage, escape(s.model or "-"), str(s.done), str(s.total),
+                  style=None if s.done == s.total else "yellow")
+    out.print(t)
+    missing = st.missing()
+    if missing:
+        out.print(f"missing units ({len(missing)}):", highlight=False)
+        for label in missing[:max_missing]:
+            out.print(f"  {label}", markup=False, highlight=False, soft_wrap=True)
+        if len(missing) > max_missing:
+            out.print(f"  ... {len(missing) - max_missing} more (--json lists all)",
+                      markup=False, highlight=False)
+    else:
+        out.print("[green]complete[/green]: every unit is stored")
+    run = st.latest_run
+    if run is None:
+        out.print("no run of this study recorded", highlight=False)
+    else:
+        out.print(f"latest run {run.run_id}: {run.status}, finished "
+                  f"{run.finished_at.isoformat(timespec='seconds')}",
+                  markup=False, highlight=False, soft_wrap=True)
+        if run.failures:
+            out.print(f"failed units ({len(run.failures)}):", highlight=False)
+        for f in run.failures:
+            out.print(f"  {f.unit}: {f.error}", markup=False, highlight=False, soft_wrap=True)
+    for p in st.problems:
+        console.print(Text.assemble(("warning:", "bold yellow"), " ", p), soft_wrap=True)
+
+
+@app.command()
+def ddl(
+    location: Annotated[str, typer.Option(
+        "--location", "-l", help="Storage root the tables live under, e.g. "
+        "s3://my-bucket/prompt-transfer.")],
+    table: Annotated[list[str] | None, typer.Option(
+        "--table", "-t", help="Only this table (repeatable); default: every table.")] = None,
+    dialect: Annotated[str, typer.Option(help="athena (Hive DDL) or trino (Hive connector).")
+                       ] = "athena",
+    debug: DebugOpt = False,
+) -> None:
+    """Print CREATE TABLE statements for Athena or Trino, one per table, from the tables'
+    schemas (partition columns as strings). Then load the partitions: Athena `MSCK REPAIR
+    TABLE <table>`, Trino `CALL hive.system.sync_partition_metadata(...)`."""
+    if dialect not in ("athena", "trino"):
+        _fail(f"--dialect must be athena or trino, not {dialect!r}", 2)
+    with _reported("ddl", debug):
+        from tasks.tables import TABLES, athena_ddl, get_table, trino_ddl
+
+        try:
+            specs = [get_table(t) for t in (table or list(TABLES))]
+            make = athena_ddl if dialect == "athena" else trino_ddl
+            text = "\n\n".join(make(s, location) for s in specs)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":

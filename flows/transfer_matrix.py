@@ -3,37 +3,53 @@ on every target task, write the tables, publish artifacts.
 
 Stages (each a fan-out of Prefect tasks, each unit skipped when its key is already stored)::
 
-    validate (prompt_core.preflight) -> prepare NLP tasks -> train prompts
-    -> cross-task evaluation -> runs row + run_keys + artifacts
+    validate (prompt_core.preflight) -> prepare NLP tasks (copied into storage)
+    -> train prompts -> cross-task evaluation -> runs row + run_keys + artifacts
 
-Run it from Python with :func:`run_study` or from the shell with ``prompt-transfer run``.
+Where the units run is chosen per run (``runner.task_runner``): ``threads`` (one process, one
+model copy), ``processes`` (Prefect's process pool) or ``dask`` (prefect-dask: a local cluster
+or an existing one at ``runner.dask_address``). Units receive ids, configs and storage keys
+only, and read task data and prompts from storage, so they run anywhere the storage is
+reachable. Training can also fan out as one flow run per (model, source task) of a deployment
+(``runner.train_deployment``, see :mod:`flows.fan_out`).
+
+Entry points: :func:`run_study` (Python, the CLI) and :func:`study_flow` (deployments: a study
+file path or URI plus overrides, what a person types in the UI's custom-run form).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import prefect  # noqa: E402
-from prefect import flow  # noqa: E402
+from prefect import flow, tags  # noqa: E402
 from prefect.artifacts import create_progress_artifact, update_progress_artifact  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.task_runners import (  # noqa: E402
+    ProcessPoolTaskRunner,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+)
 
 from flows.publish import publish_run  # noqa: E402
-from prompt_core.config import StudyConfig, load_study  # noqa: E402
+from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes  # noqa: E402
 from prompt_core.errors import InputError  # noqa: E402
 from prompt_core.preflight import check_study  # noqa: E402
-from tasks import progress  # noqa: E402
 from tasks.storage import open_storage  # noqa: E402
 from tasks.tables import RunKeyRow, RunRow, now_utc, write_part  # noqa: E402
 from tasks.units import (  # noqa: E402
@@ -46,6 +62,8 @@ from tasks.units import (  # noqa: E402
     prepare_nlp_task,
     train_prompt_unit,
 )
+
+RunnerKind = Literal["threads", "processes", "dask"]
 
 
 @dataclass
@@ -63,6 +81,7 @@ class StudyResult:
     seconds: float = 0.0
     summaries: dict[str, dict] = field(default_factory=dict)  # model -> transfer_summary
     heatmaps: dict[str, str] = field(default_factory=dict)  # model -> uri
+    failures: list[dict] = field(default_factory=list)  # {unit, stage, model, error}
 
 
 def _package_version() -> str:
@@ -72,36 +91,79 @@ def _package_version() -> str:
         return "unknown"
 
 
-class _StageProgress:
-    """Mirror completed units into one Prefect progress artifact (0-100 over all units)."""
+# --- progress, from the futures the flow holds -----------------------------------------------
 
-    def __init__(self, total: int):
-        self.total, self.done = max(total, 1), 0
+ProgressObserver = Callable[[str, int, int, str | None], None]
+"""Called in the flow's process as ``(stage, done, total, finished unit label or None)``:
+``None`` announces a stage."""
+
+_observers: list[ProgressObserver] = []
+
+
+@contextlib.contextmanager
+def observe_progress(fn: ProgressObserver) -> Iterator[None]:
+    """Have ``fn`` called on every stage start and finished unit of the flows run inside (the
+    CLI's progress bars). It runs in the flow's process, fed by the flow's futures, so it
+    works the same whether the units run in threads, processes or on a Dask cluster."""
+    _observers.append(fn)
+    try:
+        yield
+    finally:
+        _observers.remove(fn)
+
+
+class RunProgress:
+    """Units done over all stages: one Prefect progress artifact (0-100) plus the observers."""
+
+    def __init__(self, totals: dict[str, int]):
+        self.totals = totals
+        self.done = dict.fromkeys(totals, 0)
+        self.all = max(sum(totals.values()), 1)
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key="transfer-matrix-progress", description="units done / all units"
-        )
+            progress=0.0, key="transfer-matrix-progress", description="units done / all units")
 
-    def __call__(self, stage: str) -> None:
-        self.done += 1
-        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total,
-                                 description=f"{self.done}/{self.total} units ({stage})")
+    def stage(self, name: str) -> None:
+        for fn in list(_observers):
+            fn(name, self.done[name], self.totals[name], None)
+
+    def unit_done(self, stage: str, label: str) -> None:
+        self.done[stage] += 1
+        n = sum(self.done.values())
+        update_progress_artifact(self.artifact_id, 100.0 * n / self.all,
+                                 description=f"{n}/{self.all} units ({stage}: "
+                                             f"{self.done[stage]}/{self.totals[stage]})")
+        for fn in list(_observers):
+            fn(stage, self.done[stage], self.totals[stage], label)
 
 
 class UnitFailed(RuntimeError):
-    """A unit of work failed for a reason other than bad input; the message names the unit."""
+    """Units failed for a reason other than bad input; the message names the first one."""
 
 
-def _results(futures: list, labels: list[str]) -> list:
-    """Each future's result in order; a failure re-raised naming its unit (bad input as is)."""
-    out = []
-    for f, label in zip(futures, labels, strict=True):
+def _gather(futures: list, labels: list[str], stage: str, model_of: list[str | None],
+            progress: RunProgress, failures: list[dict]) -> list:
+    """Wait for a stage's futures in completion order, reporting each as it finishes; results
+    in submission order. Every failure is recorded (``failures``), then the first is raised,
+    naming its unit (bad input as is)."""
+    index = {id(f): i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    errors: list[tuple[int, BaseException]] = []
+    for f in as_completed(futures):
+        i = index[id(f)]
         try:
-            out.append(f.result())
-        except InputError:
-            raise
-        except Exception as exc:
-            raise UnitFailed(f"{label}: {type(exc).__name__}: {exc}") from exc
-    return out
+            results[i] = f.result()
+        except Exception as exc:  # noqa: BLE001 - recorded, then the first is raised
+            errors.append((i, exc))
+            failures.append({"unit": labels[i], "stage": stage, "model": model_of[i],
+                             "error": f"{type(exc).__name__}: {exc}"})
+        progress.unit_done(stage, labels[i])
+    if errors:
+        i, exc = min(errors, key=lambda e: e[0])
+        if isinstance(exc, InputError):
+            raise exc
+        more = f" (and {len(errors) - 1} more unit(s))" if len(errors) > 1 else ""
+        raise UnitFailed(f"{labels[i]}: {type(exc).__name__}: {exc}{more}") from exc
+    return results
 
 
 def _completed(futures: list) -> list:
@@ -132,7 +194,24 @@ def _write_run_keys(storage, ctx: RunContext, trained: list[TrainOutcome],
         write_part(storage, "run_keys", rows, ctx.run_id)
 
 
-@flow(name="transfer-matrix", log_prints=True)
+def _unit_tags(stage: str, model: str | None, nlp_task: str) -> list[str]:
+    """Tags the UI filters task runs by."""
+    return [f"stage:{stage}", f"nlp_task:{nlp_task}", *([f"model:{model}"] if model else [])]
+
+
+def _run_name() -> str:
+    """Flow runs are named after the study and the start time, e.g. ``demo 2026-11-28 17:56``."""
+    study = flow_run.get_parameters().get("study")
+    name = getattr(study, "name", None)
+    if name is None:
+        try:
+            name = read_study(str(study)).name
+        except Exception:  # noqa: BLE001 - the flow itself reports a bad study file
+            name = Path(str(study or "study")).stem
+    return f"{name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+@flow(name="transfer-matrix", flow_run_name=_run_name, log_prints=True)
 def transfer_matrix(study: StudyConfig) -> StudyResult:
     """Cross-task transfer matrix for every model in the study (see module docstring)."""
     t0 = time.perf_counter()
@@ -147,44 +226,62 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
     ctx = RunContext(storage.root, study.name, run_id, study.runner.device)
-    n_units = len(study.tasks) * (1 + len(study.models) * (len(study.seeds) + 1))
-    progress.clear_listeners()
-    progress.add_listener(_StageProgress(n_units))
+    n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
+    progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds,
+                            "evaluate": n_models * n_tasks})
     train_futures: list = []
     eval_futures: list = []
     try:
-        # prepare: each NLP task's identity (name, type, data fingerprint)
-        progress.start_stage("prepare", len(study.tasks))
-        infos: list[NlpTaskInfo] = []
+        # prepare: each NLP task's identity, its data copied into storage for the workers
+        progress.stage("prepare")
+        prep = []
         for cfg in study.tasks:
-            infos.append(prepare_nlp_task(cfg, cfg.label()))
-            progress.report("prepare")
+            with tags(*_unit_tags("prepare", None, cfg.label())):
+                prep.append(prepare_nlp_task.submit(ctx, cfg, cfg.label()))
+        infos: list[NlpTaskInfo] = _gather(prep, [f"prepare {c.label()}" for c in study.tasks],
+                                           "prepare", [None] * n_tasks, progress,
+                                           result.failures)
 
-        # train: fan out per model x task x seed
-        progress.start_stage("train", len(study.models) * len(infos) * len(study.seeds))
-        train_futures, train_labels = [], []
-        for m in study.models:
-            for cfg, info in zip(study.tasks, infos, strict=True):
-                for seed in study.seeds:
-                    train_futures.append(train_prompt_unit.submit(
-                        ctx, m, cfg, info, study.training, seed))
-                    train_labels.append(f"train {m.name}/{info.name} seed={seed}")
-        prompts = [o.row for o in _results(train_futures, train_labels)]
+        # train: fan out per model x task x seed (or one flow run per model x task)
+        progress.stage("train")
+        if study.runner.train_deployment:
+            from flows.fan_out import fan_out_training
+
+            trained = fan_out_training(ctx, study, infos, study.runner.train_deployment)
+            for o in trained:
+                progress.unit_done("train", f"train {o.row.model}/{o.row.task} "
+                                            f"seed={o.row.seed}")
+        else:
+            labels, models = [], []
+            for m in study.models:
+                for info in infos:
+                    for seed in study.seeds:
+                        with tags(*_unit_tags("train", m.name, info.name)):
+                            train_futures.append(train_prompt_unit.submit(
+                                ctx, m, info, study.training, seed))
+                        labels.append(f"train {m.name}/{info.name} seed={seed}")
+                        models.append(m.name)
+            trained = _gather(train_futures, labels, "train", models, progress,
+                              result.failures)
+        prompts = [o.row for o in trained]
 
         # evaluate: one unit per model x target task, all sources inside; the target's own
         # prompt (per seed) is passed explicitly as the denominator of relative_score
-        progress.start_stage("evaluate", len(study.models) * len(infos))
-        eval_futures, eval_labels = [], []
+        progress.stage("evaluate")
+        labels, models = [], []
         for m in study.models:
             sources = [p for p in prompts if p.model == m.name]
-            for cfg, info in zip(study.tasks, infos, strict=True):
+            for info in infos:
                 own = {p.seed: p for p in sources if p.task == info.name}
-                eval_futures.append(evaluate_target_unit.submit(
-                    ctx, m, cfg, info, own, sources, study.training, study.evaluation))
-                eval_labels.append(f"evaluate {m.name} -> {info.name}")
-        evaluated = _results(eval_futures, eval_labels)  # raises if a unit failed
-        _count_work(result, _completed(train_futures), evaluated)
-        _write_run_keys(storage, ctx, _completed(train_futures), evaluated)
+                with tags(*_unit_tags("evaluate", m.name, info.name)):
+                    eval_futures.append(evaluate_target_unit.submit(
+                        ctx, m, info, own, sources, study.training, study.evaluation))
+                labels.append(f"evaluate {m.name} -> {info.name}")
+                models.append(m.name)
+        evaluated = _gather(eval_futures, labels, "evaluate", models, progress,
+                            result.failures)
+        _count_work(result, trained, evaluated)
+        _write_run_keys(storage, ctx, trained, evaluated)
         cells = {}
         for e in evaluated:
             cells.setdefault(e.model, []).extend(e.cell_keys)
@@ -198,7 +295,6 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         raise
     finally:
         result.seconds = time.perf_counter() - t0
-        progress.clear_listeners()
         write_part(storage, "runs", [RunRow(
             run_id=run_id, study=study.name, flow_run_id=fr_id, status=result.status,
             started_at=started, finished_at=now_utc(), storage=storage.root,
@@ -206,20 +302,133 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
             n_prompts_cached=result.n_prompts_cached,
             n_cells_evaluated=result.n_cells_evaluated, n_cells_cached=result.n_cells_cached,
             prefect_version=prefect.__version__, package_version=_package_version(),
+            failures=json.dumps(result.failures),
         )], run_id)
     return result
+
+
+# --- task runners ---------------------------------------------------------------------------
+
+
+def _one_torch_thread_each(n_threads: int) -> None:  # pragma: no cover - runs in workers
+    import torch
+
+    torch.set_num_threads(n_threads)
+
+
+def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
+    """The Prefect task runner a study's ``runner`` section asks for. Worker processes split
+    the machine's cores between them (torch threads = cores // workers)."""
+    threads = max(1, (os.cpu_count() or 1) // cfg.max_workers)
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    if cfg.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=cfg.max_workers,
+                                     initializer=_one_torch_thread_each, initargs=(threads,))
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": None,
+    })
+
+
+def _api_url() -> str | None:
+    """The API this process talks to: the configured URL, else the ephemeral server's."""
+    url = prefect.settings.get_current_settings().api.url
+    if url:
+        return str(url)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if not server.running:
+        server.start()
+    return server.api_url
+
+
+@contextlib.contextmanager
+def children_share_this_api(cfg: RunnerConfig) -> Iterator[None]:
+    """Worker processes started inside (process pool, local Dask cluster) report to this run's
+    Prefect API, not an ephemeral server each: its URL goes into the environment they
+    inherit, with their torch thread count. Restored afterwards."""
+    if cfg.task_runner == "threads" or cfg.dask_address:
+        yield
+        return
+    threads = max(1, (os.cpu_count() or 1) // cfg.max_workers)
+    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    env = {k: v for k, v in env.items() if v and k not in os.environ}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+
+
+def with_overrides(study: StudyConfig, storage: str | None = None,
+                   task_runner: RunnerKind | None = None, workers: int | None = None,
+                   dask_address: str | None = None, device: str | None = None,
+                   train_deployment: str | None = None) -> StudyConfig:
+    """The study with the run's overrides applied (validated like the study file)."""
+    runner = {k: v for k, v in {
+        "task_runner": task_runner, "max_workers": workers, "dask_address": dask_address,
+        "device": device, "train_deployment": train_deployment}.items() if v is not None}
+    if runner:
+        merged = {**study.runner.model_dump(), **runner}
+        if dask_address is not None and task_runner is None:
+            merged["task_runner"] = "dask"
+        study = study.model_copy(update={"runner": RunnerConfig.model_validate(merged)})
+    if storage is not None:
+        study = study.model_copy(update={"storage": storage})
+    return study
 
 
 def run_study(
     study: StudyConfig | str | Path,
     storage: str | None = None,
     max_workers: int | None = None,
+    task_runner: RunnerKind | None = None,
+    dask_address: str | None = None,
+    device: str | None = None,
+    train_deployment: str | None = None,
 ) -> StudyResult:
     """Validate (if given a path) and run a study; the task runner is chosen here."""
     if not isinstance(study, StudyConfig):
         study = load_study(study)
-    if storage is not None:
-        study = study.model_copy(update={"storage": storage})
-    workers = max_workers or study.runner.max_workers
-    runner = ThreadPoolTaskRunner(max_workers=workers)
-    return transfer_matrix.with_options(task_runner=runner)(study)
+    study = with_overrides(study, storage, task_runner, max_workers, dask_address, device,
+                           train_deployment)
+    with children_share_this_api(study.runner):
+        return transfer_matrix.with_options(task_runner=make_task_runner(study.runner))(study)
+
+
+def read_study(study: str) -> StudyConfig:
+    """A study file from a local path or any URI the storage layer reads (s3://...)."""
+    if "://" in study and not study.startswith("file://"):
+        folder, _, name = study.rstrip("/").rpartition("/")
+        return parse_study_bytes(open_storage(folder).read_bytes(name), study)
+    return load_study(study.removeprefix("file://"))
+
+
+@flow(name="prompt-transfer-study", flow_run_name=_run_name, log_prints=True)
+def study_flow(
+    study: str = "deployments/studies/demo.yaml",
+    storage: str | None = None,
+    task_runner: RunnerKind | None = None,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    device: str | None = None,
+    train_deployment: str | None = None,
+) -> dict:
+    """Run a study file (a path relative to the working directory, or a URI such as
+    ``s3://bucket/studies/x.yaml``) with optional overrides of its storage root and runner:
+    the deployment entry point, whose parameters fit the UI's custom-run form. The transfer
+    matrix runs as a subflow with the chosen task runner."""
+    cfg = with_overrides(read_study(study), storage, task_runner, workers, dask_address,
+                         device, train_deployment)
+    with children_share_this_api(cfg.runner):
+        result = transfer_matrix.with_options(task_runner=make_task_runner(cfg.runner))(cfg)
+    return {"run_id": result.run_id, "study": result.study, "storage": result.storage,
+            "status": result.status, "summaries": result.summaries}

@@ -421,19 +421,32 @@ def _read_yaml(p: Path) -> Any:
         raise StudyFileError(
             f"{p}: {size} bytes; a study file may be at most {MAX_STUDY_BYTES} bytes (1 MiB)"
         )
+    return _parse_yaml(p.read_bytes(), str(p))
+
+
+def _parse_yaml(data: bytes, where: str) -> Any:
+    if len(data) > MAX_STUDY_BYTES:
+        raise StudyFileError(f"{where}: {len(data)} bytes; a study file may be at most "
+                             f"{MAX_STUDY_BYTES} bytes (1 MiB)")
     try:
-        return yaml.load(p.read_text(encoding="utf-8"), Loader=_StudyYamlLoader)  # noqa: S506
+        return yaml.load(data.decode("utf-8"), Loader=_StudyYamlLoader)  # noqa: S506
     except _AliasFound as e:
         raise StudyFileError(
-            f"{p}: line {e.line}: YAML aliases are not allowed in a study file "
+            f"{where}: line {e.line}: YAML aliases are not allowed in a study file "
             "(no '&anchor' or '*alias': write each value out)"
         ) from None
     except UnicodeDecodeError as e:
-        raise StudyFileError(f"{p}: not UTF-8 text ({e})") from None
+        raise StudyFileError(f"{where}: not UTF-8 text ({e})") from None
     except RecursionError:
-        raise StudyFileError(f"{p}: nested too deeply to be a study file") from None
+        raise StudyFileError(f"{where}: nested too deeply to be a study file") from None
     except yaml.YAMLError as e:
-        raise StudyFileError(f"{p}: not valid YAML ({e})") from None
+        raise StudyFileError(f"{where}: not valid YAML ({e})") from None
+
+
+def parse_study_bytes(data: bytes, source: str, base_dir: Path | None = None) -> StudyConfig:
+    """A study file's content read from anywhere (a URI): same checks as :func:`load_study`;
+    relative task paths resolve from ``base_dir`` (default: the working directory)."""
+    return parse_study(_parse_yaml(data, source), source, base_dir or Path.cwd())
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -446,3 +446,60 @@ PAPER_TASKS: dict[str, HFTaskSource] = {
     "mrpc": _glue("mrpc", "sentence1", "sentence2", ["not_equivalent", "equivalent"],
                   ["false", "true"], "paraphrase"),
 }
+
+
+# --- one self-contained file per task (what a worker on another machine reads) ---------------
+
+_SPEC_META_KEY = b"prompt_transfer.task_spec"
+
+
+def task_to_parquet(td: TaskData) -> bytes:
+    """All splits of ``td`` in one Parquet file (a ``split`` column) with the spec and the
+    fingerprint in the file's metadata: :func:`task_from_parquet` gives back the same task."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frames = [td.splits[s].assign(split=s) for s in SPLITS if s in td.splits]
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False,
+                                 schema=pa.schema([("text_a", pa.string()),
+                                                   ("text_b", pa.string()),
+                                                   ("label", pa.int64()),
+                                                   ("split", pa.string())]))
+    spec = {"name": td.spec.name, "type": td.spec.type, "label_names": td.spec.label_names,
+            "label_words": td.spec.label_words, "description": td.spec.description,
+            "fingerprint": td.fingerprint, "source": td.source}
+    table = table.replace_schema_metadata({_SPEC_META_KEY: json.dumps(spec).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def task_from_parquet(data: bytes, source: str) -> TaskData:
+    """The task written by :func:`task_to_parquet`; a file whose rows no longer hash to the
+    fingerprint it was written with is refused (:class:`TaskDataError` naming ``source``)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        spec = json.loads(table.schema.metadata[_SPEC_META_KEY])
+    except Exception as e:  # noqa: BLE001 - re-raised naming the file
+        raise TaskDataError(f"{source}: not a task data file ({type(e).__name__}: {e})") from e
+    df = table.to_pandas()
+    splits = {}
+    for s in SPLITS:
+        part = df[df["split"] == s].drop(columns="split").reset_index(drop=True)
+        if len(part):
+            part["text_b"] = pd.Series([None if v is None or v != v else v
+                                        for v in part["text_b"]], dtype=object)
+            splits[s] = part
+    td = TaskData(TaskSpec(spec["name"], spec["type"], tuple(spec["label_names"]),
+                           tuple(spec["label_words"]), spec["description"]),
+                  splits, source=spec.get("source") or source)
+    if td.fingerprint != spec["fingerprint"]:
+        raise TaskDataError(f"{source}: task data does not match its fingerprint "
+                            f"({td.fingerprint} != {spec['fingerprint']}): damaged")
+    return td

@@ -1,4 +1,9 @@
-"""Batched scoring of many prompts on one target task, and the metrics."""
+"""Batched scoring of many prompts on one target task, and the metrics.
+
+Scoring runs under ``torch.inference_mode()`` on the backbone's device, with bf16 autocast for
+the forward pass when asked for and supported (:meth:`Backbone.autocast`); logits are cast to
+float32 before the argmax.
+"""
 
 from __future__ import annotations
 
@@ -32,15 +37,20 @@ def scores(pred: np.ndarray, gold: np.ndarray, n_labels: int) -> dict[str, float
 
 
 class EncodedSplit:
-    """A task split tokenised once for a backbone, served in length-sorted batches."""
+    """A task split tokenised once for a backbone, served in length-sorted batches.
+
+    ``bf16``: score under bf16 autocast (on a CUDA device with bf16 and a kind that supports it;
+    elsewhere float32), unless :meth:`evaluate` / :meth:`predict` say otherwise.
+    """
 
     def __init__(self, backbone: Backbone, task: TaskData, split: str, max_length: int,
-                 max_examples: int | None = None):
+                 max_examples: int | None = None, bf16: bool = False):
         df = task.split(split)
         if max_examples is not None and len(df) > max_examples:
             df = df.sample(n=max_examples, random_state=0)
         self.backbone = backbone
         self.max_length = max_length
+        self.bf16 = bf16
         try:
             self.items: list[Encoded] = backbone.encode_many(
                 df["text_a"].tolist(), df["text_b"].tolist(), max_length
@@ -60,19 +70,25 @@ class EncodedSplit:
         return len(self.items)
 
     def batch(self, idx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The examples ``idx``: padded tensors (B, T) on the backbone's device, labels (B,)."""
         items = [self.items[i] for i in idx]
         return self.backbone.collate(items), torch.as_tensor(self.labels[idx])
 
     @torch.inference_mode()
-    def predict(self, prompt: torch.Tensor | None, batch_size: int = 64) -> np.ndarray:
-        """Predicted label ids for every example, in the split's order."""
+    def predict(self, prompt: torch.Tensor | None, batch_size: int = 64,
+                bf16: bool | None = None) -> np.ndarray:
+        """Predicted label ids (N,) for every example, in the split's order; ``prompt`` (n, D)
+        or None. ``bf16`` None: the split's own setting."""
         pred = np.empty(len(self.items), dtype=np.int64)
         self.check_fits(0 if prompt is None else prompt.shape[0])
-        p = None if prompt is None else prompt.to(self.backbone.device)
+        p = None if prompt is None else prompt.to(self.backbone.device, torch.float32)
+        bf16 = self.bf16 if bf16 is None else bf16
         for start in range(0, len(self.items), batch_size):
             idx = self._order[start : start + batch_size]
             batch, _ = self.batch(idx)
-            pred[idx] = self.backbone.logits(p, batch, self.scorer).argmax(-1).cpu().numpy()
+            with self.backbone.autocast(bf16):
+                logits = self.backbone.logits(p, batch, self.scorer)  # (B, K)
+            pred[idx] = logits.float().argmax(-1).cpu().numpy()
         return pred
 
     def check_fits(self, n_tokens: int) -> None:
@@ -82,8 +98,10 @@ class EncodedSplit:
         if limit is not None and n_tokens + self.longest > limit:
             self.backbone.check_lengths(n_tokens, self.max_length)
 
-    def evaluate(self, prompt: torch.Tensor | None, batch_size: int = 64) -> dict[str, float]:
-        return scores(self.predict(prompt, batch_size), self.labels, self.n_labels)
+    def evaluate(self, prompt: torch.Tensor | None, batch_size: int = 64,
+                 bf16: bool | None = None) -> dict[str, float]:
+        """Accuracy and macro-F1 of ``prompt`` (n, D) (None: no prompt) on this split."""
+        return scores(self.predict(prompt, batch_size, bf16), self.labels, self.n_labels)
 
 
 def evaluate_prompts(
@@ -94,13 +112,14 @@ def evaluate_prompts(
     batch_size: int = 64,
     max_length: int = 128,
     max_examples: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score every prompt (``None`` = no prompt) on one task with the task's own verbalizer.
 
-    The split is tokenised once and the label scorer built once for all prompts. Returns
-    ``{name: {"accuracy", "macro_f1", "n_examples"}}``.
+    The split is tokenised once and the label scorer built once for all prompts. ``bf16``: as
+    for :class:`EncodedSplit`. Returns ``{name: {"accuracy", "macro_f1", "n_examples"}}``.
     """
-    enc = EncodedSplit(backbone, task, split, max_length, max_examples)
+    enc = EncodedSplit(backbone, task, split, max_length, max_examples, bf16=bf16)
     out = {}
     for name, prompt in prompts.items():
         out[name] = {**enc.evaluate(prompt, batch_size), "n_examples": len(enc)}

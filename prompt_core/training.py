@@ -6,6 +6,10 @@ and the last step), and the best-dev prompt among the trained checkpoints is ret
 the init, is on the curve but never selected). The optimiser state always
 starts fresh, also when the prompt starts from another prompt (METHOD.md: the 1.0 code wrongly
 restores it).
+
+On a GPU (``backbone.device``) the prompt, the batches and the optimiser state live there; with
+``bf16`` the frozen model's forward pass runs under bf16 autocast (when the device and the
+backbone kind support it) while the prompt parameter, the loss and AdamW's state stay float32.
 """
 
 from __future__ import annotations
@@ -52,11 +56,17 @@ def train_prompt(
     lr: float | None = None,
     init: torch.Tensor | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    bf16: bool = False,
 ) -> TrainResult:
     """Tune a soft prompt for ``task`` on the frozen ``backbone``.
 
     ``init`` (n, D) starts from an existing prompt (TPT) instead of ``cfg.init``. ``on_step(step,
-    total)`` is called after every optimiser step (progress reporting). Same seed, same result.
+    total)`` is called after every optimiser step (progress reporting); ``on_eval(step, scores)``
+    after every dev evaluation (step 0, every ``eval_every`` steps and the last step) with the
+    dev ``{"accuracy", "macro_f1"}``. ``bf16``: bf16 autocast for the forward passes (training
+    and dev), honoured on a CUDA device with bf16 only (see :meth:`Backbone.autocast`). Same
+    seed, same result (on one device and precision).
     """
     lr = lr or cfg.lr or backbone.default_lr
     backbone.check_lengths(cfg.n_tokens, cfg.max_length)
@@ -68,11 +78,12 @@ def train_prompt(
     else:
         p0 = init_prompt(cfg.init, backbone, cfg.n_tokens, seed, std=cfg.init_std,
                          text=cfg.init_text)
-    prompt = torch.nn.Parameter(p0.to(backbone.device))
+    prompt = torch.nn.Parameter(p0.to(backbone.device, torch.float32))  # (n, D) float32
     opt = torch.optim.AdamW([prompt], lr=lr, weight_decay=cfg.weight_decay)
 
     train = EncodedSplit(backbone, task, "train", cfg.max_length)
-    dev = EncodedSplit(backbone, task, "validation", cfg.max_length, cfg.max_dev_examples)
+    dev = EncodedSplit(backbone, task, "validation", cfg.max_length, cfg.max_dev_examples,
+                       bf16=bf16)
     rng = np.random.default_rng(seed)
     order: np.ndarray = np.empty(0, dtype=np.int64)
 
@@ -82,27 +93,30 @@ def train_prompt(
     def evaluate(step: int, loss: float | None) -> dict[str, float]:
         s = dev.evaluate(prompt.detach())
         curve.append(CurvePoint(step, loss, s["accuracy"], s["macro_f1"], time.perf_counter() - t0))
+        if on_eval:
+            on_eval(step, dict(s))
         return s
 
     evaluate(0, None)  # the curve starts at the init; the best checkpoint is a trained one
     best_scores: dict[str, float] = {}
     best_step, best = 0, prompt.detach().clone()
-    running: list[float] = []
+    running: list[torch.Tensor] = []  # detached losses on the device: no sync per step
     for step in range(1, cfg.steps + 1):
         if len(order) < cfg.batch_size:  # new epoch: reshuffle (seeded)
             order = np.concatenate([order, rng.permutation(len(train))])
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         batch, labels = train.batch(idx)
-        logits = backbone.logits(prompt, batch, train.scorer)  # (B, K)
-        loss = F.cross_entropy(logits, labels.to(logits.device))
+        with backbone.autocast(bf16):
+            logits = backbone.logits(prompt, batch, train.scorer)  # (B, K)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device))  # float32
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running.append(loss.item())
+        running.append(loss.detach())
         if on_step:
             on_step(step, cfg.steps)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            s = evaluate(step, float(np.mean(running)))
+            s = evaluate(step, torch.stack(running).double().mean().item())
             running = []
             if not best_scores or s[cfg.select_metric] > best_scores[cfg.select_metric]:
                 best_scores, best_step, best = s, step, prompt.detach().clone()

@@ -51,6 +51,8 @@ S3FS_RETRIES = 2  # s3fs's own loop (also retries a body read cut mid-transfer)
 DEFAULT_PROBE_DEADLINE = 30.0
 PROBE_PREFIX = ".prompt-transfer-probe-"  # probe object directly under the root, then removed
 _TMP_SUFFIX = ".tmp"
+_HTTP_CODES = {"PreconditionFailed": 412, "ConditionalRequestConflict": 409}
+_CREATE_CONFLICT_RETRIES = 6  # 409 ConditionalRequestConflict: retry, backing off
 
 
 class StorageError(RuntimeError):
@@ -267,7 +269,8 @@ class Storage:
                 ):
                     return f"S3 endpoint {self.endpoint} is unreachable: {exc}"
             if isinstance(exc, PermissionError):
-                return f"access denied (credentials refused or permission denied): {exc}"
+                return (f"access denied at S3 endpoint {self.endpoint} (credentials refused "
+                        f"or permission denied): {exc}")
             if isinstance(exc, FileNotFoundError) and "bucket" in str(exc).lower():
                 return f"bucket '{self.bucket}' does not exist at {self.endpoint}: {exc}"
             if isinstance(exc, ConnectionError | TimeoutError):
@@ -318,6 +321,85 @@ class Storage:
         except Exception as exc:
             raise self._fail("write", key, exc) from exc
         return self.uri(key)
+
+    def create_bytes(self, key: str, data: bytes, *, timeout: float | None = None) -> bool:
+        """Write ``data`` at ``key`` only if no object is there: True if written, False if one was.
+
+        Local roots: the bytes go to a temp file that is then hard-linked to ``key``
+        (``os.link`` fails when ``key`` exists), so the create is atomic and nobody ever reads
+        a partial file; the file system must support hard links.
+
+        S3 roots: a HEAD, then one conditional PUT with ``If-None-Match: *`` (s3fs
+        ``mode="create"``); a 412 Precondition Failed means the object exists, a 409
+        ConditionalRequestConflict (a concurrent conditional write) is retried. AWS S3, moto
+        and SeaweedFS honour the header, so there the create is atomic: of racing writers
+        exactly one gets True. A store that ignores the header degrades to check-then-write
+        (best effort: two writers whose HEADs both come before either PUT both get True, the
+        later PUT wins); callers that must know can read back a token they wrote
+        (``tasks.claims`` does). If a PUT that landed is retried after its answer was lost,
+        the retry gets 412 and this returns False although ``data`` was written: again, a
+        token read back tells. ``timeout`` bounds the whole call (default: the deadline).
+        """
+        key = _check_key(key)
+        if not key:
+            raise StorageError(f"cannot write to the storage root itself ({self.root})")
+        data = bytes(data)
+        try:
+            if self.is_local:
+                return self._create_local(self.path(key), data)
+            return self._create_s3(self.path(key), data, timeout)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._fail("create", key, exc) from exc
+
+    @staticmethod
+    def _create_local(path: str, data: bytes) -> bool:
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def _create_s3(self, path: str, data: bytes, timeout: float | None) -> bool:
+        limit = self.deadline if timeout is None else timeout
+        stop = time.monotonic() + limit
+
+        def left() -> float:
+            remaining = stop - time.monotonic()
+            if remaining <= 0:
+                raise _DeadlineExceeded(limit)
+            return remaining
+
+        if self._call("exists", path, timeout=left()):
+            return False
+        attempt = 0
+        while True:
+            try:  # s3fs _pipe_file(path, data, chunksize, max_concurrency, mode)
+                self._call("pipe_file", path, data, 50 * 2**20, None, "create", timeout=left())
+                return True
+            except OSError as exc:
+                status = _s3_status(exc)
+                if isinstance(exc, FileExistsError) or status == 412:
+                    return False  # PreconditionFailed: the object exists
+                if status != 409 or attempt >= _CREATE_CONFLICT_RETRIES:
+                    raise  # 409 ConditionalRequestConflict: a concurrent create, retried
+            time.sleep(min(0.05 * 2**attempt, left() / 2))
+            attempt += 1
 
     @staticmethod
     def _write_local(path: str, data: bytes) -> None:
@@ -468,6 +550,20 @@ class Storage:
         if not found:
             where = f" at {self.endpoint}" if not self.is_local else ""
             raise StorageError(f"storage root {self.root} does not exist{where}")
+
+
+def _s3_status(exc: BaseException) -> int | None:
+    """HTTP status of the botocore error behind ``exc`` (s3fs translates them), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return status or _HTTP_CODES.get(response.get("Error", {}).get("Code"))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _missing_dirs(path: str) -> list[str]:

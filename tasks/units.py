@@ -37,13 +37,12 @@ from prompt_core.config import (
     load_nlp_task,
     stable_hash,
 )
-from prompt_core.data import TaskData
+from prompt_core.data import TaskData, TaskDataError, task_from_parquet, task_to_parquet
 from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
-from tasks import progress
 from tasks.integrity import Damage, quarantine
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
@@ -99,6 +98,21 @@ def _nlp_task_cached(cfg_json: str) -> TaskData:
 def get_nlp_task(cfg: TaskConfig) -> TaskData:
     """The NLP task's data, loaded once per process."""
     return _nlp_task_cached(cfg.model_dump_json())
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_task_cached(storage_root: str, key: str) -> TaskData:
+    storage = open_storage(storage_root)
+    return task_from_parquet(storage.read_bytes(key), storage.uri(key))
+
+
+def task_data(ctx: RunContext, info: NlpTaskInfo) -> TaskData:
+    """An NLP task's data as the prepare unit stored it: read from the run's storage (once per
+    process), so a worker on another machine needs no access to the submitting machine's
+    files."""
+    if info.data_key is None:
+        raise ValueError(f"NLP task {info.name!r} was not prepared (no data in storage)")
+    return _stored_task_cached(ctx.storage_root, info.data_key)
 
 
 def get_backbone(model: ModelConfig, device: str) -> Backbone:
@@ -157,6 +171,7 @@ class NlpTaskInfo:
     n_validation: int
     n_test: int
     n_labels: int
+    data_key: str | None = None  # the task's data in storage (set by the prepare unit)
 
 
 @dataclass
@@ -257,10 +272,28 @@ def nlp_task_info(cfg: TaskConfig) -> NlpTaskInfo:
                        n["validation"], n["test"], td.spec.n_labels)
 
 
-@unit_task(task_run_name="prepare {cfg_label}", retries=0)
-def prepare_nlp_task(cfg: TaskConfig, cfg_label: str) -> NlpTaskInfo:
-    """Load and validate one NLP task; return its identity (name, type, data fingerprint)."""
-    return dataclasses.replace(nlp_task_info(cfg), label=cfg_label)
+def task_data_key(name: str, fingerprint: str) -> str:
+    return f"task_data/{name}/{fingerprint}.parquet"
+
+
+@unit_task(task_run_name="prepare {cfg_label}")
+def prepare_nlp_task(ctx: RunContext, cfg: TaskConfig, cfg_label: str) -> NlpTaskInfo:
+    """Load and validate one NLP task where the study names it (a local folder, a built-in
+    task, the hub) and copy it into storage as one Parquet file named by its fingerprint, so
+    the units read it from there wherever they run. An intact copy is kept, a damaged one
+    replaced."""
+    info = dataclasses.replace(nlp_task_info(cfg), label=cfg_label)
+    storage = ctx.storage()
+    key = task_data_key(info.name, info.fingerprint)
+    if storage.exists(key):
+        try:
+            _stored_task_cached(ctx.storage_root, key)
+            return dataclasses.replace(info, data_key=key)
+        except (TaskDataError, StorageError) as exc:
+            _stored_task_cached.cache_clear()
+            _quarantine(storage, key, str(exc))
+    storage.write_bytes(key, task_to_parquet(get_nlp_task(cfg)))
+    return dataclasses.replace(info, data_key=key)
 
 
 def _quarantine(storage: Storage, key: str, why: str) -> str:
@@ -304,7 +337,6 @@ def _stored_prompt_row(storage: Storage, ctx: RunContext, model: str, key: str
 def train_prompt_unit(
     ctx: RunContext,
     model: ModelConfig,
-    nlp_task: TaskConfig,
     info: NlpTaskInfo,
     train: TrainConfig,
     seed: int,
@@ -325,27 +357,23 @@ def train_prompt_unit(
     meta = _prompt_file_ok(storage, skey, key, train.n_tokens)
     row = _stored_prompt_row(storage, ctx, model.name, key) if meta else None
     if row is not None:
-        progress.report("train", advance=1)
         return TrainOutcome(row, skey, trained=False)
     if meta is not None and ROW_FIELDS <= meta.keys():  # another study's file: reuse it
         row = PromptRow(**{**{f: meta[f] for f in ROW_FIELDS}, "study": ctx.study,
                            "created_at": now_utc()})
         write_part(storage, "prompts", [row], key)
-        progress.report("train", advance=1)
         return TrainOutcome(row, skey, trained=False)
 
     logger = get_run_logger()
     backbone = get_backbone(model, ctx.device)
-    td = get_nlp_task(nlp_task)
+    td = task_data(ctx, info)
     lr = model.learning_rate(train)
     label = f"train {model.name}/{info.name} seed={seed}"
     init = None
     if init_bytes is not None:
         init, _ = prompt_from_bytes(init_bytes, train.init_prompt, backbone.hidden_size,
                                     train.n_tokens)
-    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init,
-                          on_step=progress.step_callback(label))
-    progress.finish_steps(label)
+    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init)
     now = now_utc()
     row = PromptRow(
         prompt_key=key, config_key=cfg_key, model=model.name,
@@ -369,7 +397,6 @@ def train_prompt_unit(
     write_part(storage, "prompts", [row], key)
     logger.info("%s: best dev accuracy %.3f at step %d (%.1fs)", label,
                 result.best_scores["accuracy"], result.best_step, result.seconds)
-    progress.report("train", advance=1)
     return TrainOutcome(row, skey, trained=True)
 
 
@@ -393,7 +420,6 @@ def plan_cells(config_key: str, target: NlpTaskInfo, own: dict[int, PromptRow],
 def evaluate_target_unit(
     ctx: RunContext,
     model: ModelConfig,
-    target_cfg: TaskConfig,
     target: NlpTaskInfo,
     own: dict[int, PromptRow],
     sources: list[PromptRow],
@@ -426,17 +452,15 @@ def evaluate_target_unit(
     todo = [c for c in cells if c.key not in done]
     all_keys = [c.key for c in cells]
     if not todo:
-        progress.report("evaluate", advance=1)
         return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None, quarantined)
 
     backbone = get_backbone(model, ctx.device)
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
-    td = get_nlp_task(target_cfg)
+    td = task_data(ctx, target)
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
                        evaluation.max_examples)
-    label = f"evaluate {model.name} -> {target.name}"
     scores: dict[tuple[str, int], dict[str, float]] = {}  # source id -> metric -> score
-    for i, c in enumerate(todo):
+    for c in todo:
         if c.source_id in scores:
             continue
         if c.kind == "prompt":
@@ -448,8 +472,6 @@ def evaluate_target_unit(
         else:
             prompt = None
         scores[c.source_id] = enc.evaluate(prompt, evaluation.batch_size)
-        progress.report_steps(label, i + 1, len(todo))
-    progress.finish_steps(label)
 
     # the own prompt's score per (seed, metric): scored now, or the stored row of its cell
     own_score: dict[tuple[int, str], float] = {}
@@ -482,6 +504,8 @@ def evaluate_target_unit(
                 study=ctx.study, run_id=ctx.run_id, created_at=now,
             ))
     uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c.key for c in todo)))
-    progress.report("evaluate", advance=1)
+    get_run_logger().info("evaluate %s -> %s: %d cell(s) scored on %d examples, %d stored "
+                          "before", model.name, target.name, len(todo), len(enc),
+                          len(cells) - len(todo))
     return EvalOutcome(model.name, target.name, all_keys, len(todo), len(cells) - len(todo),
                        uri, quarantined)

@@ -3,6 +3,8 @@ S3 storage, bad input. Work is counted by wrapping the training and scoring func
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 
@@ -49,13 +51,23 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     assert by_type["progress"][0].data == 100.0  # every unit reported
     md = {a.key: a.data for a in by_type["markdown"]}
     assert "own prompt beats no prompt on" in md["transfer-matrix-summary"]
-    assert "cross_task_tiny.png)" in md["heatmap-tiny"]
+    assert "](data:image/png;base64," in md["heatmap-tiny"]  # shown inline in the UI
     table = by_type["table"][0].data
     assert "pos_a" in str(table) and "random" in str(table)
     names = {t.name for t in runs}
     assert {"prepare pos_a", "train tiny/pos_a seed=0", "train tiny/pair_c seed=0",
             "evaluate tiny -> pos_b"} <= names
     assert len(runs) == 3 + 3 + 3  # prepare, train, evaluate: not one task run per cell
+    # the UI filters task runs by stage, model and NLP task; the flow run is named after the
+    # study and its start time, not random words
+    tagged = {t.name: set(t.tags) for t in runs}
+    assert tagged["train tiny/pos_a seed=0"] == {"stage:train", "model:tiny", "nlp_task:pos_a"}
+    assert tagged["evaluate tiny -> pos_b"] == {"stage:evaluate", "model:tiny",
+                                                "nlp_task:pos_b"}
+    assert tagged["prepare pos_a"] == {"stage:prepare", "nlp_task:pos_a"}
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(r1.run_id)
+    assert re.fullmatch(r"t-study \d{4}-\d\d-\d\d \d\d:\d\d UTC", fr.name), fr.name
 
     st = open_storage(storage)
     ct = read_table(st, "cross_task").to_pandas()

@@ -14,6 +14,7 @@ from prompt_core.backbones.base import (
     prepend_prompt,
     usable_positions,
 )
+from prompt_core.backbones.device import autocast, bf16_active, resolve_device
 from prompt_core.backbones.encoder import MINILM_ID, EncoderBackbone
 from prompt_core.backbones.mlm import MaskTokenError, MLMBackbone
 
@@ -42,8 +43,10 @@ def load_backbone(
     kind: str, model_id: str | None = None, revision: str | None = None, device: str = "cpu",
     **options: Any,
 ) -> Backbone:
-    """Load a backbone of ``kind`` (default model of the kind when ``model_id`` is None)."""
+    """Load a backbone of ``kind`` (default model of the kind when ``model_id`` is None) onto
+    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``; see :func:`resolve_device`)."""
     cls = backbone_class(kind)
+    device = resolve_device(device)  # before loading weights: a missing GPU fails fast
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -59,7 +62,9 @@ def cached_backbone(
     **options: Any,
 ) -> Backbone:
     """Like :func:`load_backbone`, but one instance per process and arguments (models are
-    frozen, so training and evaluation threads can share it)."""
+    frozen, so training and evaluation threads can share it). ``auto`` and the device it
+    resolves to share one instance."""
+    device = resolve_device(device)
     key = (kind, model_id, revision, device, tuple(sorted(options.items())))
     with _lock:
         if key not in _cache:
@@ -69,7 +74,7 @@ def cached_backbone(
 
 __all__ = [
     "BACKBONES", "Backbone", "Encoded", "EncodeError", "EncoderBackbone", "LengthError",
-    "MINILM_ID", "MLMBackbone", "MaskTokenError", "backbone_class", "cached_backbone",
-    "config_positions", "load_backbone", "prepend_prompt", "register_backbone",
-    "usable_positions",
+    "MINILM_ID", "MLMBackbone", "MaskTokenError", "autocast", "backbone_class", "bf16_active",
+    "cached_backbone", "config_positions", "load_backbone", "prepend_prompt",
+    "register_backbone", "resolve_device", "usable_positions",
 ]

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from prompt_core.backbones.device import autocast, resolve_device
 from prompt_core.errors import InputError
 
 
@@ -139,8 +141,11 @@ class Backbone(ABC):
     default_model_id: ClassVar[str]
     default_lr: ClassVar[float]
     layout_words: ClassVar[str] = "special tokens"  # what layout_tokens counts, for messages
+    # the kind's forward pass is known to be sound under bf16 autocast (BERT-style encoders)
+    supports_bf16: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, tokenizer: Any, model_id: str, device: str = "cpu"):
+        device = resolve_device(device)  # "auto" -> cuda/cpu; a missing GPU is an InputError
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -163,6 +168,12 @@ class Backbone(ABC):
         cls, model_id: str, revision: str | None = None, device: str = "cpu", **options: Any
     ) -> Backbone:
         """Load model and tokenizer (hub id or local directory)."""
+
+    def autocast(self, bf16: bool) -> AbstractContextManager:
+        """Context for this backbone's forward passes: bf16 autocast when ``bf16`` is asked for,
+        the kind supports it and the device is a GPU with bf16 (see
+        :func:`~prompt_core.backbones.device.autocast`); else a no-op."""
+        return autocast(self.device, bf16 and self.supports_bf16)
 
     @property
     def hidden_size(self) -> int:

@@ -42,6 +42,7 @@ class EncoderBackbone(Backbone):
     kind = "encoder"
     default_model_id = MINILM_ID
     default_lr = 3e-2
+    supports_bf16 = True
 
     def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05):
         super().__init__(model, tokenizer, model_id, device)
@@ -73,6 +74,9 @@ class EncoderBackbone(Backbone):
 
     def logits(self, prompt, batch, scorer):
         kw = self.embed_with_prompt(prompt, batch)
-        hidden = self.model(**kw).last_hidden_state  # (B, n+T, D)
-        emb = F.normalize(mean_pool(hidden, kw["attention_mask"]), dim=-1)  # (B, D)
-        return emb @ scorer.T / self.temperature  # (B, K)
+        hidden = self.model(**kw).last_hidden_state  # (B, n+T, D), bf16 under autocast
+        # pooling and cosine / temperature in float32 even under autocast: a bf16 cosine
+        # (8-bit mantissa) divided by a 0.05 temperature would blur the logits by ~0.1
+        with torch.autocast(hidden.device.type, enabled=False):
+            emb = F.normalize(mean_pool(hidden.float(), kw["attention_mask"]), dim=-1)  # (B, D)
+            return emb @ scorer.float().T / self.temperature  # (B, K) float32

@@ -24,6 +24,7 @@ class MLMBackbone(Backbone):
     default_model_id = "FacebookAI/roberta-base"
     default_lr = 1e-3  # RoBERTa-base in the paper's code
     layout_words = "special tokens + the mask"
+    supports_bf16 = True
 
     @classmethod
     def from_pretrained(cls, model_id, revision=None, device="cpu", **options: Any):
@@ -127,12 +128,13 @@ class MLMBackbone(Backbone):
         kw = self.embed_with_prompt(prompt, batch)
         n = 0 if prompt is None else prompt.shape[0]
         pos = is_mask.int().argmax(dim=1) + n  # (B,) first mask, shifted past the prompt
-        rows = torch.arange(pos.shape[0])
+        rows = torch.arange(pos.shape[0], device=pos.device)
         if self._head is not None:
             hidden = self.model.base_model(**kw).last_hidden_state  # (B, n+T, D)
             at_mask = self._head(hidden[rows, pos])  # (B, V)
         else:
             at_mask = self.model(**kw).logits[rows, pos]  # (B, V)
+        at_mask = at_mask.float()  # (B, V) float32: bf16 under autocast
         return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)
 
 
