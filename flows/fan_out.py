@@ -191,9 +191,9 @@ def run_training_deployment(deployment: str, study_uri: str, ctx: RunContext,
                             n_tokens: int, timeout_s: float) -> str:
     """Run one (model, task) as a flow run of ``deployment`` and wait for it; the flow run's
     id. The idempotency key is :func:`pair_idempotency_key` of the pair's prompt ``keys``: a
-    run found for it that ended FAILED, CRASHED or CANCELLED, or that completed earlier but
-    whose prompts are no longer stored, is followed by a new run (key + this run's id). A run
-    not COMPLETED raises, naming it and its state message."""
+    run an earlier study run started for it that ended FAILED, CRASHED or CANCELLED, or whose
+    prompts are no longer stored, is followed by a new run (key + this run's id). A run not
+    COMPLETED raises, naming it and its state message."""
     logger = get_run_logger()
     params = {"study_uri": study_uri, "model": model.name, "task": info.name,
               "run_id": ctx.run_id}
@@ -206,12 +206,12 @@ def run_training_deployment(deployment: str, study_uri: str, ctx: RunContext,
                               as_subflow=True)
 
     run = start(key)
-    if _failed(run) or (run.state is not None and run.state.is_completed()
-                        and not _all_stored(ctx, model, info, keys, n_tokens)):
+    earlier = run.parameters.get("run_id") != ctx.run_id  # started by an earlier study run
+    if earlier and (_failed(run) or not _all_stored(ctx, model, info, keys, n_tokens)):
         why = (f"ended {run.state_name} ({run.state.message if run.state else ''})"
-               if _failed(run) else "completed before, but its prompts are not stored")
-        logger.warning("flow run %r for %s/%s %s: starting a new one", run.name, model.name,
-                       info.name, why)
+               if _failed(run) else "completed, but its prompts are no longer stored")
+        logger.warning("flow run %r for %s/%s of an earlier run %s: starting a new one",
+                       run.name, model.name, info.name, why)
         run = start(f"{key}:{ctx.run_id}")
     if run.state is None or not run.state.is_completed():
         message = (run.state.message or "").strip() if run.state else ""

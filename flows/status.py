@@ -6,8 +6,9 @@ The expected units come from the study file and the content keys the flow would 
 identity is read with :func:`~tasks.units.nlp_task_info`, which writes nothing. A unit is done
 when the flow would skip it:
 
-- ``prepare <task>``: the task's data loads (a task that does not is listed with its error,
-  and its prompts and evaluations count as missing: a run would stop there);
+- ``prepare <task>``: the task's data loads and its copy is in storage
+  (``task_data/<name>/<fingerprint>.parquet``); a task whose data does not load is listed
+  with its error, and its prompts and evaluations count as missing (a run would stop there);
 - ``train <model>/<task> seed=<s>``: this study's ``prompts`` table holds the prompt key;
 - ``evaluate <model> -> <target>``: every planned cell of the target (each source prompt,
   random and none per seed) is in this study's ``cross_task`` table with both metrics;
@@ -39,10 +40,9 @@ from tasks.units import (
     plan_cells,
     prompt_key,
     read_init_prompt,
+    task_data_key,
     train_config_key,
 )
-
-STAGES = ("prepare", "train", "evaluate", "cells")
 
 
 @dataclass
@@ -171,9 +171,10 @@ def latest_run(storage: Storage, study: str, problems: list[str] | None = None
 def study_status(study: StudyConfig, storage: Storage | str | None = None) -> StudyStatus:
     """How complete ``study`` is in ``storage`` (default: the study's root), from the tables.
 
-    Reads the study's task data (to know the tasks' fingerprints), its init prompt file if
-    any, and this study's partitions of ``prompts``, ``cross_task`` and ``runs``; writes
-    nothing. InputError when the init prompt file cannot be read (as ``run`` would).
+    Reads the study's task data where the study names it (to know the tasks' fingerprints),
+    its init prompt file if any, whether each task's copy is stored, and this study's
+    partitions of ``prompts``, ``cross_task`` and ``runs``; writes nothing. InputError when
+    the init prompt file cannot be read (as ``run`` would).
     """
     if not isinstance(storage, Storage):
         storage = open_storage(storage or study.storage)
@@ -185,12 +186,14 @@ def study_status(study: StudyConfig, storage: Storage | str | None = None) -> St
     for cfg in study.tasks:
         label = cfg.label()
         try:
-            infos[label] = nlp_task_info(cfg)
-            prepare.done += 1
+            info = infos[label] = nlp_task_info(cfg)
         except InputError as exc:
-            infos[label] = None
-            prepare.missing.append(f"prepare {label}")
+            info = infos[label] = None
             problems.append(f"prepare {label}: {exc}")
+        if info is not None and storage.exists(task_data_key(info.name, info.fingerprint)):
+            prepare.done += 1
+        else:
+            prepare.missing.append(f"prepare {label}")
     stages.append(prepare)
     names = {label: (i.name if i else label) for label, i in infos.items()}
 

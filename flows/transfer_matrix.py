@@ -225,7 +225,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     storage = open_storage(study.storage)
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
-    ctx = RunContext(storage.root, study.name, run_id, study.runner.device)
+    ctx = RunContext(storage.root, study.name, run_id, study.runner.device, study.runner.bf16,
+                     study.runner.trainings_per_gpu)
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
     progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds,
                             "evaluate": n_models * n_tasks})

@@ -28,7 +28,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_core.backbones import Backbone, cached_backbone
+from prompt_core.backbones import Backbone, cached_backbone, resolve_device
 from prompt_core.config import (
     EvalConfig,
     ModelConfig,
@@ -43,6 +43,7 @@ from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
+from tasks.gpu import gpu_slot
 from tasks.integrity import Damage, quarantine
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
@@ -155,7 +156,9 @@ class RunContext:
     storage_root: str
     study: str
     run_id: str
-    device: str = "cpu"
+    device: str = "cpu"  # as the study says (auto, cuda...): resolved where the unit runs
+    bf16: bool = False
+    trainings_per_gpu: int = 1
 
     def storage(self) -> Storage:
         return open_storage(self.storage_root)
@@ -365,7 +368,8 @@ def train_prompt_unit(
         return TrainOutcome(row, skey, trained=False)
 
     logger = get_run_logger()
-    backbone = get_backbone(model, ctx.device)
+    device = resolve_device(ctx.device)  # InputError (not retried) when the GPU is missing
+    backbone = get_backbone(model, device)
     td = task_data(ctx, info)
     lr = model.learning_rate(train)
     label = f"train {model.name}/{info.name} seed={seed}"
@@ -373,7 +377,14 @@ def train_prompt_unit(
     if init_bytes is not None:
         init, _ = prompt_from_bytes(init_bytes, train.init_prompt, backbone.hidden_size,
                                     train.n_tokens)
-    result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init)
+
+    def log_dev(step: int, s: dict[str, float]) -> None:  # to the task run's logs in the UI
+        logger.info("%s: step %d/%d dev accuracy %.3f, macro-F1 %.3f", label, step,
+                    train.steps, s["accuracy"], s["macro_f1"])
+
+    with gpu_slot(device, ctx.trainings_per_gpu):  # one training per card unless asked
+        result = train_prompt(backbone, td, train, seed=seed, lr=lr, init=init,
+                              bf16=ctx.bf16, on_eval=log_dev)
     now = now_utc()
     row = PromptRow(
         prompt_key=key, config_key=cfg_key, model=model.name,
@@ -454,11 +465,11 @@ def evaluate_target_unit(
     if not todo:
         return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None, quarantined)
 
-    backbone = get_backbone(model, ctx.device)
+    backbone = get_backbone(model, resolve_device(ctx.device))
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = task_data(ctx, target)
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
-                       evaluation.max_examples)
+                       evaluation.max_examples, bf16=ctx.bf16)
     scores: dict[tuple[str, int], dict[str, float]] = {}  # source id -> metric -> score
     for c in todo:
         if c.source_id in scores:

@@ -238,7 +238,6 @@ def test_shell_snippets(root):
         argv = [str(REPO / a) if a.startswith("deployments/") else a for a in argv[1:]]
         res = runner.invoke(app, argv)
         assert res.exit_code == 0, (line, res.output)
-        print(res.output)
         outputs.append(res.output)
     got = pd.read_csv(io.StringIO(outputs[0]))
     assert answer(got) == pytest.approx(expected)

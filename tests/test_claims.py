@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import boto3
@@ -109,6 +110,28 @@ def race(storages: list[Storage], attempt: Callable[[Storage], Lease | None]) ->
     assert not any(t.is_alive() for t in threads), "a racer did not finish in time"
     assert not errors, errors
     return won
+
+
+@contextmanager
+def in_thread(target: Callable[[], None]) -> Iterator[None]:
+    """Run ``target`` in a thread for the ``with`` block; then join it and re-raise its error."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(WAIT)
+    assert not thread.is_alive(), "the helper thread did not finish in time"
+    if errors:
+        raise errors[0]
 
 
 def wait_for(event: threading.Event, what: str) -> None:
@@ -261,6 +284,22 @@ def test_renew_extends_the_stored_expiry(store):
     assert stored["owner"] == "me" and stored["expires_utc"].endswith("+00:00")
 
 
+def test_claim_whose_put_landed_but_was_reported_lost_is_ours(moto_store):
+    """A PUT that landed but whose answer was lost is retried and gets 412: the token read
+    back shows the claim is ours anyway."""
+    real = moto_store.fs._call_s3
+
+    async def answer_lost(method, *args, **kwargs):
+        out = await real(method, *args, **kwargs)
+        if method == "put_object":
+            raise FileExistsError("retried PUT: PreconditionFailed")
+        return out
+
+    moto_store.fs._call_s3 = answer_lost
+    lease = try_claim(moto_store, "lost-answer", "me", 30.0)
+    assert lease is not None and claims.read_claim(moto_store, "lost-answer") == lease
+
+
 # -- unit_claim --------------------------------------------------------------------------------
 def test_heartbeat_keeps_the_claim_past_its_ttl(store):
     ttl = 0.6
@@ -277,7 +316,8 @@ def test_heartbeat_keeps_the_claim_past_its_ttl(store):
 
 
 def test_waiter_yields_false_once_done(store):
-    holding, seen_waiter, done = threading.Event(), threading.Event(), threading.Event()
+    """The waiter sees the result while the holder still holds the claim, and goes."""
+    holding, seen_waiter, done, waiter_gone = (threading.Event() for _ in range(4))
     waited_for: list[Lease] = []
 
     def holder() -> None:
@@ -286,28 +326,29 @@ def test_waiter_yields_false_once_done(store):
             holding.set()
             wait_for(seen_waiter, "the waiter")
             done.set()  # "the result is stored"
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    wait_for(holding, "the holder")
+            wait_for(waiter_gone, "the waiter to leave")  # still holding meanwhile
 
     def on_wait(lease: Lease) -> None:
         waited_for.append(lease)
         seen_waiter.set()
 
-    with unit_claim(
-        store,
-        "w",
-        "waiter",
-        is_done=done.is_set,
-        ttl_s=5,
-        wait_s=WAIT,
-        poll_s=0.05,
-        on_wait=on_wait,
-    ) as mine:
-        assert mine is False
-    thread.join(WAIT)
-    assert not thread.is_alive()
+    with in_thread(holder):
+        wait_for(holding, "the holder")
+        try:
+            with unit_claim(
+                store,
+                "w",
+                "waiter",
+                is_done=done.is_set,
+                ttl_s=5,
+                wait_s=5,
+                poll_s=0.05,
+                on_wait=on_wait,
+            ) as mine:
+                assert mine is False
+                assert claims.read_claim(store, "w").owner == "holder"
+        finally:
+            waiter_gone.set()
     assert [lease.owner for lease in waited_for] == ["holder"]  # once per holder
     assert claims.read_claim(store, "w") is None
 
@@ -345,19 +386,55 @@ def test_waiter_takes_over_when_the_heartbeat_stops(store, monkeypatch):
             holding.set()
             wait_for(finish, "the waiter")
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    wait_for(holding, "the holder")
-    try:
-        with unit_claim(
-            store, "h", "waiter", is_done=lambda: False, ttl_s=5, wait_s=WAIT, poll_s=0.05
-        ) as mine:
-            assert mine is True
-            assert claims.read_claim(store, "h").owner == "waiter"
-    finally:
-        finish.set()
-        thread.join(WAIT)
-    assert not thread.is_alive()
+    with in_thread(holder):
+        wait_for(holding, "the holder")
+        try:
+            with unit_claim(
+                store, "h", "waiter", is_done=lambda: False, ttl_s=5, wait_s=WAIT, poll_s=0.05
+            ) as mine:
+                assert mine is True
+                assert claims.read_claim(store, "h").owner == "waiter"
+        finally:
+            finish.set()
+    assert claims.read_claim(store, "h") is None
+
+
+def test_superseded_holder_stops_renewing_and_leaves_the_new_claim(store):
+    """A taker whose clock runs ahead took the claim over early: the holder's heartbeat finds
+    the successor, stops renewing, and its exit does not remove the taker's claim."""
+    ttl = 0.6
+    with unit_claim(store, "s", "holder", is_done=lambda: False, ttl_s=ttl, wait_s=0) as mine:
+        assert mine
+        held = claims.read_claim(store, "s")
+        taker = Lease("s", "fast-clock-taker", uuid.uuid4().hex, time.time() + 30, held.token)
+        assert store.create_bytes(taker.storage_key, taker.to_bytes())
+        assert renew(store, held, ttl) is None and release(store, held) is False
+        time.sleep(ttl / 2)  # a renewal in flight when the taker came may still land
+        head = store.read_bytes(claims.claim_key("s"))
+        time.sleep(ttl)  # the heartbeat ticks every ttl/3: it must not write the head again
+        assert store.read_bytes(claims.claim_key("s")) == head
+        assert claims.read_claim(store, "s") == taker
+    assert claims.read_claim(store, "s") == taker
+
+
+def test_create_bytes_bare_412_means_exists(moto_store):
+    """SeaweedFS answers 412 without the Condition field (s3fs then raises a plain OSError)."""
+    real = moto_store.fs._call_s3
+
+    async def refusing(method, *args, **kwargs):
+        if method == "put_object":
+            err = ClientError(
+                {
+                    "Error": {"Code": "PreconditionFailed", "Message": "pre-conditions"},
+                    "ResponseMetadata": {"HTTPStatusCode": 412},
+                },
+                "PutObject",
+            )
+            raise translate_boto_error(err)
+        return await real(method, *args, **kwargs)
+
+    moto_store.fs._call_s3 = refusing
+    assert moto_store.create_bytes("p.json", b"x") is False
 
 
 def test_done_after_winning_yields_false_and_releases(store):

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> PrefectServer:
-    """A server with both work pools and every deployment of deployments/prefect.yaml."""
+    """A server with both work pools, every deployment of deployments/prefect.yaml and a
+    process worker (started before the deploy, so both start up at once)."""
     with prefect_server(tmp_path_factory.mktemp("prefect-server")) as s:
         s.create_pool("prompt-transfer", "process")
+        s.start_worker("prompt-transfer", "deploy-worker")
         s.create_pool("prompt-transfer-gpu", "kubernetes", GPU_TEMPLATE)
         s.deploy(PREFECT_YAML)  # --all
         yield s
@@ -90,7 +92,6 @@ def test_nightly_deployment_runs_a_study_on_a_process_worker(server, study_file,
     from tasks.tables import read_table
 
     store = tmp_path / "store"
-    server.start_worker("prompt-transfer", "deploy-worker")
     out = server.cli("deployment", "run", "prompt-transfer-study/nightly",
                      "--param", f"study={study_file}", "--param", f"storage={store}")
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)

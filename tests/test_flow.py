@@ -3,9 +3,8 @@ S3 storage, bad input. Work is counted by wrapping the training and scoring func
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from pathlib import Path
 
 import boto3

@@ -75,7 +75,7 @@ def test_status_of_a_partly_done_study(ran_study, tiny_models, tasks_root, tmp_p
     st = study_status(parse_study(d3))
     assert not st.complete
     assert by_stage(st) == {
-        ("prepare", None): (3, 3, []),
+        ("prepare", None): (2, 3, ["prepare pair_c"]),  # no copy of its data stored yet
         ("train", "tiny"): (2, 3, ["train tiny/pair_c seed=0"]),
         # every target gains a source (pair_c's prompt): no unit complete
         ("evaluate", "tiny"): (0, 3, ["evaluate tiny -> pos_a", "evaluate tiny -> pos_b",
@@ -96,13 +96,13 @@ def test_status_of_a_partly_done_study(ran_study, tiny_models, tasks_root, tmp_p
     assert res.exit_code == 0, res.output
     lines = [ln.replace("│", " ").split() for ln in res.output.splitlines()]
     assert ["train", "tiny", "2", "3"] in lines and ["evaluate", "tiny", "0", "3"] in lines
-    assert ["cells", "tiny", "8", "15"] in lines and ["prepare", "-", "3", "3"] in lines
-    assert "missing units (4):" in res.output
+    assert ["cells", "tiny", "8", "15"] in lines and ["prepare", "-", "2", "3"] in lines
+    assert "missing units (5):" in res.output
     assert "  evaluate tiny -> pair_c" in res.output.splitlines()
     assert "latest run run-failed: failed" in res.output
     assert "  train tiny/pair_c seed=0: RuntimeError: boom at step 3" in res.output.splitlines()
     res = runner.invoke(app, ["status", str(f), "--max-missing", "1"])
-    assert "... 3 more (--json lists all)" in res.output
+    assert "... 4 more (--json lists all)" in res.output
     res = runner.invoke(app, ["status", str(f), "--json", "--storage", str(storage)])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)

@@ -1,0 +1,65 @@
+"""The same study on every task runner gives the same tables: threads, Prefect's process pool and
+a real Dask ``LocalCluster`` with two worker processes. Units in other processes read the NLP
+tasks from storage (the prepare unit copies them there), load their model once per process
+and report to the run's Prefect API; progress comes from the flow's futures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flows.transfer_matrix import observe_progress, run_study
+from prompt_core.config import parse_study
+from tasks.storage import open_storage
+from tasks.tables import read_table
+from tests.flow_helpers import study_dict
+
+
+def _tables(root: str) -> dict[str, list[tuple]]:
+    """What must not depend on where units ran: keys and scores, in a canonical order."""
+    storage = open_storage(root)
+    cells = read_table(storage, "cross_task").to_pandas()
+    prompts = read_table(storage, "prompts").to_pandas()
+    return {
+        "cells": sorted(cells[["cell_key", "metric", "source_kind", "source_task",
+                               "target_task", "score", "relative_score"]]
+                        .itertuples(index=False, name=None), key=str),
+        "prompts": sorted(prompts[["prompt_key", "config_key", "task", "best_step",
+                                   "dev_accuracy"]].itertuples(index=False, name=None)),
+    }
+
+
+@pytest.mark.slow
+def test_threads_processes_and_dask_give_identical_tables(prefect_harness, tiny_models,
+                                                          tasks_root, tmp_path):
+    names = ["pos_a", "pair_c"]
+    base = study_dict(tasks_root, names, str(tmp_path / "threads"), tiny_models["encoder"])
+    seen: dict[str, list] = {}
+    results = {}
+    for kind in ("threads", "processes", "dask"):
+        study = parse_study({**base, "storage": str(tmp_path / kind)})
+        events: list = []
+        with observe_progress(lambda *e, ev=events: ev.append(e)):
+            results[kind] = run_study(study, task_runner=kind, max_workers=2)
+        seen[kind] = events
+    assert "PREFECT_API_URL" not in os.environ or os.environ["PREFECT_API_URL"]  # restored
+
+    want = _tables(str(tmp_path / "threads"))
+    assert len(want["cells"]) == 2 * (2 + 2) * 2  # 2 targets x (2 prompts, random, none) x 2
+    for kind in ("processes", "dask"):
+        r = results[kind]
+        assert (r.status, r.n_prompts_trained, r.n_cells_evaluated) == ("completed", 2, 8)
+        got = _tables(str(tmp_path / kind))
+        assert got == want, kind  # same keys, same scores, bit for bit
+        # progress came back from the futures: every unit of every stage, then the stage done
+        finished = [(s, d, t) for s, d, t, label in seen[kind] if label is not None]
+        assert [f for f in finished if f[0] == "train"][-1][1:] == (2, 2)
+        assert [f for f in finished if f[0] == "evaluate"][-1][1:] == (2, 2)
+        assert [f for f in finished if f[0] == "prepare"][-1][1:] == (2, 2)
+        assert {label for _, _, _, label in seen[kind] if label} >= {
+            "train tiny/pos_a seed=0", "evaluate tiny -> pair_c", "prepare pos_a"}
+
+    # the units read task data from storage: one self-contained file per NLP task
+    files = sorted(p.name for p in (tmp_path / "dask" / "task_data").rglob("*.parquet"))
+    assert len(files) == 2
