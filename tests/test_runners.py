@@ -63,3 +63,43 @@ def test_threads_processes_and_dask_give_identical_tables(prefect_harness, tiny_
     # the units read task data from storage: one self-contained file per NLP task
     files = sorted(p.name for p in (tmp_path / "dask" / "task_data").rglob("*.parquet"))
     assert len(files) == 2
+
+
+def test_runner_config_picks_the_task_runner():
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.transfer_matrix import make_task_runner
+    from prompt_core.config import RunnerConfig
+
+    assert isinstance(make_task_runner(RunnerConfig(max_workers=3)), ThreadPoolTaskRunner)
+    pool = make_task_runner(RunnerConfig(task_runner="processes", max_workers=2))
+    assert isinstance(pool, ProcessPoolTaskRunner)
+    remote = make_task_runner(RunnerConfig(task_runner="dask", dask_address="tcp://10.0.0.5:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
+    local = make_task_runner(RunnerConfig(task_runner="dask", max_workers=2))
+    assert local.address is None
+    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--runner", "gpu-farm"], "task_runner"),
+    (["--runner", "threads", "--dask-address", "tcp://127.0.0.1:8786"],
+     "dask_address needs task_runner: dask"),
+    (["--workers", "0"], "max_workers"),
+])
+def test_bad_runner_options_fail_before_anything_runs(tiny_models, tasks_root, tmp_path, args,
+                                                      says):
+    import yaml
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    f = tmp_path / "study.yaml"
+    store = tmp_path / "store"
+    f.write_text(yaml.safe_dump(study_dict(tasks_root, ["pos_a"], str(store),
+                                           tiny_models["encoder"])))
+    res = CliRunner().invoke(app, ["run", str(f), *args])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "Traceback" not in res.output
+    assert not store.exists()  # nothing written
