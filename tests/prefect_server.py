@@ -149,11 +149,18 @@ class PrefectServer:
 
     @contextlib.contextmanager
     def api(self) -> Iterator[None]:
-        """In-process Prefect calls inside this block go to this server."""
+        """In-process Prefect calls inside this block go to this server, events and logs
+        included: this process's event and log senders keep the API they started with, so
+        they are flushed and stopped on the way in (they may serve the session's test
+        harness) and on the way out (new ones start for whichever API comes next)."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.url}):
-            yield
+        _drain_senders()
+        try:
+            with temporary_settings({PREFECT_API_URL: self.url}):
+                yield
+        finally:
+            _drain_senders()
 
     def wait_flow_run(self, flow_run_id: Any, deadline_s: float) -> Any:
         """The flow run once it is in a final state; AssertionError with the logs at the
@@ -177,6 +184,16 @@ class PrefectServer:
         for _, proc in reversed(self.procs):
             _stop(proc)
         self.procs.clear()
+
+
+def _drain_senders(timeout_s: float = 30.0) -> None:
+    """Flush and stop this process's Prefect event and log senders (new ones start on demand,
+    bound to the API of the settings in effect then)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=timeout_s, at_exit=False)
 
 
 def _healthy(url: str) -> bool:
