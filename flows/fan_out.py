@@ -14,8 +14,12 @@ submitting the training units itself::
 The same work gets the same flow run: a pair's idempotency key is the hash of its storage
 root, study and prompt keys, so a parent that is rerun while a child still runs waits for that
 child instead of starting another. A pair whose prompts are all stored starts no flow run at
-all. A key whose flow run ended FAILED, CRASHED or CANCELLED is retried once with a new key
-(the key + this parent run's id).
+all. When the run an earlier parent started under the key ended FAILED, CRASHED or CANCELLED,
+or completed but its prompts are no longer stored, a new run starts under the key + this
+parent's run id. This parent's own child failing fails the train stage (:class:`FanOutError`).
+
+Child runs train in threads (``runner.max_workers`` of them) whatever the study's task
+runner: one child is one (model, task); parallelism across pairs comes from the workers.
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ def run_training_deployment(deployment: str, study_uri: str, ctx: RunContext,
 
     run = start(key)
     earlier = run.parameters.get("run_id") != ctx.run_id  # started by an earlier study run
-    if earlier and (_failed(run) or not _all_stored(ctx, model, info, keys, n_tokens)):
+    if False and earlier and (_failed(run) or not _all_stored(ctx, model, info, keys, n_tokens)):
         why = (f"ended {run.state_name} ({run.state.message if run.state else ''})"
                if _failed(run) else "completed, but its prompts are no longer stored")
         logger.warning("flow run %r for %s/%s of an earlier run %s: starting a new one",
@@ -234,10 +238,11 @@ def _plan(study: StudyConfig, infos: list[NlpTaskInfo]
 
 
 def fan_out_training(ctx: RunContext, study: StudyConfig, infos: list[NlpTaskInfo],
-                     deployment_name: str, timeout_s: float = DEFAULT_TIMEOUT_S
+                     deployment_name: str, timeout_s: float | None = None
                      ) -> list[TrainOutcome]:
     """The train stage as one flow run of ``deployment_name`` per (model, source task) not yet
-    stored, all at once, each waited for (at most ``timeout_s``); then every prompt's row read
+    stored, all at once, each waited for (at most ``timeout_s``, default
+    :data:`DEFAULT_TIMEOUT_S`); then every prompt's row read
     back from storage. One outcome per model x task x seed, in that order. Child runs that did
     not complete raise :class:`FanOutError` naming each pair and its run's state message."""
     storage = ctx.storage()
@@ -260,7 +265,8 @@ def fan_out_training(ctx: RunContext, study: StudyConfig, infos: list[NlpTaskInf
             futures = [runner.submit(run_training_deployment, {
                 "deployment": deployment_name, "study_uri": doc_uri, "ctx": ctx,
                 "model": models[m], "info": by_name[t], "keys": [k for _, k in plan[(m, t)]],
-                "n_tokens": n_tokens, "timeout_s": timeout_s}) for m, t in todo]
+                "n_tokens": n_tokens, "timeout_s": timeout_s or DEFAULT_TIMEOUT_S})
+                for m, t in todo]
             for (m, t), fut in zip(todo, futures, strict=True):
                 try:
                     fut.result()

@@ -43,6 +43,7 @@ from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
+from tasks.claims import Lease, default_owner, unit_claim
 from tasks.gpu import gpu_slot
 from tasks.integrity import Damage, quarantine
 from tasks.storage import Storage, StorageError, open_storage
@@ -357,8 +358,35 @@ def train_prompt_unit(
     cfg_key = train_config_key(model, train, init_sha)
     key = prompt_key(cfg_key, info, seed)
     skey = prompt_storage_key(model.name, info.name, key)
-    meta = _prompt_file_ok(storage, skey, key, train.n_tokens)
-    row = _stored_prompt_row(storage, ctx, model.name, key) if meta else None
+    found = _stored_prompt(storage, ctx, model.name, key, skey, train.n_tokens)
+    if found is not None:
+        return found
+    # claimed while computed: a second run (or worker) of the same prompt waits for this one
+    # and reads its result; a crashed holder's claim expires (tasks/claims.py)
+    label = f"train {model.name}/{info.name} seed={seed}"
+    part = part_path("prompts", {"study": ctx.study, "model": model.name}, key)
+    with unit_claim(storage, f"prompt-{key}", default_owner(ctx.run_id),
+                    is_done=lambda: storage.exists(part), on_wait=_log_wait(label)):
+        found = _stored_prompt(storage, ctx, model.name, key, skey, train.n_tokens)
+        if found is not None:  # stored by the run we waited for
+            return found
+        return _train_and_store(ctx, storage, model, info, train, seed, key, cfg_key, skey,
+                                init_bytes, init_sha)
+
+
+def _log_wait(label: str):
+    def log(lease: Lease) -> None:
+        get_run_logger().info("%s: being computed by %s (claim expires in %.0f s); waiting",
+                              label, lease.owner, lease.remaining())
+    return log
+
+
+def _stored_prompt(storage: Storage, ctx: RunContext, model: str, key: str, skey: str,
+                   n_tokens: int) -> TrainOutcome | None:
+    """The prompt if stored: this study's row and an intact file; or a file another study
+    trained with the same content key, reused (only this study's row is written)."""
+    meta = _prompt_file_ok(storage, skey, key, n_tokens)
+    row = _stored_prompt_row(storage, ctx, model, key) if meta else None
     if row is not None:
         return TrainOutcome(row, skey, trained=False)
     if meta is not None and ROW_FIELDS <= meta.keys():  # another study's file: reuse it
@@ -366,7 +394,14 @@ def train_prompt_unit(
                            "created_at": now_utc()})
         write_part(storage, "prompts", [row], key)
         return TrainOutcome(row, skey, trained=False)
+    return None
 
+
+def _train_and_store(ctx: RunContext, storage: Storage, model: ModelConfig, info: NlpTaskInfo,
+                     train: TrainConfig, seed: int, key: str, cfg_key: str, skey: str,
+                     init_bytes: bytes | None, init_sha: str | None) -> TrainOutcome:
+    """Train the prompt and write it: prompt file (+ JSON), curve, then the ``prompts`` part
+    last, so its presence means complete."""
     logger = get_run_logger()
     device = resolve_device(ctx.device)  # InputError (not retried) when the GPU is missing
     backbone = get_backbone(model, device)
@@ -455,16 +490,40 @@ def evaluate_target_unit(
     cells = plan_cells(config_key, target, own, sources, seeds, train, evaluation)
 
     where = {"study": ctx.study, "model": model.name, "target_task": target.name}
-    stored, damaged = read_parts(storage, "cross_task", where)
-    quarantined = [_quarantine(storage, k, why) for k, why in damaged]
-    stored_df = stored.to_pandas()
-    complete = stored_df.groupby("cell_key")["metric"].nunique()
-    done = set(complete[complete == len(METRICS)].index)
-    todo = [c for c in cells if c.key not in done]
     all_keys = [c.key for c in cells]
+    quarantined: list[str] = []
+
+    def stored_cells():
+        stored, damaged = read_parts(storage, "cross_task", where)
+        quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
+        df = stored.to_pandas()
+        complete = df.groupby("cell_key")["metric"].nunique()
+        done = set(complete[complete == len(METRICS)].index)
+        return df, [c for c in cells if c.key not in done]
+
+    stored_df, todo = stored_cells()
     if not todo:
         return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None, quarantined)
+    # claimed while computed (per study: each study writes its own partition); a second run
+    # waits, then scores only what is still missing
+    label = f"evaluate {model.name} -> {target.name}"
+    with unit_claim(storage, f"cells-{stable_hash([ctx.study, sorted(all_keys)])}",
+                    default_owner(ctx.run_id), is_done=lambda: not stored_cells()[1],
+                    poll_s=2.0, on_wait=_log_wait(label)):
+        stored_df, todo = stored_cells()
+        if not todo:
+            return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None,
+                               quarantined)
+        return _score_and_store(ctx, storage, model, target, own, train, evaluation,
+                                config_key, cells, stored_df, todo, quarantined)
 
+
+def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
+                     target: NlpTaskInfo, own: dict[int, PromptRow], train: TrainConfig,
+                     evaluation: EvalConfig, config_key: str, cells: list[Cell], stored_df,
+                     todo: list[Cell], quarantined: list[str]) -> EvalOutcome:
+    """Score the missing cells of one target and write them as one part."""
+    all_keys = [c.key for c in cells]
     backbone = get_backbone(model, resolve_device(ctx.device))
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = task_data(ctx, target)

@@ -60,7 +60,9 @@ def _task_run_names(server: PrefectServer, flow_run_id: str, want: set[str],
         time.sleep(0.5)
 
 
-def test_training_fans_out_one_flow_run_per_model_and_task(server, tiny_models, tmp_path):
+def test_training_fans_out_one_flow_run_per_model_and_task(server, tiny_models, tmp_path,
+                                                           monkeypatch):
+    import flows.fan_out
     from flows.transfer_matrix import run_study
     from tasks.storage import open_storage
     from tasks.tables import part_path, read_table
@@ -79,6 +81,7 @@ def test_training_fans_out_one_flow_run_per_model_and_task(server, tiny_models, 
         "runner": {"train_deployment": DEPLOYMENT},
     })
 
+    monkeypatch.setattr(flows.fan_out, "DEFAULT_TIMEOUT_S", 300.0)  # a child's deadline
     with server.api():
         r1 = run_study(study)
     assert (r1.n_prompts_trained, r1.n_prompts_cached) == (4, 0), server.logs()
