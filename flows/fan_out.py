@@ -140,7 +140,8 @@ def train_prompts_flow(study_uri: str, model: str, task: str, run_id: str) -> li
     if model not in models or task not in infos:
         raise InputError(f"{study_uri}: study {doc.study.name!r} has no model {model!r} or no "
                          f"NLP task {task!r} (models: {sorted(models)}, tasks: {sorted(infos)})")
-    ctx = RunContext(doc.storage_root, doc.study.name, run_id, doc.device)
+    ctx = RunContext(doc.storage_root, doc.study.name, run_id, doc.device,
+                     doc.study.runner.bf16, doc.study.runner.trainings_per_gpu)
     m, info = models[model], infos[task]
     with ThreadPoolTaskRunner(max_workers=doc.study.runner.max_workers) as runner:
         futures = [runner.submit(train_prompt_unit.with_options(
@@ -211,7 +212,7 @@ def run_training_deployment(deployment: str, study_uri: str, ctx: RunContext,
 
     run = start(key)
     earlier = run.parameters.get("run_id") != ctx.run_id  # started by an earlier study run
-    if False and earlier and (_failed(run) or not _all_stored(ctx, model, info, keys, n_tokens)):
+    if earlier and (_failed(run) or not _all_stored(ctx, model, info, keys, n_tokens)):
         why = (f"ended {run.state_name} ({run.state.message if run.state else ''})"
                if _failed(run) else "completed, but its prompts are no longer stored")
         logger.warning("flow run %r for %s/%s of an earlier run %s: starting a new one",

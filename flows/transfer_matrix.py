@@ -248,7 +248,13 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         if study.runner.train_deployment:
             from flows.fan_out import fan_out_training
 
-            trained = fan_out_training(ctx, study, infos, study.runner.train_deployment)
+            try:
+                trained = fan_out_training(ctx, study, infos, study.runner.train_deployment)
+            except Exception as exc:
+                result.failures.append({"unit": f"fan out {study.runner.train_deployment}",
+                                        "stage": "train", "model": None,
+                                        "error": f"{type(exc).__name__}: {exc}"})
+                raise
             for o in trained:
                 progress.unit_done("train", f"train {o.row.model}/{o.row.task} "
                                             f"seed={o.row.seed}")

@@ -22,6 +22,7 @@ the bound that holds. Local roots have no deadlines.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -110,6 +111,39 @@ def s3_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return opts
 
 
+AWS_BLOCK_ENV = "PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK"
+
+
+@functools.lru_cache(maxsize=8)
+def aws_block_options(block_name: str) -> tuple[tuple[str, Any], ...]:
+    """s3fs options from a prefect-aws ``AwsCredentials`` block saved in the Prefect API
+    (``$PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK`` names it): key, secret, session token,
+    region and endpoint. Loaded once per process; the secret never enters a message."""
+    try:
+        from prefect_aws import AwsCredentials
+    except ImportError:
+        raise StorageError(f"{AWS_BLOCK_ENV}={block_name!r} needs prefect-aws "
+                           "(pip install 'prompt-transfer[aws]')") from None
+    try:
+        creds = AwsCredentials.load(block_name, validate=False)
+    except ValueError as exc:
+        raise StorageError(f"{AWS_BLOCK_ENV}: no AwsCredentials block {block_name!r} in the "
+                           f"Prefect API ({type(exc).__name__})") from None
+    opts: dict[str, Any] = {}
+    if creds.aws_access_key_id:
+        opts["key"] = creds.aws_access_key_id
+    if creds.aws_secret_access_key is not None:
+        opts["secret"] = creds.aws_secret_access_key.get_secret_value()
+    if creds.aws_session_token:
+        opts["token"] = creds.aws_session_token
+    if creds.region_name:
+        opts["client_kwargs"] = {"region_name": creds.region_name}
+    endpoint = creds.aws_client_parameters.endpoint_url
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    return tuple(opts.items())
+
+
 def _merge_options(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` updated with ``override``; nested dicts (client/config kwargs) are merged."""
     merged = dict(base)
@@ -165,7 +199,10 @@ class Storage:
         self.root, self.protocol = _normalise_root(root)
         self.is_local = self.protocol is None
         if self.protocol == "s3":
-            opts = _merge_options(s3_options_from_env(), storage_options or {})
+            opts = s3_options_from_env()
+            if os.environ.get(AWS_BLOCK_ENV):
+                opts = _merge_options(opts, dict(aws_block_options(os.environ[AWS_BLOCK_ENV])))
+            opts = _merge_options(opts, storage_options or {})
             # Fresh instance, no listing cache: never serve stale listings or a
             # cached client built with other credentials.
             opts.setdefault("skip_instance_cache", True)

@@ -139,3 +139,45 @@ def test_cli_wrong_secret_fails_before_training(prefect_harness, tiny_models, ta
     assert secret_key not in res.output and wrong not in res.output
     assert counters["train"].n == 0 and counters["score"].n == 0
     assert keys_under(seaweed, bucket, "") == before  # nothing written, not even a runs row
+
+
+def test_credentials_from_an_aws_credentials_block(prefect_harness, seaweed, bucket,
+                                                   monkeypatch):
+    """prefect-aws: with $PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK naming a saved AwsCredentials
+    block, storage takes key, secret and endpoint from it (nothing in the environment); a
+    block with a wrong secret is refused by the server, and the message never holds it."""
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    endpoint, access_key, secret_key = seaweed
+    for name in (*storage_mod.S3_ENDPOINT_ENVS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_PROFILE", "AWS_SESSION_TOKEN", "PROMPT_TRANSFER_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    params = AwsClientParameters(endpoint_url=endpoint)
+    AwsCredentials(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                   region_name="us-east-1", aws_client_parameters=params
+                   ).save("pt-seaweed", overwrite=True)
+    wrong = "not-the-secret-" + uuid.uuid4().hex
+    AwsCredentials(aws_access_key_id=access_key, aws_secret_access_key=wrong,
+                   region_name="us-east-1", aws_client_parameters=params
+                   ).save("pt-seaweed-wrong", overwrite=True)
+    storage_mod.aws_block_options.cache_clear()
+
+    monkeypatch.setenv(storage_mod.AWS_BLOCK_ENV, "pt-seaweed")
+    st = storage_mod.open_storage(f"s3://{bucket}/from-block")
+    assert st.endpoint == endpoint
+    st.check_writable()
+    st.write_bytes("hello.txt", b"hi")
+    assert keys_under(seaweed, bucket, "from-block/") == ["from-block/hello.txt"]
+
+    monkeypatch.setenv(storage_mod.AWS_BLOCK_ENV, "pt-seaweed-wrong")
+    with pytest.raises(storage_mod.StorageError) as err:
+        storage_mod.open_storage(f"s3://{bucket}/from-block").check_writable()
+    msg = str(err.value)
+    assert "access denied" in msg and endpoint in msg and bucket in msg
+    assert wrong not in msg and secret_key not in msg
+
+    monkeypatch.setenv(storage_mod.AWS_BLOCK_ENV, "no-such-block")
+    with pytest.raises(storage_mod.StorageError, match="no AwsCredentials block 'no-such-block'"):
+        storage_mod.open_storage(f"s3://{bucket}/x")
+    storage_mod.aws_block_options.cache_clear()
