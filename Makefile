@@ -26,8 +26,9 @@ demo: install
 	$(BIN)/prompt-transfer run deployments/studies/demo.yaml
 	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 12"
 
+# two pytest workers, one test file each at a time: many tests wait on servers they start
 test: install
-	$(BIN)/python -m pytest -q -m "not benchmark"
+	$(BIN)/python -m pytest -q -m "not benchmark" -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .
