@@ -51,7 +51,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)  # progress lines: time + text, no source path
 out = Console()
 
 StorageOpt = Annotated[

@@ -325,8 +325,8 @@ def _one_torch_thread_each(n_threads: int) -> None:  # pragma: no cover - runs i
 
 def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
     """The Prefect task runner a study's ``runner`` section asks for. Worker processes split
-    the machine's cores between them (torch threads = cores // workers)."""
-    threads = max(1, (os.cpu_count() or 1) // cfg.max_workers)
+    the machine's cores between them (:func:`torch_threads_per_unit`)."""
+    threads = torch_threads_per_unit(cfg)
     if cfg.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
     if cfg.task_runner == "processes":
@@ -355,15 +355,37 @@ def _api_url() -> str | None:
     return server.api_url
 
 
+def torch_threads_per_unit(cfg: RunnerConfig) -> int:
+    """Torch threads each unit computes with: the machine's cores shared by the concurrent
+    units. The same on every runner, so threads, processes and Dask give identical scores
+    (float reductions depend on the thread count; a different count changes the last bits,
+    and training can amplify them)."""
+    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.max_workers)
+
+
 @contextlib.contextmanager
-def children_share_this_api(cfg: RunnerConfig) -> Iterator[None]:
-    """Worker processes started inside (process pool, local Dask cluster) report to this run's
-    Prefect API, not an ephemeral server each: its URL goes into the environment they
-    inherit, with their torch thread count. Restored afterwards."""
-    if cfg.task_runner == "threads" or cfg.dask_address:
+def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
+    """What the chosen runner needs around the flow, restored afterwards.
+
+    threads: this process computes with :func:`torch_threads_per_unit` torch threads.
+    processes / local Dask: the worker processes started inside report to this run's Prefect
+    API, not an ephemeral server each (its URL goes into the environment they inherit), and
+    compute with the same thread count. An existing Dask cluster is configured by whoever
+    started it."""
+    threads = torch_threads_per_unit(cfg)
+    if cfg.task_runner == "threads":
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+        return
+    if cfg.dask_address:
         yield
         return
-    threads = max(1, (os.cpu_count() or 1) // cfg.max_workers)
     env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     env = {k: v for k, v in env.items() if v and k not in os.environ}
@@ -407,7 +429,7 @@ def run_study(
         study = load_study(study)
     study = with_overrides(study, storage, task_runner, max_workers, dask_address, device,
                            train_deployment)
-    with children_share_this_api(study.runner):
+    with runner_environment(study.runner):
         return transfer_matrix.with_options(task_runner=make_task_runner(study.runner))(study)
 
 
@@ -435,7 +457,7 @@ def study_flow(
     matrix runs as a subflow with the chosen task runner."""
     cfg = with_overrides(read_study(study), storage, task_runner, workers, dask_address,
                          device, train_deployment)
-    with children_share_this_api(cfg.runner):
+    with runner_environment(cfg.runner):
         result = transfer_matrix.with_options(task_runner=make_task_runner(cfg.runner))(cfg)
     return {"run_id": result.run_id, "study": result.study, "storage": result.storage,
             "status": result.status, "summaries": result.summaries}

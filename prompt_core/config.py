@@ -293,6 +293,9 @@ class RunnerConfig(_Strict):
     dask_address: str | None = Field(
         None, description="scheduler address of an existing Dask cluster (tcp://host:8786); "
         "task_runner: dask only")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per unit; default: the machine's cores // "
+        "max_workers (scores are bit-identical across runners for the same thread count)")
     device: str = Field("cpu", description="torch device for models: cpu, cuda, cuda:N or auto "
                                            "(cuda when present, else cpu)")
     bf16: bool = Field(True, description="bf16 autocast on a CUDA device that supports it")

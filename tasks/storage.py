@@ -21,6 +21,7 @@ the bound that holds. Local roots have no deadlines.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -391,7 +392,9 @@ class Storage:
             raise self._fail("create", key, exc) from exc
 
     @staticmethod
-    def _create_local(path: str, data: bytes) -> bool:
+    def _temp_beside(path: str, data: bytes) -> str:
+        """``data`` written and synced to a fresh temp file in ``path``'s folder (made if
+        missing); its path. The caller moves or links it into place and removes it."""
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
@@ -401,16 +404,23 @@ class Storage:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            try:
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            raise
+        return tmp
+
+    @classmethod
+    def _create_local(cls, path: str, data: bytes) -> bool:
+        tmp = cls._temp_beside(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and fails when the name exists
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
 
     def _create_s3(self, path: str, data: bytes, timeout: float | None) -> bool:
         limit = self.deadline if timeout is None else timeout
@@ -438,23 +448,14 @@ class Storage:
             time.sleep(min(0.05 * 2**attempt, left() / 2))
             attempt += 1
 
-    @staticmethod
-    def _write_local(path: str, data: bytes) -> None:
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    @classmethod
+    def _write_local(cls, path: str, data: bytes) -> None:
+        tmp = cls._temp_beside(path, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # atomic: readers see the old file or the new, never half
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def read_json(self, key: str) -> Any:

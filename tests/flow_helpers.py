@@ -57,6 +57,7 @@ def study_dict(tasks_root: Path, names: list[str], storage: str, model_path: str
         "tasks": [{"path": str(tasks_root / n), "type": types[n]} for n in names],
         "training": {"steps": 4, "batch_size": 8, "eval_every": 2, "n_tokens": 4, "lr": 0.05},
         "evaluation": {"batch_size": 8},
+        "runner": {"torch_threads": 1},  # tiny models run fastest on one thread
     }
 
 

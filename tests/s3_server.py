@@ -60,3 +60,19 @@ def silent_server(max_connections: int = 64) -> Iterator[str]:
         for conn in held:
             conn.close()
         listener.close()
+
+
+def clean_s3_env(monkeypatch, key: str = "test", secret: str = "test",
+                 also_unset: tuple[str, ...] = ()):
+    """Credentials ``key``/``secret`` and region us-east-1 in the environment, and nothing from
+    outside that would change where or how S3 is reached: endpoint, profile, session token,
+    and ``also_unset`` (timeouts, deadlines, claim settings...). Returns ``monkeypatch``."""
+    from tasks import storage
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in (*storage.S3_ENDPOINT_ENVS, storage.AWS_BLOCK_ENV, "AWS_PROFILE",
+                 "AWS_SESSION_TOKEN", *also_unset):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 READY_BUCKET = "weed-ready-probe"
 _PORT_NAMES = (
     "master.port",
@@ -272,3 +274,21 @@ def seaweed_s3_server(
         finally:
             _stop(proc, grace_s)
             _remove_stale_sockets(ports)
+
+
+# --- fixtures shared by the test modules that need a server (import them by name) -------------
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    """(endpoint, access_key, secret_key) of a SeaweedFS S3 server for one test module."""
+    with seaweed_s3_server(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweed) -> str:
+    """A fresh bucket made with the valid credentials; tests use distinct prefixes in it."""
+    name = f"pt-{uuid.uuid4().hex[:12]}"
+    _s3_client(*seaweed).create_bucket(Bucket=name)
+    return name

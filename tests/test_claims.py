@@ -23,7 +23,7 @@ from tasks import claims
 from tasks import storage as storage_mod
 from tasks.claims import ClaimTimeout, Lease, release, renew, try_claim, unit_claim
 from tasks.storage import Storage
-from tests.s3_server import moto_s3_server
+from tests.s3_server import clean_s3_env, moto_s3_server
 from tests.seaweed_server import _s3_client, find_weed, seaweed_s3_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,19 +34,8 @@ WAIT = 20.0  # deadline (s) of every wait on another thread in these tests
 @pytest.fixture
 def s3_env(monkeypatch):
     """Dummy credentials for moto; no endpoint, timeout or claim settings from outside."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in (
-        *storage_mod.S3_ENDPOINT_ENVS,
-        storage_mod.S3_DEADLINE_ENV,
-        claims.CLAIM_TTL_ENV,
-        claims.CLAIM_WAIT_ENV,
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+    return clean_s3_env(monkeypatch, also_unset=(
+        storage_mod.S3_DEADLINE_ENV, claims.CLAIM_TTL_ENV, claims.CLAIM_WAIT_ENV))
 
 
 @pytest.fixture(scope="module")

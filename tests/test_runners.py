@@ -69,7 +69,7 @@ def test_runner_config_picks_the_task_runner():
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from flows.transfer_matrix import make_task_runner
+    from flows.transfer_matrix import make_task_runner, torch_threads_per_unit
     from prompt_core.config import RunnerConfig
 
     assert isinstance(make_task_runner(RunnerConfig(max_workers=3)), ThreadPoolTaskRunner)
@@ -80,6 +80,11 @@ def test_runner_config_picks_the_task_runner():
     local = make_task_runner(RunnerConfig(task_runner="dask", max_workers=2))
     assert local.address is None
     assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    # every runner computes with the same torch threads per unit
+    cores = os.cpu_count() or 1
+    assert torch_threads_per_unit(RunnerConfig(max_workers=2)) == max(1, cores // 2)
+    assert torch_threads_per_unit(RunnerConfig(max_workers=64)) == 1
+    assert torch_threads_per_unit(RunnerConfig(max_workers=2, torch_threads=3)) == 3
 
 
 @pytest.mark.parametrize("args, says", [

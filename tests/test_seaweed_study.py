@@ -15,7 +15,7 @@ from tasks import storage as storage_mod
 from tasks.storage import open_storage
 from tasks.tables import duckdb_connect
 from tests.flow_helpers import study_dict
-from tests.seaweed_server import _s3_client, find_weed, seaweed_s3_server
+from tests.seaweed_server import _s3_client, bucket, find_weed, seaweed  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(
@@ -24,21 +24,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(300),
 ]
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory):
-    """(endpoint, access_key, secret_key) of a SeaweedFS S3 server for this module."""
-    with seaweed_s3_server(tmp_path_factory.mktemp("seaweed-study")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bucket(seaweed) -> str:
-    """A fresh bucket made with the valid credentials; tests use distinct prefixes in it."""
-    name = f"pt-study-{uuid.uuid4().hex[:10]}"
-    _s3_client(*seaweed).create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tasks import storage as storage_mod
 from tasks.integrity import Damage, quarantine, verify_root
 from tasks.storage import Storage, StorageError, StorageTimeoutError, s3_options_from_env
 from tasks.tables import TABLES, read_table, write_part
-from tests.s3_server import moto_s3_server, silent_server
+from tests.s3_server import clean_s3_env, moto_s3_server, silent_server
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 FAST = {"connect_timeout": 0.5, "read_timeout": 0.5, "retries": {"max_attempts": 2}}
@@ -26,20 +26,9 @@ FAST = {"connect_timeout": 0.5, "read_timeout": 0.5, "retries": {"max_attempts":
 
 @pytest.fixture
 def s3_env(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in (
-        *storage_mod.S3_ENDPOINT_ENVS,
-        storage_mod.S3_CONNECT_TIMEOUT_ENV,
-        storage_mod.S3_READ_TIMEOUT_ENV,
-        storage_mod.S3_MAX_ATTEMPTS_ENV,
-        storage_mod.S3_DEADLINE_ENV,
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+    return clean_s3_env(monkeypatch, also_unset=(
+        storage_mod.S3_CONNECT_TIMEOUT_ENV, storage_mod.S3_READ_TIMEOUT_ENV,
+        storage_mod.S3_MAX_ATTEMPTS_ENV, storage_mod.S3_DEADLINE_ENV))
 
 
 @pytest.fixture

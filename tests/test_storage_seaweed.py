@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 
-from tasks import storage as storage_mod
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import TABLES, duckdb_connect, read_table, write_part
-from tests.seaweed_server import _s3_client, find_weed, seaweed_s3_server
+from tests.s3_server import clean_s3_env
+from tests.seaweed_server import _s3_client, bucket, find_weed, seaweed  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(
@@ -27,31 +27,11 @@ pytestmark = [
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory):
-    """(endpoint, access_key, secret_key) of a SeaweedFS S3 server for this module."""
-    with seaweed_s3_server(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bucket(seaweed) -> str:
-    """A bucket created with the valid credentials (tests use distinct prefixes in it)."""
-    name = f"pt-{uuid.uuid4().hex[:12]}"
-    _s3_client(*seaweed).create_bucket(Bucket=name)
-    return name
-
-
 @pytest.fixture
 def s3_env(monkeypatch, seaweed):
     """Valid credentials in the environment, no endpoint/profile from the outside."""
     _, access_key, secret_key = seaweed
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in (*storage_mod.S3_ENDPOINT_ENVS, "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+    return clean_s3_env(monkeypatch, access_key, secret_key)
 
 
 def keys_under(seaweed, bucket: str, prefix: str) -> list[str]:

@@ -16,7 +16,7 @@ from tasks import storage as storage_mod
 from tasks import tables
 from tasks.storage import DEFAULT_STORAGE_ENV, Storage, StorageError, open_storage
 from tasks.tables import TABLES, duckdb_connect, existing_keys, read_table, write_part
-from tests.s3_server import moto_s3_server
+from tests.s3_server import clean_s3_env, moto_s3_server
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
 
@@ -368,12 +368,7 @@ def s3_endpoint():
 
 @pytest.fixture
 def s3_env(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in (*storage_mod.S3_ENDPOINT_ENVS, "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+    return clean_s3_env(monkeypatch)
 
 
 @pytest.fixture
