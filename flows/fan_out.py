@@ -34,6 +34,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.transfer_matrix import torch_threads_per_unit
 from prompt_core.config import ModelConfig, StudyConfig, stable_hash
 from prompt_core.errors import InputError
 from tasks.storage import Storage, open_storage
@@ -141,7 +142,8 @@ def train_prompts_flow(study_uri: str, model: str, task: str, run_id: str) -> li
         raise InputError(f"{study_uri}: study {doc.study.name!r} has no model {model!r} or no "
                          f"NLP task {task!r} (models: {sorted(models)}, tasks: {sorted(infos)})")
     ctx = RunContext(doc.storage_root, doc.study.name, run_id, doc.device,
-                     doc.study.runner.bf16, doc.study.runner.trainings_per_gpu)
+                     doc.study.runner.bf16, doc.study.runner.trainings_per_gpu,
+                     torch_threads_per_unit(doc.study.runner))
     m, info = models[model], infos[task]
     with ThreadPoolTaskRunner(max_workers=doc.study.runner.max_workers) as runner:
         futures = [runner.submit(train_prompt_unit.with_options(

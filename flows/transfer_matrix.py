@@ -226,7 +226,7 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
     ctx = RunContext(storage.root, study.name, run_id, study.runner.device, study.runner.bf16,
-                     study.runner.trainings_per_gpu)
+                     study.runner.trainings_per_gpu, torch_threads_per_unit(study.runner))
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
     progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds,
                             "evaluate": n_models * n_tasks})
@@ -355,12 +355,15 @@ def _api_url() -> str | None:
     return server.api_url
 
 
-def torch_threads_per_unit(cfg: RunnerConfig) -> int:
-    """Torch threads each unit computes with: the machine's cores shared by the concurrent
-    units. The same on every runner, so threads, processes and Dask give identical scores
-    (float reductions depend on the thread count; a different count changes the last bits,
-    and training can amplify them)."""
-    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.max_workers)
+def torch_threads_per_unit(cfg: RunnerConfig) -> int | None:
+    """Torch threads each unit computes with: ``runner.torch_threads``, else this machine's
+    cores shared by the concurrent units; on an existing Dask cluster (other machines) the
+    workers' own setting unless ``torch_threads`` is given. The same rule on every runner, so
+    threads, processes and Dask give identical scores (float reductions depend on the thread
+    count; a different count changes the last bits, and training can amplify them)."""
+    if cfg.torch_threads or cfg.dask_address:
+        return cfg.torch_threads
+    return max(1, (os.cpu_count() or 1) // cfg.max_workers)
 
 
 @contextlib.contextmanager

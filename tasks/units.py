@@ -160,9 +160,19 @@ class RunContext:
     device: str = "cpu"  # as the study says (auto, cuda...): resolved where the unit runs
     bf16: bool = False
     trainings_per_gpu: int = 1
+    torch_threads: int | None = None  # per unit, the same on every runner (identical scores)
 
     def storage(self) -> Storage:
         return open_storage(self.storage_root)
+
+
+def _compute_threads(ctx: RunContext) -> None:
+    """Compute with the run's torch thread count wherever the unit runs (a thread, a process
+    pool worker, a Dask worker): float reductions, hence scores, depend on it."""
+    import torch
+
+    if ctx.torch_threads and torch.get_num_threads() != ctx.torch_threads:
+        torch.set_num_threads(ctx.torch_threads)
 
 
 @dataclass
@@ -403,6 +413,7 @@ def _train_and_store(ctx: RunContext, storage: Storage, model: ModelConfig, info
     """Train the prompt and write it: prompt file (+ JSON), curve, then the ``prompts`` part
     last, so its presence means complete."""
     logger = get_run_logger()
+    _compute_threads(ctx)
     device = resolve_device(ctx.device)  # InputError (not retried) when the GPU is missing
     backbone = get_backbone(model, device)
     td = task_data(ctx, info)
@@ -524,6 +535,7 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                      todo: list[Cell], quarantined: list[str]) -> EvalOutcome:
     """Score the missing cells of one target and write them as one part."""
     all_keys = [c.key for c in cells]
+    _compute_threads(ctx)
     backbone = get_backbone(model, resolve_device(ctx.device))
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = task_data(ctx, target)

@@ -5,6 +5,7 @@ and report to the run's Prefect API; progress comes from the flow's futures."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -30,24 +31,44 @@ def _tables(root: str) -> dict[str, list[tuple]]:
     }
 
 
+@contextlib.contextmanager
+def _existing_dask_cluster(monkeypatch):
+    """A Dask cluster started outside the run, as an operator starts one: two worker processes
+    on 127.0.0.1 whose environment names the Prefect API; yields the scheduler address."""
+    from distributed import LocalCluster
+    from prefect.settings import get_current_settings
+
+    with monkeypatch.context() as env:
+        env.setenv("PREFECT_API_URL", str(get_current_settings().api.url))
+        env.setenv("OMP_NUM_THREADS", "1")
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster:
+            yield cluster.scheduler_address
+
+
 @pytest.mark.slow
 def test_threads_processes_and_dask_give_identical_tables(prefect_harness, tiny_models,
-                                                          tasks_root, tmp_path):
+                                                          tasks_root, tmp_path, monkeypatch):
     names = ["pos_a", "pair_c"]
     base = study_dict(tasks_root, names, str(tmp_path / "threads"), tiny_models["encoder"])
     seen: dict[str, list] = {}
     results = {}
-    for kind in ("threads", "processes", "dask"):
+    api_env = os.environ.get("PREFECT_API_URL")
+    for kind in ("threads", "processes", "dask", "dask-address"):
         study = parse_study({**base, "storage": str(tmp_path / kind)})
         events: list = []
         with observe_progress(lambda *e, ev=events: ev.append(e)):
-            results[kind] = run_study(study, task_runner=kind, max_workers=2)
+            if kind == "dask-address":
+                with _existing_dask_cluster(monkeypatch) as address:
+                    results[kind] = run_study(study, dask_address=address)
+            else:
+                results[kind] = run_study(study, task_runner=kind, max_workers=2)
         seen[kind] = events
-    assert "PREFECT_API_URL" not in os.environ or os.environ["PREFECT_API_URL"]  # restored
+        assert os.environ.get("PREFECT_API_URL") == api_env  # the runner's env is restored
 
     want = _tables(str(tmp_path / "threads"))
     assert len(want["cells"]) == 2 * (2 + 2) * 2  # 2 targets x (2 prompts, random, none) x 2
-    for kind in ("processes", "dask"):
+    for kind in ("processes", "dask", "dask-address"):
         r = results[kind]
         assert (r.status, r.n_prompts_trained, r.n_cells_evaluated) == ("completed", 2, 8)
         got = _tables(str(tmp_path / kind))
@@ -85,6 +106,8 @@ def test_runner_config_picks_the_task_runner():
     assert torch_threads_per_unit(RunnerConfig(max_workers=2)) == max(1, cores // 2)
     assert torch_threads_per_unit(RunnerConfig(max_workers=64)) == 1
     assert torch_threads_per_unit(RunnerConfig(max_workers=2, torch_threads=3)) == 3
+    assert torch_threads_per_unit(RunnerConfig(task_runner="dask", dask_address="tcp://h:1")
+                                  ) is None  # the cluster's workers decide
 
 
 @pytest.mark.parametrize("args, says", [
