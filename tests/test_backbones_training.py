@@ -77,13 +77,14 @@ def test_pad_batch_right_pads():
 
 
 def test_registry():
-    assert set(BACKBONES) >= {"encoder", "mlm"}
+    assert set(BACKBONES) == {"encoder", "mlm", "seq2seq", "causal"}
     assert backbone_class("encoder") is EncoderBackbone
     assert backbone_class("mlm") is MLMBackbone
-    with pytest.raises(ValueError, match=r"unknown backbone kind 'gpt'; known kinds: \['encoder'"):
+    with pytest.raises(ValueError, match=r"unknown backbone kind 'gpt'; known kinds: "
+                                         r"\['causal', 'encoder', 'mlm', 'seq2seq'\]"):
         backbone_class("gpt")
-    with pytest.raises(ValueError, match="unknown backbone kind 'seq2seq'"):
-        load_backbone("seq2seq", "/nowhere")
+    with pytest.raises(ValueError, match="unknown backbone kind 'rnn'"):
+        load_backbone("rnn", "/nowhere")
 
 
 def test_backbones_are_frozen(encoder, mlm):

@@ -82,7 +82,8 @@ def test_study_errors_list_problems_with_locations():
     })
     assert msg.startswith("my.yaml: 4 problem(s) in the study file:")
     assert "  - name: study name 'bad name!' may only use letters" in msg
-    assert "  - models.0.kind: unknown backbone kind 'gpt9'; known kinds: ['encoder', 'mlm']" in msg
+    assert ("  - models.0.kind: unknown backbone kind 'gpt9'; known kinds: "
+            "['causal', 'encoder', 'mlm', 'seq2seq']") in msg
     assert ("  - tasks.0: a task needs exactly one of path, builtin, catalogue, hf; "
             "got path, builtin") in msg
     assert "  - training.colour: Extra inputs are not permitted" in msg

@@ -14,9 +14,11 @@ from prompt_core.backbones.base import (
     prepend_prompt,
     usable_positions,
 )
+from prompt_core.backbones.causal import CausalBackbone, LabelWordError
 from prompt_core.backbones.device import autocast, bf16_active, resolve_device
 from prompt_core.backbones.encoder import MINILM_ID, EncoderBackbone
 from prompt_core.backbones.mlm import MaskTokenError, MLMBackbone
+from prompt_core.backbones.seq2seq import LabelTargets, Seq2SeqBackbone
 
 BACKBONES: dict[str, type[Backbone]] = {}
 
@@ -28,6 +30,8 @@ def register_backbone(cls: type[Backbone]) -> type[Backbone]:
 
 register_backbone(EncoderBackbone)
 register_backbone(MLMBackbone)
+register_backbone(Seq2SeqBackbone)
+register_backbone(CausalBackbone)
 
 
 def backbone_class(kind: str) -> type[Backbone]:
@@ -73,8 +77,10 @@ def cached_backbone(
 
 
 __all__ = [
-    "BACKBONES", "Backbone", "Encoded", "EncodeError", "EncoderBackbone", "LengthError",
-    "MINILM_ID", "MLMBackbone", "MaskTokenError", "autocast", "backbone_class", "bf16_active",
+    "BACKBONES", "Backbone", "CausalBackbone", "Encoded", "EncodeError", "EncoderBackbone",
+    "LengthError",
+    "LabelTargets", "LabelWordError", "MINILM_ID", "MLMBackbone", "MaskTokenError",
+    "Seq2SeqBackbone", "autocast", "backbone_class", "bf16_active",
     "cached_backbone", "config_positions", "load_backbone", "prepend_prompt",
     "register_backbone", "resolve_device", "usable_positions",
 ]

@@ -1,0 +1,151 @@
+"""Causal LMs (GPT-style, e.g. GPT-2): next-token logits of the label words after the input.
+
+Input layout: ``[P] text_a [separator text_b] cue`` with no special tokens. ``cue`` (default
+``"\\nAnswer:"``) is a short verbalizer cue so that the next token is the answer; ``separator``
+(default ``"\\n"``) joins a text pair. Both are constructor options (``cue=""`` drops the cue).
+Truncation shortens the text only (longest segment first, from its end, or from its start for a
+left-truncating tokenizer), never the separator or the cue.
+
+Scoring (METHOD.md): the class logit of a label word is the next-token logit of its first
+sub-token (of ``" " + word``: GPT-2's byte-level BPE marks word starts with a leading space) at
+the LAST REAL token of each example. Batches are right-padded (:func:`pad_batch`) with the
+tokenizer's pad token, or eos when it has none (GPT-2); the attention mask keeps pads out of
+attention and, with right padding, every real token keeps its natural position ids
+``0..n+L-1`` (passed explicitly). Shapes: ids (B, T) -> embeds + prompt (B, n+T, D) -> hidden
+at position ``n + length - 1`` (B, D) -> LM head (B, V) -> the K label tokens (B, K).
+
+GPT-2 has no token type embeddings (it would add ``wte(token_type_ids)``), so type ids are all
+0 in :class:`Encoded` and never passed to the model. Positions: GPT-2's table is ``wpe``, which
+:func:`usable_positions` does not find by name; it falls back to the config's
+``max_position_embeddings`` (GPT-2 maps it to ``n_positions``), offset 0, which is right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prompt_core.backbones.base import Backbone, Encoded, EncodeError, prepend_prompt
+from prompt_core.errors import InputError
+
+
+class LabelWordError(InputError):
+    """Label words a causal backbone cannot tell apart (same first token) or cannot tokenise."""
+
+
+class CausalBackbone(Backbone):
+    kind = "causal"
+    default_model_id = "openai-community/gpt2"
+    default_lr = 1e-3  # METHOD.md gives no GPT LR; RoBERTa-base's 1e-3 (override with cfg.lr)
+    layout_words = "separator + verbalizer cue"
+    supports_bf16 = False
+
+    def __init__(self, model, tokenizer, model_id, device="cpu", separator: str = "\n",
+                 cue: str = "\nAnswer:"):
+        super().__init__(model, tokenizer, model_id, device)
+        with self._tokenizer_lock:
+            if tokenizer.pad_token_id is not None:
+                self.pad_token_id = tokenizer.pad_token_id
+            elif tokenizer.eos_token_id is not None:
+                self.pad_token_id = tokenizer.eos_token_id  # GPT-2: eos pads (always masked)
+            else:
+                self.pad_token_id = 0  # never attended nor scored: any id will do
+        self.separator, self.cue = separator, cue
+        self._sep_ids = self._ids(separator) if separator else []
+        self._cue_ids = self._ids(cue) if cue else []
+        # run the LM head at the scored position only instead of over every position (B x T x V)
+        self._head = model.get_output_embeddings()
+        self._body = model.base_model if model.base_model is not model else None
+
+    @classmethod
+    def from_pretrained(cls, model_id, revision=None, device="cpu", **options: Any):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision)
+        return cls(model, tok, model_id, device, **options)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenize(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def layout_tokens(self) -> int:
+        return len(self._sep_ids) + len(self._cue_ids)
+
+    def encode(self, text_a, text_b, max_length):
+        segs = [self._ids(text_a)]
+        if text_b is not None:
+            segs.append(self._ids(text_b))
+        fixed = len(self._cue_ids) + (len(self._sep_ids) if text_b is not None else 0)
+        room = max_length - fixed
+        if room < 1:
+            raise EncodeError(
+                f"{self.model_id}: max_length {max_length} leaves no room for text: the layout "
+                f"takes {fixed} tokens ({self.layout_words}); raise max_length"
+            )
+        if not self._cue_ids and not any(segs):
+            raise EncodeError(f"{self.model_id}: empty text and no cue: no token to score at")
+        from_left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+        while sum(len(s) for s in segs) > room:
+            longest = max(range(len(segs)), key=lambda j: (len(segs[j]), j))  # ties: later one
+            segs[longest].pop(0 if from_left else -1)
+        ids = segs[0] + (self._sep_ids + segs[1] if len(segs) > 1 else []) + self._cue_ids
+        return Encoded(ids, [0] * len(ids))
+
+    def label_scorer(self, label_words) -> torch.Tensor:
+        """First token id of ``" " + word`` for each label word: (K,) long on the device."""
+        ids, owner = [], {}
+        n_rows = self._head.weight.shape[0] if self._head is not None else None
+        for w in label_words:
+            toks = self._ids(" " + w.strip())
+            if not toks:
+                raise LabelWordError(f"label word {w!r} has no tokens in {self.model_id}")
+            t = toks[0]
+            if t in owner:
+                raise LabelWordError(
+                    f"{self.model_id}: label words {owner[t]!r} and {w!r} start with the same "
+                    f"token (id {t}), so a causal "
+                    "backbone cannot tell them apart by their first token; choose label words "
+                    "with different first tokens"
+                )
+            if n_rows is not None and t >= n_rows:
+                raise LabelWordError(
+                    f"{self.model_id}: label word {w!r} token id {t} is outside the model's "
+                    f"{n_rows} output rows (tokenizer and model do not match)"
+                )
+            owner[t] = w
+            ids.append(t)
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def logits(self, prompt, batch, scorer):
+        n = 0
+        if prompt is not None:
+            if prompt.ndim != 2 or prompt.shape[1] != self.hidden_size:
+                # imported here: prompt_core.prompts imports prompt_core.backbones
+                from prompt_core.prompts import PromptFileError
+
+                raise PromptFileError(
+                    f"prompt: shape {tuple(prompt.shape)} does not fit {self.model_id}: expected "
+                    f"(n_tokens, {self.hidden_size}) (hidden size {self.hidden_size})"
+                )
+            n = prompt.shape[0]
+        mask = batch["attention_mask"]  # (B, T), right padding
+        lengths = mask.sum(dim=1)  # (B,)
+        if bool((lengths == 0).any()):
+            rows = (lengths == 0).nonzero().flatten().tolist()
+            raise EncodeError(f"{self.model_id}: batch row(s) {rows} have no tokens",
+                              index=rows[0])
+        embeds = self.input_embeddings(batch["input_ids"])  # (B, T, D)
+        embeds, mask = prepend_prompt(embeds, mask, prompt)  # (B, n+T, D), (B, n+T)
+        B, L = mask.shape
+        positions = torch.arange(L, device=mask.device).unsqueeze(0).expand(B, -1)  # (B, n+T)
+        kw = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        last = n + lengths - 1  # (B,) the last real token, past the prompt
+        rows = torch.arange(B, device=mask.device)
+        if self._head is not None and self._body is not None:
+            hidden = self._body(**kw).last_hidden_state  # (B, n+T, D)
+            at_last = self._head(hidden[rows, last])  # (B, V)
+        else:
+            at_last = self.model(**kw).logits[rows, last]  # (B, V)
+        return at_last.float()[:, scorer.to(at_last.device)]  # (B, K) float32
