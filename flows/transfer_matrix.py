@@ -432,6 +432,11 @@ def run_study(
         study = load_study(study)
     study = with_overrides(study, storage, task_runner, max_workers, dask_address, device,
                            train_deployment)
+    return _run_matrix(study)
+
+
+def _run_matrix(study: StudyConfig) -> StudyResult:
+    """The transfer-matrix flow on the task runner the study's ``runner`` section asks for."""
     with runner_environment(study.runner):
         return transfer_matrix.with_options(task_runner=make_task_runner(study.runner))(study)
 
@@ -460,7 +465,6 @@ def study_flow(
     matrix runs as a subflow with the chosen task runner."""
     cfg = with_overrides(read_study(study), storage, task_runner, workers, dask_address,
                          device, train_deployment)
-    with runner_environment(cfg.runner):
-        result = transfer_matrix.with_options(task_runner=make_task_runner(cfg.runner))(cfg)
+    result = _run_matrix(cfg)
     return {"run_id": result.run_id, "study": result.study, "storage": result.storage,
             "status": result.status, "summaries": result.summaries}

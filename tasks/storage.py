@@ -343,11 +343,16 @@ class Storage:
         except Exception as exc:
             raise self._fail("read", key, exc) from exc
 
-    def write_bytes(self, key: str, data: bytes, *, timeout: float | None = None) -> str:
-        """Atomically write ``data`` at ``key`` (replacing it); return its URI."""
+    def _object_key(self, key: str) -> str:
+        """``key`` checked as the name of an object to write (never the root itself)."""
         key = _check_key(key)
         if not key:
             raise StorageError(f"cannot write to the storage root itself ({self.root})")
+        return key
+
+    def write_bytes(self, key: str, data: bytes, *, timeout: float | None = None) -> str:
+        """Atomically write ``data`` at ``key`` (replacing it); return its URI."""
+        key = self._object_key(key)
         data = bytes(data)
         try:
             if self.is_local:
@@ -378,9 +383,7 @@ class Storage:
         the retry gets 412 and this returns False although ``data`` was written: again, a
         token read back tells. ``timeout`` bounds the whole call (default: the deadline).
         """
-        key = _check_key(key)
-        if not key:
-            raise StorageError(f"cannot write to the storage root itself ({self.root})")
+        key = self._object_key(key)
         data = bytes(data)
         try:
             if self.is_local:
