@@ -313,6 +313,104 @@ class RunnerConfig(_Strict):
         return self
 
 
+STAGES = ("cross_task", "cross_model", "tpt")
+StageName = Literal["cross_task", "cross_model", "tpt"]
+
+
+class ProjectorConfig(_Strict):
+    """A cross-model projector g: flatten (n * d_s) -> Linear -> activation -> Linear ->
+    (n * d_t), optional LayerNorm per token (METHOD.md; the paper's hidden size is 768)."""
+
+    hidden: int = Field(768, ge=1, description="hidden width of the projector MLP")
+    activation: Literal["tanh", "leaky_relu"] = Field("tanh", description="tanh or leaky_relu")
+    layer_norm: bool = Field(False, description="LayerNorm over each projected prompt token")
+    steps: int = Field(200, ge=1, description="optimiser steps")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(16, ge=1, description="task tuning: examples per step")
+    max_length: int = Field(128, ge=8, description="task tuning: max tokens of the input text")
+
+
+class ModelPair(_Strict):
+    """A source model whose prompts are projected into a target model (names from
+    ``models``)."""
+
+    source: str = Field(description="source model name")
+    target: str = Field(description="target model name")
+
+
+class CrossModelConfig(_Strict):
+    """Cross-model transfer: projectors trained on ``train_tasks``, evaluated zero-shot on
+    the study's other tasks (held out)."""
+
+    train_tasks: list[str] = Field(
+        min_length=1, description="tasks (names) the projectors train on; every other study "
+        "task is held out and evaluated")
+    pairs: list[ModelPair] | None = Field(
+        None, description="(source, target) model pairs; default: every ordered pair of "
+        "distinct models")
+    objectives: list[Literal["distance", "task"]] = Field(
+        default_factory=lambda: ["distance", "task"], min_length=1,
+        description="distance (L2 to the target model's own prompt) and/or task (the target "
+        "model's task loss through the projector)")
+    projector: ProjectorConfig = Field(default_factory=ProjectorConfig)
+    unprojected: bool = Field(
+        True, description="where hidden sizes match, also score the source prompt as is")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives repeat: {self.objectives}")
+        if len(set(self.train_tasks)) != len(self.train_tasks):
+            raise ValueError(f"train_tasks repeat: {self.train_tasks}")
+        return self
+
+
+class TptSource(_Strict):
+    """A source prompt for transferable prompt tuning: a task's prompt of the same model, or
+    of another model (projected by the cross_model stage's projector)."""
+
+    task: str = Field(description="source task name")
+    model: str | None = Field(None, description="source model name; default: the target's")
+
+
+class TptConfig(_Strict):
+    """Transferable prompt tuning: train a target task's prompt from a source prompt (fresh
+    optimiser) and compare its curve with random init under the same budget."""
+
+    models: list[str] | None = Field(None, description="models to run TPT on; default: all")
+    targets: list[str] | None = Field(None, description="target tasks; default: all")
+    sources: list[TptSource] | None = Field(
+        None, description="explicit sources, tried for every target (a target is never its "
+        "own source)")
+    top_k: int | None = Field(
+        None, ge=1, description="or: the k best sources of the cross-task matrix for each "
+        "target (by mean relative accuracy over seeds)")
+    steps: int | None = Field(None, ge=1, description="training steps; default: training.steps")
+    eval_every: int | None = Field(
+        None, ge=1, description="steps between dev evaluations; default: training.eval_every")
+    fraction: float = Field(0.9, gt=0, le=1, description="reach this fraction of the random "
+                                                          "init's best dev score")
+    score_at_step: int | None = Field(
+        None, ge=1, description="report the dev score after this many steps (the last "
+        "evaluation at or before it); default: eval_every")
+    projector_objective: Literal["distance", "task"] = Field(
+        "distance", description="which projector carries another model's prompt over")
+
+    @model_validator(mode="after")
+    def _one_source_rule(self):
+        if (self.sources is None) == (self.top_k is None):
+            raise ValueError("tpt needs exactly one of sources (explicit) and top_k")
+        return self
+
+    def train_config(self, training: TrainConfig) -> TrainConfig:
+        """The training config of TPT runs and their random-init baseline: the study's, with
+        TPT's budget (the same config gives the train stage's prompts as the baseline)."""
+        update = {k: v for k, v in {"steps": self.steps, "eval_every": self.eval_every}.items()
+                  if v is not None}
+        return training.model_copy(update=update) if update else training
+
+
 class StudyConfig(_Strict):
     """A whole transfer study: models x tasks x seeds."""
 
@@ -324,6 +422,13 @@ class StudyConfig(_Strict):
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    stages: list[StageName] = Field(
+        default_factory=lambda: ["cross_task"], min_length=1,
+        description="what the flow computes after training the prompts: cross_task (the "
+        "zero-shot matrix per model), cross_model (projectors between models), tpt "
+        "(transferable prompt tuning)")
+    cross_model: CrossModelConfig | None = Field(None, description="options of cross_model")
+    tpt: TptConfig | None = Field(None, description="options of tpt")
     _source: str = PrivateAttr("study")  # the file it came from, for error messages
 
     @property
@@ -344,7 +449,49 @@ class StudyConfig(_Strict):
             raise ValueError(f"model names must be unique; repeated: {sorted(dup)} (set `name:`)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        self._check_stages(set(names))
         return self
+
+    def _check_stages(self, models: set[str]) -> None:
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages repeat: {self.stages}")
+        for stage in ("cross_model", "tpt"):
+            if stage in self.stages and getattr(self, stage) is None:
+                raise ValueError(f"stage {stage!r} needs its options section `{stage}:`")
+        if "cross_model" in self.stages:
+            if len(models) < 2:
+                raise ValueError("stage 'cross_model' needs at least two models")
+            for pair in self.cross_model.pairs or []:
+                for m in (pair.source, pair.target):
+                    if m not in models:
+                        raise ValueError(f"cross_model.pairs: unknown model {m!r}; models: "
+                                         f"{sorted(models)}")
+                if pair.source == pair.target:
+                    raise ValueError(f"cross_model.pairs: {pair.source!r} -> itself")
+        if "tpt" in self.stages:
+            tpt = self.tpt
+            for m in [*(tpt.models or []), *(s.model for s in tpt.sources or [] if s.model)]:
+                if m not in models:
+                    raise ValueError(f"tpt: unknown model {m!r}; models: {sorted(models)}")
+            if tpt.top_k is not None and "cross_task" not in self.stages:
+                raise ValueError("tpt.top_k ranks sources by the cross-task matrix: add stage "
+                                 "'cross_task'")
+            crossing = {s.model for s in tpt.sources or [] if s.model}
+            if crossing and "cross_model" not in self.stages:
+                raise ValueError("tpt sources of another model are projected: add stage "
+                                 "'cross_model'")
+            if crossing and tpt.projector_objective not in self.cross_model.objectives:
+                raise ValueError(f"tpt.projector_objective {tpt.projector_objective!r} is not "
+                                 f"among cross_model.objectives {self.cross_model.objectives}")
+
+    def model_pairs(self) -> list[tuple[str, str]]:
+        """The (source, target) model pairs of the cross_model stage."""
+        if self.cross_model is None:
+            return []
+        if self.cross_model.pairs is not None:
+            return [(p.source, p.target) for p in self.cross_model.pairs]
+        names = [m.name for m in self.models]
+        return [(a, b) for a in names for b in names if a != b]
 
 
 class StudyFileError(InputError):

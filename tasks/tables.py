@@ -604,6 +604,115 @@ class CellRow:
 
 
 @dataclass
+class ProjectorRow:
+    """One trained cross-model projector: source model -> target model, one objective, one
+    seed, trained on ``train_tasks`` (JSON list of names); the curve summary is its loss."""
+
+    projector_key: str
+    source_model: str
+    target_model: str
+    objective: str  # distance | task
+    seed: int
+    train_tasks: str  # JSON list of task names
+    source_prompt_keys: str  # JSON list, train_tasks order
+    target_prompt_keys: str | None  # JSON list (distance), train_tasks order
+    source_hidden: int
+    target_hidden: int
+    n_tokens: int
+    hidden: int
+    activation: str
+    layer_norm: bool
+    steps: int
+    lr: float
+    n_parameters: int
+    initial_loss: float
+    final_loss: float
+    best_loss: float
+    train_seconds: float
+    projector_uri: str
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class CrossModelRow:
+    """A source model's prompt for ``source_task``, projected into the target model (or as is:
+    ``objective`` none), scored zero-shot on ``target_task``; ``relative_score`` = score / the
+    target model's own prompt's score (``target_prompt_key``), same seed and metric. The
+    interval is a 95% bootstrap over test examples."""
+
+    cell_key: str
+    source_model: str
+    target_model: str
+    objective: str  # distance | task | none (unprojected)
+    projector_key: str | None
+    source_task: str
+    source_task_type: str
+    source_prompt_key: str
+    target_task: str
+    target_task_type: str
+    target_prompt_key: str
+    held_out: bool  # neither task was among the projector's training tasks
+    metric: str
+    score: float
+    score_low: float
+    score_high: float
+    relative_score: float | None
+    own_score: float | None
+    n_examples: int
+    seed: int
+    eval_split: str
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class TptRow:
+    """Transferable prompt tuning of one target prompt from one source, against random init
+    with the same budget (``baseline_prompt_key``); dev accuracy throughout. ``steps_to_target``
+    is the first evaluated step whose dev accuracy reaches ``fraction`` x the baseline's best
+    (None: never); speed-ups are baseline / TPT (None when either never reaches it)."""
+
+    tpt_key: str
+    model: str
+    target_task: str
+    target_task_type: str
+    source_kind: str  # task (same model) | model (projected from another model)
+    source_model: str
+    source_task: str
+    source_task_type: str
+    source_prompt_key: str
+    projector_key: str | None
+    tpt_prompt_key: str
+    baseline_prompt_key: str
+    same_type: bool
+    seed: int
+    steps: int
+    eval_every: int
+    fraction: float
+    target_score: float  # fraction x baseline_best
+    score_at_step: int
+    score_at_k: float
+    baseline_score_at_k: float
+    init_score: float
+    baseline_init_score: float
+    best_score: float
+    baseline_best: float
+    steps_to_target: int | None
+    seconds_to_target: float | None
+    baseline_steps_to_target: int | None
+    baseline_seconds_to_target: float | None
+    speedup_steps: float | None
+    speedup_seconds: float | None
+    train_seconds: float
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
 class RunKeyRow:
     """A key (prompt, cell, ...) that a run covered, trained or reused: the run's exact
     membership, behind the ``current_*`` views."""
@@ -635,6 +744,24 @@ CROSS_TASK = register_table(TableSpec.from_row(
                 "baseline) on a target task; source_kind is prompt|random|none, metric "
                 "accuracy|macro_f1. View current_cross_task: the cells of each study's "
                 "latest completed run."))
+
+PROJECTORS = register_table(TableSpec.from_row(
+    "projectors", ProjectorRow, partition_by=("study", "target_model"),
+    key_column="projector_key",
+    description="One row per cross-model projector (source -> target model, objective "
+                "distance|task, training tasks, loss curve summary)."))
+
+CROSS_MODEL = register_table(TableSpec.from_row(
+    "cross_model", CrossModelRow, partition_by=("study", "target_model", "target_task"),
+    key_column="cell_key",
+    description="Zero-shot score of a projected (or, objective none, unprojected) source "
+                "prompt on a target model and task, with a 95% bootstrap interval."))
+
+TPT = register_table(TableSpec.from_row(
+    "tpt", TptRow, partition_by=("study", "model", "target_task"), key_column="tpt_key",
+    description="Transferable prompt tuning: a target prompt trained from a source prompt vs "
+                "random init (same budget): score after k steps, steps/seconds to a fraction "
+                "of the baseline's best, best score, speed-up."))
 
 RUN_KEYS = register_table(TableSpec.from_row(
     "run_keys", RunKeyRow, partition_by=("study", "model"), key_column="key",
