@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format benchmark shared-study clean
+.PHONY: install demo models test lint format benchmark shared-study clean
 
 install: $(STAMP)
 
@@ -22,9 +22,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: install
+demo: install models/minilm-l3/derivation.json
 	$(BIN)/prompt-transfer run deployments/studies/demo.yaml
 	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 12"
+
+# Models derived offline from the shipped MiniLM (prompt_core/derive.py; derivation.json in each
+# folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min).
+models: models/minilm-l3/derivation.json models/minilm-d256/derivation.json
+
+models/minilm-l3/derivation.json: prompt_core/derive.py | install
+	$(BIN)/prompt-transfer derive-model layer-drop --keep 3 --out models/minilm-l3 --force
+
+models/minilm-d256/derivation.json: prompt_core/derive.py | install
+	$(BIN)/prompt-transfer derive-model distill --hidden 256 --layers 4 --seed 0 \
+		--out models/minilm-d256 --force
 
 # two pytest workers, one test file each at a time: many tests wait on servers they start
 test: install

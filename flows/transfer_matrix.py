@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -35,6 +35,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+import pandas as pd  # noqa: E402
 import prefect  # noqa: E402
 from prefect import flow, tags  # noqa: E402
 from prefect.artifacts import create_progress_artifact, update_progress_artifact  # noqa: E402
@@ -46,7 +47,8 @@ from prefect.task_runners import (  # noqa: E402
     ThreadPoolTaskRunner,
 )
 
-from flows.publish import publish_run  # noqa: E402
+from flows import stages  # noqa: E402
+from flows.publish import publish_run, run_cells  # noqa: E402
 from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes  # noqa: E402
 from prompt_core.errors import InputError  # noqa: E402
 from prompt_core.preflight import check_study  # noqa: E402
@@ -81,6 +83,8 @@ class StudyResult:
     seconds: float = 0.0
     summaries: dict[str, dict] = field(default_factory=dict)  # model -> transfer_summary
     heatmaps: dict[str, str] = field(default_factory=dict)  # model -> uri
+    # per later stage: units computed now vs found stored ("project", "cross_model", "tpt")
+    stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)  # {unit, stage, model, error}
 
 
@@ -121,6 +125,11 @@ class RunProgress:
         self.all = max(sum(totals.values()), 1)
         self.artifact_id = create_progress_artifact(
             progress=0.0, key="transfer-matrix-progress", description="units done / all units")
+
+    def set_total(self, stage: str, total: int) -> None:
+        """A stage's unit count once it is known (after the tasks are prepared)."""
+        self.totals[stage] = total
+        self.all = max(sum(self.totals.values()), 1)
 
     def stage(self, name: str) -> None:
         for fn in list(_observers):
@@ -179,17 +188,34 @@ def _count_work(result: StudyResult, trained: list[TrainOutcome],
     result.n_cells_cached = sum(o.n_cells_cached for o in evaluated)
 
 
-def _write_run_keys(storage, ctx: RunContext, trained: list[TrainOutcome],
-                    evaluated: list[EvalOutcome]) -> None:
-    """The run's membership: every prompt and cell key it covered, one part per model."""
+@dataclass
+class StageKeys:
+    """Every key the run covered, per (model, table): the run's membership (``run_keys``)."""
+
+    keys: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def add(self, model: str, table: str, keys: list[str]) -> None:
+        self.keys.setdefault((model, table), []).extend(keys)
+
+
+def _stage_keys(trained: list[TrainOutcome], evaluated: list[EvalOutcome], later: StageKeys
+                ) -> StageKeys:
+    out = StageKeys({k: list(v) for k, v in later.keys.items()})
+    for o in trained:
+        out.add(o.row.model, "prompts", [o.row.prompt_key])
+    for e in evaluated:
+        out.add(e.model, "cross_task", e.cell_keys)
+    return out
+
+
+def _write_run_keys(storage, ctx: RunContext, keys: StageKeys) -> None:
+    """The run's membership: every key it covered (prompts, cells, projectors, TPT runs), one
+    part per model."""
     now = now_utc()
     by_model: dict[str, list[RunKeyRow]] = {}
-    for o in trained:
-        by_model.setdefault(o.row.model, []).append(
-            RunKeyRow(ctx.run_id, ctx.study, o.row.model, "prompts", o.row.prompt_key, now))
-    for e in evaluated:
-        by_model.setdefault(e.model, []).extend(
-            RunKeyRow(ctx.run_id, ctx.study, e.model, "cross_task", k, now) for k in e.cell_keys)
+    for (model, table), ks in keys.keys.items():
+        by_model.setdefault(model, []).extend(
+            RunKeyRow(ctx.run_id, ctx.study, model, table, k, now) for k in dict.fromkeys(ks))
     for rows in by_model.values():
         write_part(storage, "run_keys", rows, ctx.run_id)
 
@@ -228,10 +254,28 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     ctx = RunContext(storage.root, study.name, run_id, study.runner.device, study.runner.bf16,
                      study.runner.trainings_per_gpu, torch_threads_per_unit(study.runner))
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
-    progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds,
-                            "evaluate": n_models * n_tasks})
+    tpt_train = stages.tpt_train_config(study)  # None: TPT's baselines are the train stage's
+    n_baselines = 0  # TPT's random-init baselines trained with TPT's own budget, if it has one
+    if tpt_train is not None:
+        n_targets = len(study.tpt.targets) if study.tpt.targets is not None else n_tasks
+        n_baselines = len(stages.tpt_models(study)) * n_targets * n_seeds
+    totals = {"prepare": n_tasks, "train": n_models * n_tasks * n_seeds + n_baselines}
+    if "cross_task" in study.stages:
+        totals["evaluate"] = n_models * n_tasks
+    if "cross_model" in study.stages:
+        totals["project"] = (len(study.model_pairs()) * len(study.cross_model.objectives)
+                             * n_seeds)
+        totals["cross_model"] = 0  # known after prepare (held-out tasks by name)
+    if "tpt" in study.stages:
+        totals["tpt"] = 0
+    progress = RunProgress(totals)
     train_futures: list = []
     eval_futures: list = []
+    later = StageKeys()
+
+    def gather(stage: str):
+        return lambda futures, labels, models: _gather(futures, labels, stage, models, progress,
+                                                       result.failures)
     try:
         # prepare: each NLP task's identity, its data copied into storage for the workers
         progress.stage("prepare")
@@ -242,6 +286,10 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         infos: list[NlpTaskInfo] = _gather(prep, [f"prepare {c.label()}" for c in study.tasks],
                                            "prepare", [None] * n_tasks, progress,
                                            result.failures)
+        if "cross_model" in study.stages:
+            progress.set_total("cross_model", stages.n_cross_model_units(study, infos))
+        if "tpt" in study.stages:
+            progress.set_total("tpt", stages.n_tpt_units(study, infos))
 
         # train: fan out per model x task x seed (or one flow run per model x task)
         progress.stage("train")
@@ -271,12 +319,27 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
             trained = _gather(train_futures, labels, "train", models, progress,
                               result.failures)
         prompts = [o.row for o in trained]
+        baselines: list[TrainOutcome] = []
+        if tpt_train is not None:  # TPT's random-init baselines with TPT's budget
+            labels, models, futures = [], [], []
+            for m in stages.tpt_models(study):
+                for info in stages.tpt_targets(study, infos):
+                    for seed in study.seeds:
+                        with tags(*_unit_tags("train", m.name, info.name)):
+                            futures.append(train_prompt_unit.submit(ctx, m, info, tpt_train,
+                                                                    seed))
+                        labels.append(f"train {m.name}/{info.name} seed={seed} (tpt budget)")
+                        models.append(m.name)
+            train_futures += futures
+            baselines = _gather(futures, labels, "train", models, progress, result.failures)
+            trained = trained + baselines
 
         # evaluate: one unit per model x target task, all sources inside; the target's own
         # prompt (per seed) is passed explicitly as the denominator of relative_score
-        progress.stage("evaluate")
         labels, models = [], []
-        for m in study.models:
+        if "cross_task" in study.stages:
+            progress.stage("evaluate")
+        for m in study.models if "cross_task" in study.stages else []:
             sources = [p for p in prompts if p.model == m.name]
             for info in infos:
                 own = {p.seed: p for p in sources if p.task == info.name}
@@ -287,18 +350,20 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
                 models.append(m.name)
         evaluated = _gather(eval_futures, labels, "evaluate", models, progress,
                             result.failures)
-        _count_work(result, trained, evaluated)
-        _write_run_keys(storage, ctx, trained, evaluated)
         cells = {}
         for e in evaluated:
             cells.setdefault(e.model, []).extend(e.cell_keys)
-        publish_run(study, storage, run_id, result, cells)
+        extra = _later_stages(ctx, study, storage, infos, prompts, baselines, cells, progress,
+                              gather, result, later)
+        _count_work(result, trained, evaluated)
+        _write_run_keys(storage, ctx, _stage_keys(trained, evaluated, later))
+        publish_run(study, storage, run_id, result, cells, extra)
     except BaseException:
         result.status = "failed"
         with contextlib.suppress(Exception):  # what finished before the failure, best effort
             trained, evaluated = _completed(train_futures), _completed(eval_futures)
             _count_work(result, trained, evaluated)
-            _write_run_keys(storage, ctx, trained, evaluated)
+            _write_run_keys(storage, ctx, _stage_keys(trained, evaluated, later))
         raise
     finally:
         result.seconds = time.perf_counter() - t0
@@ -309,9 +374,56 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
             n_prompts_cached=result.n_prompts_cached,
             n_cells_evaluated=result.n_cells_evaluated, n_cells_cached=result.n_cells_cached,
             prefect_version=prefect.__version__, package_version=_package_version(),
-            failures=json.dumps(result.failures),
+            failures=json.dumps(result.failures), stage_counts=json.dumps(result.stage_counts),
         )], run_id)
     return result
+
+
+def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpTaskInfo],
+                  prompts: list, baselines: list[TrainOutcome], cells: dict[str, list[str]],
+                  progress: RunProgress, gather, result: StudyResult, later: StageKeys
+                  ) -> dict:
+    """The stages after the cross-task matrix: projectors and cross-model cells, then TPT.
+    Returns what :func:`flows.publish.publish_run` publishes for them."""
+    index = stages.index_prompts(prompts)
+    projector_rows: list = []
+    published: dict = {}
+
+    def count(stage: str, computed: int, stored: int) -> None:
+        result.stage_counts[stage] = {"computed": computed, "stored": stored}
+
+    if "cross_model" in study.stages:
+        progress.stage("project")
+        outs = stages.run_projectors(ctx, study, stages.plan_projectors(study, infos, index),
+                                     gather("project"))
+        projector_rows = [o.row for o in outs]
+        count("project", sum(o.computed for o in outs), sum(not o.computed for o in outs))
+        for o in outs:
+            later.add(o.row.target_model, "projectors", [o.row.projector_key])
+        progress.stage("cross_model")
+        xm = stages.run_cross_model(ctx, study, infos, index, projector_rows,
+                                    gather("cross_model"))
+        count("cross_model", sum(o.n_cells_evaluated for o in xm),
+              sum(o.n_cells_cached for o in xm))
+        for o in xm:
+            later.add(o.target_model, "cross_model", o.cell_keys)
+        published["cross_model"] = stages.run_rows(storage, "cross_model", study.name,
+                                            [(o.target_model, o.cell_keys) for o in xm])
+    if "tpt" in study.stages:
+        progress.stage("tpt")
+        base = stages.index_prompts([o.row for o in baselines]) if baselines else index
+        matrices = {m: run_cells(storage, study.name, m, keys) for m, keys in cells.items()}
+        jobs = stages.plan_tpt(study, infos, index, base, projector_rows, matrices)
+        outs = stages.run_tpt(ctx, study, jobs, gather("tpt"))
+        count("tpt", sum(o.computed for o in outs), sum(not o.computed for o in outs))
+        for o in outs:
+            later.add(o.row.model, "tpt", [o.row.tpt_key])
+        rows = pd.DataFrame([asdict(o.row) for o in outs])
+        published["tpt"] = rows
+        published["tpt_curves"] = stages.tpt_curves(storage, study.name, [o.row for o in outs],
+                                             {p.prompt_key: p for p in [*prompts,
+                                              *(b.row for b in baselines)]})
+    return published
 
 
 # --- task runners ---------------------------------------------------------------------------

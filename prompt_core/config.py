@@ -173,7 +173,9 @@ class ModelConfig(_Strict):
 
     kind: str = Field(description="backbone kind: encoder, mlm")
     name: str | None = Field(None, description="short name used in tables and paths")
-    model_id: str | None = Field(None, description="hub id or local directory; default per kind")
+    model_id: str | None = Field(
+        None, description="hub id or local directory (a path starting with ./ or ../ resolves "
+        "from the study file's folder); default per kind")
     revision: str | None = Field(None, description="model revision (hub)")
     lr: float | None = Field(None, gt=0, description="learning rate override for this model")
     options: dict[str, Any] = Field(
@@ -543,6 +545,9 @@ def parse_study(data: Any, source: str = "study", base_dir: Path | None = None) 
                 t.path = str((base_dir / t.path).resolve())
             if t.hf is not None and t.hf.data_files is not None:
                 t.hf.data_files = _resolve_files(t.hf.data_files, base_dir)
+        for m in study.models:  # "./x" or "../x": a model folder next to the study file
+            if m.model_id.startswith(("./", "../")):
+                m.model_id = str((base_dir / m.model_id).resolve())
         if study.training.init_prompt is not None:
             study.training.init_prompt = _resolve_files(study.training.init_prompt, base_dir)
     return study

@@ -250,9 +250,45 @@ def _check_duplicate_tasks(f: _Findings) -> None:
             first[td.name] = i
 
 
+# --- stages --------------------------------------------------------------------------------
+
+
+def _check_stage_tasks(f: _Findings) -> None:
+    """Task and model names the cross_model and tpt options use exist in the study, the
+    cross_model stage holds out at least one task, and a TPT source of another model has a
+    projector pair into the target model."""
+    study = f.study
+    if any(td is None for td in f.tasks):  # names are unknown; the load problem is reported
+        return
+    names = [td.name for td in f.tasks]
+
+    def unknown(field_name: str, given: list[str]) -> None:
+        bad = [n for n in given if n not in names]
+        if bad:
+            f.problems.append(f"{field_name}: unknown task(s) {bad}; the study's tasks: {names}")
+
+    if "cross_model" in study.stages and study.cross_model is not None:
+        train = study.cross_model.train_tasks
+        unknown("cross_model.train_tasks", train)
+        if not [n for n in names if n not in train]:
+            f.problems.append("cross_model.train_tasks: every task trains the projectors; hold "
+                              "out at least one to evaluate them on")
+    if "tpt" in study.stages and study.tpt is not None:
+        tpt = study.tpt
+        unknown("tpt.targets", tpt.targets or [])
+        unknown("tpt.sources", [s.task for s in tpt.sources or []])
+        pairs = set(study.model_pairs())
+        for m in tpt.models or [x.name for x in study.models]:
+            for s in tpt.sources or []:
+                if s.model and s.model != m and (s.model, m) not in pairs:
+                    f.problems.append(f"tpt.sources: {s.model}/{s.task} -> model {m!r} needs the "
+                                      f"projector pair {s.model} -> {m} in cross_model.pairs")
+
+
 # Cheap checks first; later checks read what earlier ones found (model facts, loaded tasks).
 CHECKS: tuple[Callable[[_Findings], None], ...] = (
     _check_models, _check_lengths, _check_init_prompt, _load_tasks, _check_duplicate_tasks,
+    _check_stage_tasks,
 )
 
 

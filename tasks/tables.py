@@ -475,6 +475,22 @@ VIEWS: dict[str, str] = {
         qualify row_number() over (partition by p.study, p.model, p.prompt_key
                                    order by p.created_at desc) = 1""",
 }
+# the later stages' tables: (view, table, its model column, its key column, partition of a row)
+for _view, _table, _model, _key, _part in (
+    ("current_projectors", "projectors", "target_model", "projector_key", "t.projector_key"),
+    ("current_cross_model", "cross_model", "target_model", "cell_key", "t.cell_key, t.metric"),
+    ("current_tpt", "tpt", "model", "tpt_key", "t.tpt_key"),
+):
+    VIEWS[_view] = f"""
+        select t.* from {_table} t
+        join run_keys k on k.table_name = '{_table}' and k.key = t.{_key}
+            and k.study = t.study and k.model = t.{_model}
+        join latest_runs r on r.run_id = k.run_id and r.study = k.study
+        qualify row_number() over (partition by t.study, t.{_model}, {_part}
+                                   order by t.created_at desc) = 1"""
+VIEW_TABLES = {"latest_runs": {"runs"}, "current_cross_task": {"cross_task"},
+               "current_prompts": {"prompts"}, "current_projectors": {"projectors"},
+               "current_cross_model": {"cross_model"}, "current_tpt": {"tpt"}}
 
 
 def duckdb_connect(
@@ -494,9 +510,10 @@ def duckdb_connect(
         select = ", ".join(_ident(c) for c in spec.schema.names)
         con.execute(f"CREATE VIEW {_ident(spec.name)} AS SELECT {select} FROM "
                     f"{_ident('__ds_' + spec.name)}")
-    if {"runs", "run_keys", "cross_task", "prompts"} <= set(names):
+    if {"runs", "run_keys"} <= set(names):
         for view, sql in VIEWS.items():
-            con.execute(f"CREATE VIEW {_ident(view)} AS {sql}")
+            if VIEW_TABLES[view] <= set(names):
+                con.execute(f"CREATE VIEW {_ident(view)} AS {sql}")
     return con
 
 
@@ -525,6 +542,9 @@ class RunRow:
     # JSON list of {"unit": "train minilm/sst2 seed=0", "stage": "train", "model": ...,
     # "error": "..."}: the units that failed in this run (empty list when none)
     failures: str | None = None
+    # JSON {stage: {"computed": n, "stored": m}} of the stages after the cross-task matrix
+    # (project, cross_model, tpt); "{}" when the study has none
+    stage_counts: str | None = None
 
 
 @dataclass

@@ -6,11 +6,13 @@ against the registered schemas and the paths ``write_part`` writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
 import re
 import shlex
+import typing
 import uuid
 from pathlib import Path
 
@@ -24,10 +26,13 @@ from tasks.storage import Storage, open_storage
 from tasks.tables import (
     TABLES,
     CellRow,
+    CrossModelRow,
     CurveRow,
+    ProjectorRow,
     PromptRow,
     RunKeyRow,
     RunRow,
+    TptRow,
     athena_ddl,
     trino_ddl,
     write_part,
@@ -128,7 +133,26 @@ def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
         finished_at=T0 + dt.timedelta(minutes=3), storage=st.root, study_config="{}",
         n_prompts_trained=6, n_prompts_cached=0, n_cells_evaluated=30, n_cells_cached=0,
         prefect_version="3", package_version="0", failures="[]")], run_id)
+    # one row in each later stage's table (every table has parts under its DDL location)
+    later = {"projectors": (ProjectorRow, {"target_model": MODELS[1]}),
+             "cross_model": (CrossModelRow, {"target_model": MODELS[1], "target_task": "fact_nli"}),
+             "tpt": (TptRow, {"model": MODELS[0], "target_task": "fact_nli"})}
+    for table, (row_cls, parts) in later.items():
+        write_part(st, table, [filled_row(row_cls, study=study, run_id=run_id, **parts)],
+                   f"{table}-{study}")
     return {t: sum(v) / len(v) for t, v in expected.items()}
+
+
+def filled_row(row_cls: type, **values):
+    """A row of ``row_cls`` with every field not in ``values`` set to a value of its type."""
+    hints = typing.get_type_hints(row_cls)
+    by_type = {str: "x", int: 1, float: 0.5, bool: True, dt.datetime: T0}
+    out = {}
+    for f in dataclasses.fields(row_cls):
+        t = hints[f.name]
+        t = next((a for a in typing.get_args(t) if a is not type(None)), t)
+        out[f.name] = values.get(f.name, by_type[t])
+    return row_cls(**out)
 
 
 def write_all(st: Storage) -> dict[str, float]:
