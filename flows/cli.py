@@ -646,7 +646,7 @@ def derive_distill(  # defaults = prompt_core.derive.distill's (a test checks)
     layers: Annotated[int, typer.Option(help="Student encoder layers.")] = 4,
     heads: Annotated[int, typer.Option(help="Attention heads (must divide --hidden).")] = 4,
     intermediate: Annotated[int, typer.Option(help="Feed-forward size.")] = 1024,
-    steps: Annotated[int, typer.Option(help="AdamW steps.")] = 1200,
+    steps: Annotated[int, typer.Option(help="AdamW steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Texts per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, cosine decay).")
                   ] = 1e-3,

@@ -182,20 +182,32 @@ def _write_record(dst: Path, record: dict[str, Any]) -> None:
 # -- texts and embeddings --------------------------------------------------------------------
 
 
-def demo_texts(split: str) -> list[str]:
-    """Distinct ``text_a``/``text_b`` strings of the built-in demo tasks' ``split``, sorted;
-    for ``train`` also every task's label words (the encoder backbone embeds them)."""
+Text = str | tuple[str, str]  # one text, or a (text_a, text_b) pair encoded as BERT pairs
+Item = tuple[list[int], list[int]]  # token ids, token type ids
+
+
+def demo_texts(split: str) -> list[Text]:
+    """The built-in demo tasks' ``split`` texts, distinct and sorted: every ``text_a`` and
+    ``text_b`` alone and every (text_a, text_b) pair (the encoder backbone encodes pairs so);
+    for ``train`` also every task's label words (the backbone embeds them)."""
     from prompt_core.data import builtin_task_names, load_builtin_task
 
-    texts: set[str] = set()
+    texts: set[Text] = set()
     for name in builtin_task_names():
         task = load_builtin_task(name)
         df = task.split(split)
         for col in ("text_a", "text_b"):
             texts.update(t for t in df[col].dropna() if str(t).strip())
+        texts.update((a, b) for a, b in zip(df["text_a"], df["text_b"], strict=True)
+                     if isinstance(b, str) and b.strip())
         if split == "train":
             texts.update(task.spec.label_words)
-    return sorted(texts)
+    return sort_texts(texts)
+
+
+def sort_texts(texts) -> list[Text]:
+    """Texts sorted, single texts before pairs."""
+    return sorted(texts, key=lambda t: (isinstance(t, tuple), t))
 
 
 def read_text_files(paths: Sequence[str | Path]) -> list[str]:
@@ -210,34 +222,42 @@ def read_text_files(paths: Sequence[str | Path]) -> list[str]:
     return texts
 
 
-def tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids with [CLS]/[SEP], truncated to MAX_LENGTH, one list per text."""
-    return tokenizer(list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"]
+def tokenize(tokenizer, texts: Sequence[Text]) -> list[Item]:
+    """(token ids with [CLS]/[SEP], token types) per text or pair, truncated to MAX_LENGTH."""
+    items: list[Item] = []
+    for t in texts:
+        a, b = (t, None) if isinstance(t, str) else t
+        enc = tokenizer(a, b, truncation=True, max_length=MAX_LENGTH)
+        items.append((enc["input_ids"], enc.get("token_type_ids") or [0] * len(enc["input_ids"])))
+    return items
 
 
-def pad(ids: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged ids -> input_ids (B, T), attention_mask (B, T), right padded."""
-    t = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), t), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return input_ids, mask
+def pad(items: Sequence[Item], pad_id: int) -> dict[str, torch.Tensor]:
+    """Ragged items -> input_ids, attention_mask, token_type_ids, each (B, T), right padded."""
+    t = max(len(ids) for ids, _ in items)
+    batch = {"input_ids": torch.full((len(items), t), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(items), t), dtype=torch.long),
+             "token_type_ids": torch.zeros((len(items), t), dtype=torch.long)}
+    for i, (ids, types) in enumerate(items):
+        batch["input_ids"][i, : len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][i, : len(ids)] = 1
+        batch["token_type_ids"][i, : len(ids)] = torch.tensor(types)
+    return batch
 
 
-def sentence_embeddings(model, ids: Sequence[list[int]], pad_id: int,
+def embed(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A padded batch -> mean-pooled last hidden states (B, D)."""
+    return mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+
+
+def sentence_embeddings(model, items: Sequence[Item], pad_id: int,
                         batch_size: int = 64) -> torch.Tensor:
     """Mean-pooled last hidden states (N, D), no grad, as the encoder backbone pools. Texts
-    are batched by length (less padding), the rows come back in the order of ``ids``."""
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    out = []
+    are batched by length (less padding), the rows come back in the order of ``items``."""
+    order = sorted(range(len(items)), key=lambda i: (len(items[i][0]), i))
     with torch.no_grad():
-        for i in range(0, len(ids), batch_size):
-            input_ids, mask = pad([ids[j] for j in order[i : i + batch_size]], pad_id)
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            out.append(mean_pool(hidden, mask))
-    emb = torch.cat(out)
+        emb = torch.cat([embed(model, pad([items[j] for j in order[i : i + batch_size]], pad_id))
+                         for i in range(0, len(items), batch_size)])
     return emb[torch.argsort(torch.tensor(order))]
 
 
@@ -442,7 +462,7 @@ def distill(
     layers: int = 4,
     heads: int = 4,
     intermediate: int = 1024,
-    steps: int = 1200,
+    steps: int = 600,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
@@ -457,9 +477,9 @@ def distill(
     Student: ``layers`` x (``hidden``, ``heads`` heads, FFN ``intermediate``), ``source``'s
     tokenizer; embeddings initialised by PCA of the teacher's (:func:`make_student`); the word
     embeddings stay frozen (tokens absent from the texts keep a consistent projection, and the
-    30522 x ``hidden`` matrix needs no optimiser update: faster). Texts:
-    the built-in demo tasks' train texts and label words, plus the lines of the ``texts``
-    files. Teacher embeddings are computed once. Each of ``steps`` AdamW steps (weight decay
+    30522 x ``hidden`` matrix needs no optimiser update: faster). Texts: the built-in demo
+    tasks' train texts, pairs and label words (:func:`demo_texts`), plus the lines of the
+    ``texts`` files. Teacher embeddings are computed once. Each of ``steps`` AdamW steps (weight decay
     0.01, ``lr`` with 10% linear warm-up then cosine decay to 0) takes a seeded random batch
     of ``batch_size`` texts and minimises :func:`distill_loss` (the student's dropout off).
     Same seed, thread count and versions -> the same weights (sha256 in derivation.json).
@@ -476,7 +496,7 @@ def distill(
     folder, teacher, tok = load_teacher(source)
     check_student_shape(hidden, layers, heads, intermediate, teacher.config.hidden_size)
 
-    corpus = sorted(set(demo_texts("train")) | set(extra))
+    corpus = sort_texts(set(demo_texts("train")) | set(extra))
     ids = tokenize(tok, corpus)
     pad_id = tok.pad_token_id
     teacher_unit = F.normalize(sentence_embeddings(teacher, ids, pad_id), dim=-1)  # (N, D)
@@ -503,11 +523,12 @@ def distill(
                            "init": "word/position/type embeddings: teacher's projected on "
                                    "the top principal directions of its word embeddings",
                            "max_length": MAX_LENGTH},
-            "texts": {"source": "built-in demo tasks (train split text_a/text_b, label words)"
+            "texts": {"source": "built-in demo tasks (train split: text_a, text_b, the pairs, "
+                                "label words)"
                                 + (" + text files" if texts else ""),
                       "files": [{"path": str(p), "sha256": sha256_file(p)} for p in texts or []],
                       "n_texts": len(corpus),
-                      "sha256": hashlib.sha256("\n".join(corpus).encode()).hexdigest()},
+                      "sha256": hashlib.sha256(json.dumps(corpus).encode()).hexdigest()},
             "source": _source_record(source, folder, teacher),
             "output": _output_record(student, out_sha),
             "loss_curve": curve,
@@ -549,9 +570,8 @@ def _train_student(student, head, ids, teacher_unit, pad_id, steps, batch_size, 
     acc: list[tuple[float, float, float]] = []
     for step in range(1, steps + 1):
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)].tolist()
-        input_ids, mask = pad([ids[i] for i in idx], pad_id)
-        hidden = student(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        loss, parts = distill_loss(mean_pool(hidden, mask), teacher_unit[idx], head, sim_weight)
+        emb = embed(student, pad([ids[i] for i in idx], pad_id))  # (B, hidden)
+        loss, parts = distill_loss(emb, teacher_unit[idx], head, sim_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -33,10 +33,9 @@ def minilm_l3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def students(tmp_path_factory):
-    """Two tiny students with the same seed (a, b) and one with another seed (c)."""
+    """Two tiny students with the same seed."""
     root = tmp_path_factory.mktemp("d")
-    return [derive.distill(root / name, seed=seed, **TINY)
-            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    return [derive.distill(root / name, seed=0, **TINY) for name in ("a", "b")]
 
 
 def test_layer_drop_keeps_layers_0_3_5_of_minilm(minilm_l3):
@@ -103,10 +102,17 @@ def test_distill_tiny_student(students):
 
 
 def test_distill_same_seed_same_weights(students):
-    a, b, c = (json.loads((s / "derivation.json").read_text())["output"]["weights_sha256"]
-               for s in students)
+    a, b = (json.loads((s / "derivation.json").read_text())["output"]["weights_sha256"]
+            for s in students)
     assert a == b == derive.sha256_file(students[1] / "model.safetensors")
-    assert c != a
+    # the training moved the layers away from their seeded init
+    torch.manual_seed(0)
+    init = derive.make_student(load_backbone("encoder").model, 32, 1, 2, 64).state_dict()
+    trained = load_file(students[0] / "model.safetensors")
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(trained[key], init[key])
+    assert torch.equal(trained["embeddings.word_embeddings.weight"],
+                       init["embeddings.word_embeddings.weight"])  # frozen PCA projection
 
 
 def test_student_embeddings_are_pca_of_minilm():
