@@ -130,6 +130,9 @@ def staged_dir(out: Path, force: bool) -> Iterator[Path]:
     out = check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed model folder
     try:
         yield tmp
         old = None
@@ -477,14 +480,18 @@ def distill(
     Student: ``layers`` x (``hidden``, ``heads`` heads, FFN ``intermediate``), ``source``'s
     tokenizer; embeddings initialised by PCA of the teacher's (:func:`make_student`); the word
     embeddings stay frozen (tokens absent from the texts keep a consistent projection, and the
-    30522 x ``hidden`` matrix needs no optimiser update: faster). Texts: the built-in demo
-    tasks' train texts, pairs and label words (:func:`demo_texts`), plus the lines of the
-    ``texts`` files. Teacher embeddings are computed once. Each of ``steps`` AdamW steps (weight decay
-    0.01, ``lr`` with 10% linear warm-up then cosine decay to 0) takes a seeded random batch
-    of ``batch_size`` texts and minimises :func:`distill_loss` (the student's dropout off).
-    Same seed, thread count and versions -> the same weights (sha256 in derivation.json).
-    ``log`` receives progress lines (default: this module's logger).
+    30522 x ``hidden`` matrix needs no optimiser update: faster).
+
+    Texts: the built-in demo tasks' train texts, pairs and label words (:func:`demo_texts`),
+    plus the lines of the ``texts`` files. Teacher embeddings are computed once. Each of
+    ``steps`` AdamW steps (weight decay 0.01, ``lr`` with 10% linear warm-up then cosine decay
+    to 0) takes a seeded random batch of ``batch_size`` inputs and minimises
+    :func:`distill_loss` (the student's dropout off). Same seed, thread count and versions ->
+    the same weights (sha256 in derivation.json). ``log`` receives progress lines (default:
+    this module's logger).
     """
+    from prompt_core.data import builtin_task_names, load_builtin_task
+
     t0 = time.perf_counter()
     say = log or log_.info
     out = check_out_dir(out_dir, force)
@@ -498,16 +505,18 @@ def distill(
 
     corpus = sort_texts(set(demo_texts("train")) | set(extra))
     ids = tokenize(tok, corpus)
+    words = {w for name in builtin_task_names() for w in load_builtin_task(name).spec.label_words}
+    anchors = [i for i, t in enumerate(corpus) if t in words]  # in every batch
     pad_id = tok.pad_token_id
     teacher_unit = F.normalize(sentence_embeddings(teacher, ids, pad_id), dim=-1)  # (N, D)
-    say(f"distill: {len(corpus)} texts, teacher embeddings in "
+    say(f"distill: {len(ids)} texts, teacher embeddings in "
         f"{time.perf_counter() - t0:.0f}s; student {layers}x{hidden}, {steps} steps")
 
     torch.manual_seed(seed)
     student = make_student(teacher, hidden, layers, heads, intermediate)
     head = torch.nn.Linear(hidden, teacher.config.hidden_size)
-    curve = _train_student(student, head, ids, teacher_unit, pad_id, steps, batch_size, lr,
-                           seed, sim_weight, say)
+    curve = _train_student(student, head, ids, anchors, teacher_unit, pad_id, steps,
+                           batch_size, lr, seed, sim_weight, say)
     student.eval()
     with staged_dir(out, force) as tmp:
         out_sha = write_model_folder(student, folder, tmp)
@@ -518,7 +527,8 @@ def distill(
             "parameters": {"hidden": hidden, "layers": layers, "heads": heads,
                            "intermediate": intermediate, "steps": steps,
                            "batch_size": batch_size, "lr": lr, "seed": seed,
-                           "sim_weight": sim_weight, "weight_decay": 0.01,
+                           "sim_weight": sim_weight, "anchors": "label words in every batch",
+                           "weight_decay": 0.01,
                            "schedule": "10% linear warm-up, cosine decay",
                            "init": "word/position/type embeddings: teacher's projected on "
                                    "the top principal directions of its word embeddings",
@@ -538,7 +548,8 @@ def distill(
                 ("--hidden", hidden), ("--layers", layers), ("--heads", heads),
                 ("--intermediate", intermediate), ("--steps", steps),
                 ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
-                ("--sim-weight", sim_weight), ("--texts", [str(p) for p in texts or []]),
+                ("--sim-weight", sim_weight),
+                ("--texts", [str(p) for p in texts or []]),
                 ("--source", _opt_source(source))], out),
             "versions": _versions(),
             "seconds": round(time.perf_counter() - t0, 1),
@@ -549,9 +560,11 @@ def distill(
     return out
 
 
-def _train_student(student, head, ids, teacher_unit, pad_id, steps, batch_size, lr, seed,
-                   sim_weight, say) -> list[dict[str, float]]:
-    """The distillation loop; returns the loss curve: mean loss over each of LOG_POINTS
+def _train_student(student, head, ids, anchors, teacher_unit, pad_id, steps, batch_size, lr,
+                   seed, sim_weight, say) -> list[dict[str, float]]:
+    """The distillation loop (each batch: ``batch_size`` random texts + the ``anchors``, the
+    label words, so text-to-label-word cosines, which the encoder backbone scores with, are
+    fitted at every step); returns the loss curve: mean loss over each of LOG_POINTS
     stretches of steps (plus the first step), as ``{"step", "loss", "align", "geometry"}``."""
     for m in student.modules():  # dropout off: the target is deterministic geometry
         if isinstance(m, torch.nn.Dropout):
@@ -570,6 +583,7 @@ def _train_student(student, head, ids, teacher_unit, pad_id, steps, batch_size, 
     acc: list[tuple[float, float, float]] = []
     for step in range(1, steps + 1):
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)].tolist()
+        idx += [a for a in anchors if a not in idx]
         emb = embed(student, pad([ids[i] for i in idx], pad_id))  # (B, hidden)
         loss, parts = distill_loss(emb, teacher_unit[idx], head, sim_weight)
         opt.zero_grad(set_to_none=True)

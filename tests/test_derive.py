@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 
 import pytest
 import torch
@@ -155,6 +156,7 @@ def test_cli_refuses_non_empty_out_without_force_and_replaces_with_it(tmp_path):
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "derivation.json").read_text())["parameters"]["keep"] == [0, 4, 5]
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+    assert out.stat().st_mode & 0o055 == 0o055 & ~os.umask(os.umask(0))  # not mkdtemp's 0700
 
 
 @pytest.mark.parametrize("args, message", [
