@@ -126,8 +126,9 @@ def test_stages_write_their_tables_and_compute_only_new_units(
     assert con.execute("select count(*) from current_projectors").fetchone()[0] == 2
 
     # a new task (the rerun of everything else computes nothing): its prompts and matrix
-    # cells; the projectors (trained on pos_a, pair_c) stay; cross-model: a new held-out target (5 sources x 2 objectives) and the new source
-    # on the 2 old targets (x 2 objectives); TPT targets are explicit: nothing new
+    # cells; the projectors (trained on pos_a, pair_c) stay; cross-model: a new held-out
+    # target (5 sources x 2 objectives) and the new source on the 2 old targets (x 2
+    # objectives); TPT targets are explicit: nothing new
     for c in [*counted["projector"].values(), counted["tpt"]]:
         c.n = 0
     write_task(root, "pos_e", "sentiment")
