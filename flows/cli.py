@@ -330,6 +330,8 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     out.print(t)
     out.print(f"prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}; "
               f"cells evaluated {result.n_cells_evaluated}, reused {result.n_cells_cached}")
+    for stage, c in result.stage_counts.items():  # the later stages: computed now vs stored
+        out.print(f"{stage}: {c['computed']} computed, {c['stored']} stored before")
     out.print(f"tables: {result.storage}/tables/  (try: prompt-transfer query "
               f"\"select * from cross_task limit 5\" --storage {result.storage})",
               markup=False, highlight=False, soft_wrap=True)

@@ -412,7 +412,8 @@ def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpT
     if "tpt" in study.stages:
         progress.stage("tpt")
         base = stages.index_prompts([o.row for o in baselines]) if baselines else index
-        matrices = {m: run_cells(storage, study.name, m, keys) for m, keys in cells.items()}
+        matrices = ({m: run_cells(storage, study.name, m, keys) for m, keys in cells.items()}
+                    if study.tpt.top_k is not None else {})  # top-k sources rank by them
         jobs = stages.plan_tpt(study, infos, index, base, projector_rows, matrices)
         outs = stages.run_tpt(ctx, study, jobs, gather("tpt"))
         count("tpt", sum(o.computed for o in outs), sum(not o.computed for o in outs))

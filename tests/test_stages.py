@@ -119,7 +119,16 @@ def test_stages_write_their_tables_and_compute_only_new_units(
     assert set(tpt["tpt_prompt_key"]) <= set(curves["prompt_key"])
     assert (tpt["score_at_step"] == 2).all()  # eval_every
 
-    # the artifacts' tables are queryable through the current_* views
+    # the UI shows each stage: the pair's heatmap and the TPT curves inline, from this run
+    from tests.test_publish_stages import _artifacts
+
+    arts = _artifacts(r.run_id)
+    for key in ("cross-model-tiny-to-tiny48", "tpt-curves-tiny48"):
+        assert "data:image/png;base64," in arts[key].data
+    assert {"cross-model-summary", "tpt-tiny48"} <= set(arts)
+    assert "tpt" in arts["transfer-matrix-summary"].data.lower()
+
+    # the stages' tables are queryable through the current_* views
     con = duckdb_connect(st)
     assert con.execute("select count(*) from current_cross_model").fetchone()[0] == 32
     assert con.execute("select count(*) from current_tpt").fetchone()[0] == 4
