@@ -12,7 +12,10 @@ when the flow would skip it:
 - ``train <model>/<task> seed=<s>``: this study's ``prompts`` table holds the prompt key;
 - ``evaluate <model> -> <target>``: every planned cell of the target (each source prompt,
   random and none per seed) is in this study's ``cross_task`` table with both metrics;
-- ``cells``: the same cells counted one by one.
+- ``cells``: the same cells counted one by one;
+- ``project``, ``cross_model``, ``tpt`` (studies with those stages): planned from the stored
+  rows they build on (prompt rows, projector rows, the cross-task cells a top-k ranks), with
+  the flow's keys; a unit whose inputs are not stored yet counts as missing.
 
 The latest run of the study (by ``finished_at``) comes from the ``runs`` table, with the failed
 units it recorded in its ``failures`` column. Nothing is written and nothing is trained.
@@ -20,6 +23,7 @@ units it recorded in its ``failures`` column. Nothing is written and nothing is 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -31,7 +35,14 @@ import pyarrow as pa
 from prompt_core.config import StudyConfig
 from prompt_core.errors import InputError
 from tasks.storage import Storage, StorageError, open_storage
-from tasks.tables import PromptRow, get_table, list_parts, read_part, read_table
+from tasks.tables import (
+    ProjectorRow,
+    PromptRow,
+    get_table,
+    list_parts,
+    read_part,
+    read_table,
+)
 from tasks.units import (
     METRICS,
     NlpTaskInfo,
@@ -245,8 +256,176 @@ def study_status(study: StudyConfig, storage: Storage | str | None = None) -> St
                 evaluate.done += 1
             else:
                 evaluate.missing.append(f"evaluate {m.name} -> {names[label]}")
-        evaluate_stages.append(evaluate)
-        cells_stages.append(cell_stage)
+        if "cross_task" in study.stages:
+            evaluate_stages.append(evaluate)
+            cells_stages.append(cell_stage)
     stages += evaluate_stages + cells_stages  # flow order: prepare, train, evaluate, cells
+    stages += _later_stages(study, storage, [i for i in infos.values() if i is not None],
+                            init_sha, problems)
     run = latest_run(storage, study.name, problems)
     return StudyStatus(study.name, storage.root, stages, run, problems)
+
+
+# --- the later stages (cross_model, tpt) ----------------------------------------------------
+
+
+def _stored_rows(storage: Storage, table: str, where: Mapping[str, str], row_cls: type,
+                 problems: list[str]) -> list[Any]:
+    cols = [f.name for f in dataclasses.fields(row_cls) if f.name not in where]
+    rows = _read(storage, table, dict(where), cols, problems).to_pylist()
+    return [row_cls(**{**r, **where}) for r in rows]
+
+
+def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
+                  init_sha: str | None, problems: list[str]) -> list[StageStatus]:
+    """``project``, ``cross_model`` and ``tpt`` units: planned from the stored rows they build
+    on (prompts, projectors, the cross-task cells for top-k), with the flow's keys. A unit
+    whose inputs are not stored yet counts as missing."""
+    from flows import stages as plan
+    from tasks.stage_units import (
+        plan_cross_model_cells,
+        projector_key,
+        tpt_key,
+        tpt_prompt_key,
+    )
+
+    if not {"cross_model", "tpt"} & set(study.stages) or len(infos) < len(study.tasks):
+        return []
+    models = {m.name: m for m in study.models}
+    prompts: plan.PromptIndex = {}
+    for m in study.models:
+        rows = _stored_rows(storage, "prompts", {"study": study.name, "model": m.name},
+                            PromptRow, problems)
+        cfg_key = train_config_key(m, study.training, init_sha)
+        by_key = {r.prompt_key: r for r in rows}
+        for info in infos:
+            for seed in study.seeds:
+                r = by_key.get(prompt_key(cfg_key, info, seed))
+                if r is not None:
+                    prompts[(m.name, info.name, seed)] = r
+    out: list[StageStatus] = []
+    projectors: list[ProjectorRow] = []
+    if "cross_model" in study.stages:
+        cm = study.cross_model
+        train = [i for i in infos if i.name in cm.train_tasks]
+        held_out = [i for i in infos if i.name not in cm.train_tasks]
+        for src, tgt in study.model_pairs():
+            stage = StageStatus("project", tgt, 0, len(cm.objectives) * len(study.seeds))
+            stored = {r.projector_key: r for r in _stored_rows(
+                storage, "projectors", {"study": study.name, "target_model": tgt},
+                ProjectorRow, problems)}
+            for objective in cm.objectives:
+                for seed in study.seeds:
+                    label = f"project {src}->{tgt} [{objective}] seed={seed}"
+                    try:
+                        srcs = [prompts[(src, i.name, seed)] for i in train]
+                        tgts = [prompts[(tgt, i.name, seed)] for i in train]
+                    except KeyError:
+                        stage.missing.append(label)
+                        continue
+                    key = projector_key(models[src], models[tgt], objective, cm.projector,
+                                        srcs, tgts, train, seed)
+                    if key in stored:
+                        stage.done += 1
+                        projectors.append(stored[key])
+                    else:
+                        stage.missing.append(label)
+            out.append(stage)
+        for src, tgt in study.model_pairs():
+            stage = StageStatus("cross_model", tgt, 0, len(held_out))
+            pair = [p for p in projectors if p.source_model == src and p.target_model == tgt]
+            sources = [r for (m, _, _), r in prompts.items() if m == src]
+            for info in held_out:
+                label = f"cross-model {src}->{tgt} -> {info.name}"
+                own = {s: prompts.get((tgt, info.name, s)) for s in study.seeds}
+                complete_inputs = (None not in own.values()
+                                   and len(pair) == len(cm.objectives) * len(study.seeds)
+                                   and len(sources) == len(infos) * len(study.seeds))
+                if complete_inputs:
+                    cells = plan_cross_model_cells(models[tgt], info, own, sources, pair,
+                                                   cm.unprojected, study.evaluation)
+                    where = {"study": study.name, "target_model": tgt, "target_task": info.name}
+                    t = _read(storage, "cross_model", where, ["cell_key", "metric"], problems)
+                    got: dict[str, set[str]] = {}
+                    for k, metric in zip(t.column(0).to_pylist(), t.column(1).to_pylist(),
+                                         strict=True):
+                        got.setdefault(k, set()).add(metric)
+                    if all(set(METRICS) <= got.get(c.key, set()) for c in cells):
+                        stage.done += 1
+                        continue
+                stage.missing.append(label)
+            out.append(stage)
+    if "tpt" in study.stages:
+        out += _tpt_status(study, storage, infos, prompts, projectors, init_sha, problems,
+                           plan, tpt_prompt_key, tpt_key)
+    return out
+
+
+def _tpt_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo], prompts,
+                projectors: list[ProjectorRow], init_sha: str | None, problems: list[str],
+                plan, tpt_prompt_key, tpt_key) -> list[StageStatus]:
+    tpt = study.tpt
+    train = tpt.train_config(study.training)
+    k = tpt.score_at_step or train.eval_every
+    proj = {(p.source_model, p.target_model, p.objective, p.seed): p for p in projectors}
+    out = []
+    for m in plan.tpt_models(study):
+        targets = plan.tpt_targets(study, infos)
+        n_sources = (min(tpt.top_k, len(infos) - 1) if tpt.top_k is not None else None)
+        stage = StageStatus("tpt", m.name, 0, 0)
+        base_cfg = train_config_key(m, train, init_sha)
+        stored = set()
+        for t in targets:
+            rows = _read(storage, "tpt", {"study": study.name, "model": m.name,
+                                           "target_task": t.name}, ["tpt_key"], problems)
+            stored |= set(rows.column(0).to_pylist())
+        matrix = _matrix(study, storage, m, infos, init_sha, problems) if n_sources else None
+        for t in targets:
+            if tpt.top_k is not None:
+                chosen = [(m.name, s) for s in (plan.top_sources(matrix, t.name, tpt.top_k)
+                                                if matrix is not None and len(matrix) else [])]
+                chosen += [(None, None)] * (n_sources - len(chosen))  # not rankable yet
+            else:
+                chosen = [(s.model or m.name, s.task) for s in tpt.sources
+                          if not ((s.model or m.name) == m.name and s.task == t.name)]
+            for seed in study.seeds:
+                for smodel, stask in chosen:
+                    stage.total += 1
+                    label = f"tpt {m.name}/{t.name} <- " + (
+                        "(a top-k source)" if stask is None else
+                        stask if smodel == m.name else f"{smodel}/{stask}")
+                    source = prompts.get((smodel, stask, seed))
+                    projector = proj.get((smodel, m.name, tpt.projector_objective, seed))
+                    if source is None or (smodel != m.name and projector is None):
+                        stage.missing.append(label)
+                        continue
+                    base_key = prompt_key(base_cfg, t, seed)
+                    pkey = tpt_prompt_key(m, train, t, source, projector, seed)
+                    baseline = cast(PromptRow, _Planned(base_key, seed, t.name, t.type))
+                    if tpt_key(pkey, baseline, tpt, k) in stored:
+                        stage.done += 1
+                    else:
+                        stage.missing.append(label)
+        out.append(stage)
+    return out
+
+
+def _matrix(study: StudyConfig, storage: Storage, model, infos: list[NlpTaskInfo],
+            init_sha: str | None, problems: list[str]):
+    """This study's stored cross-task cells of ``model`` in its current configuration (the
+    cells the flow would rank top-k sources by), as a DataFrame."""
+    cfg_key = train_config_key(model, study.training, init_sha)
+    ev_key = eval_config_key(cfg_key, study.evaluation)
+    planned = {(i.name, s): _Planned(prompt_key(cfg_key, i, s), s, i.name, i.type)
+               for i in infos for s in study.seeds}
+    sources = cast(list[PromptRow], list(planned.values()))
+    keys = set()
+    for i in infos:
+        own = cast(dict[int, PromptRow], {s: planned[(i.name, s)] for s in study.seeds})
+        keys |= {c.key for c in plan_cells(ev_key, i, own, sources, list(study.seeds),
+                                            study.training, study.evaluation)}
+    cols = ["cell_key", "metric", "source_kind", "source_task", "target_task",
+            "relative_score"]
+    df = _read(storage, "cross_task", {"study": study.name, "model": model.name}, cols,
+               problems).to_pandas()
+    return df[df["cell_key"].isin(keys)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import tasks.stage_units as stage_units
+from flows.status import study_status
 from flows.transfer_matrix import run_study
 from prompt_core.config import parse_study
 from prompt_core.errors import InputError
@@ -143,7 +144,14 @@ def test_stages_write_their_tables_and_compute_only_new_units(
     write_task(root, "pos_e", "sentiment")
     d = _study(root, store, tiny, more_models, ["pos_a", "pos_b", "pair_c", "pos_d", "pos_e"],
                ["tiny", "tiny48"])
+    before = {(x.stage, x.model): (x.done, x.total) for x in study_status(parse_study(d)).stages
+              if x.stage in ("project", "cross_model", "tpt")}
+    # status plans the later stages from what is stored: the new task's prompts are missing,
+    # so every cross-model target (each has it as a source) is still to do
+    assert before == {("project", "tiny48"): (2, 2), ("cross_model", "tiny48"): (0, 3),
+                      ("tpt", "tiny48"): (4, 4)}
     r3 = run_study(parse_study(d))
+    assert study_status(parse_study(d)).complete
     assert r3.n_prompts_trained == 2
     assert r3.stage_counts["project"] == {"computed": 0, "stored": 2}
     assert r3.stage_counts["cross_model"] == {"computed": 10 + 4, "stored": 16}
