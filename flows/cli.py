@@ -327,7 +327,10 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     for model, s in result.summaries.items():
         t.add_row(model, f"{s['own_beats_none']}/{s['n_tasks']}", f"{s['same_type_rel']:.3f}",
                   f"{s['diff_type_rel']:.3f}", f"{s['random_rel']:.3f}", result.heatmaps[model])
-    out.print(t)
+    if result.summaries:  # the cross-task stage ran
+        out.print(t)
+    else:
+        out.print(f"study {result.study} ({result.seconds:.0f}s)")
     out.print(f"prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}; "
               f"cells evaluated {result.n_cells_evaluated}, reused {result.n_cells_cached}")
     for stage, c in result.stage_counts.items():  # the later stages: computed now vs stored
