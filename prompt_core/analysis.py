@@ -89,6 +89,23 @@ def transfer_summary(df: pd.DataFrame, metric: str = "accuracy") -> dict[str, fl
 _BOOT_CHUNK = 1 << 22  # resampled indices held at once (rows x examples): ~32 MB of int64
 
 
+def transfer_gain(score: float, none_score: float | None, own_score: float | None,
+                  min_margin: float = 0.0) -> float | None:
+    """Chance-corrected transfer: how much of the target's own-prompt gain over no prompt a
+    source prompt achieves, ``(score - none) / (own - none)``. 1 = as good as the target's own
+    prompt, 0 = no better than no prompt, negative = worse than no prompt.
+
+    Rule for targets whose own prompt does not beat no prompt (``own - none <= min_margin``):
+    None, because there is no gain to transfer and the ratio would only amplify noise (the
+    same when either score is missing)."""
+    if none_score is None or own_score is None:
+        return None
+    gain = own_score - none_score
+    if not gain > min_margin:
+        return None
+    return (score - none_score) / gain
+
+
 def _boot_stats(pred: np.ndarray, gold: np.ndarray, idx: np.ndarray, metric: str,
                 n_labels: int) -> np.ndarray:
     """``metric`` of each resample; ``idx`` (B, N) indices into the examples -> (B,)."""

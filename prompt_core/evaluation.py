@@ -99,9 +99,12 @@ class EncodedSplit:
             self.backbone.check_lengths(n_tokens, self.max_length)
 
     def evaluate(self, prompt: torch.Tensor | None, batch_size: int = 64,
-                 bf16: bool | None = None) -> dict[str, float]:
-        """Accuracy and macro-F1 of ``prompt`` (n, D) (None: no prompt) on this split."""
-        return scores(self.predict(prompt, batch_size, bf16), self.labels, self.n_labels)
+                 bf16: bool | None = None, return_predictions: bool = False):
+        """Accuracy and macro-F1 of ``prompt`` (n, D) (None: no prompt) on this split; with
+        ``return_predictions``, also the predicted label ids (N,) (for bootstrap intervals)."""
+        pred = self.predict(prompt, batch_size, bf16)
+        s = scores(pred, self.labels, self.n_labels)
+        return (s, pred) if return_predictions else s
 
 
 def evaluate_prompts(

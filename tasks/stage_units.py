@@ -61,6 +61,7 @@ from tasks.tables import (
 from tasks.units import (
     KEY_VERSION,
     METRICS,
+    N_BOOT,
     NlpTaskInfo,
     RunContext,
     _compute_threads,
@@ -73,8 +74,6 @@ from tasks.units import (
     train_config_key,
     unit_task,
 )
-
-N_BOOT = 1000  # bootstrap resamples of the test examples per score interval
 
 
 @dataclass

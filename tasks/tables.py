@@ -621,6 +621,12 @@ class CellRow:
     study: str
     run_id: str
     created_at: dt.datetime
+    # 95% percentile bootstrap over the target's test examples (None in rows written before)
+    score_low: float | None = None
+    score_high: float | None = None
+    # (score - no-prompt score) / (own score - no-prompt score), same seed and metric; None
+    # when the target's own prompt does not beat no prompt (prompt_core.analysis.transfer_gain)
+    transfer_gain: float | None = None
 
 
 @dataclass

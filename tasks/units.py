@@ -28,6 +28,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from prompt_core.analysis import bootstrap_interval, transfer_gain
 from prompt_core.backbones import Backbone, cached_backbone, resolve_device
 from prompt_core.config import (
     EvalConfig,
@@ -61,6 +62,7 @@ from tasks.tables import (
 ROW_FIELDS = {f.name for f in dataclasses.fields(PromptRow)}
 KEY_VERSION = 2  # bump when the meaning of a key changes (2: content keys, target partitions)
 METRICS = ("accuracy", "macro_f1")
+N_BOOT = 1000  # bootstrap resamples of the test examples per score interval
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:
@@ -542,6 +544,7 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
                        evaluation.max_examples, bf16=ctx.bf16)
     scores: dict[tuple[str, int], dict[str, float]] = {}  # source id -> metric -> score
+    preds: dict[tuple[str, int], Any] = {}  # source id -> predicted label ids (N,)
     for c in todo:
         if c.source_id in scores:
             continue
@@ -553,19 +556,29 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
             prompt = init_prompt("random", backbone, train.n_tokens, c.seed, std=train.init_std)
         else:
             prompt = None
-        scores[c.source_id] = enc.evaluate(prompt, evaluation.batch_size)
+        scores[c.source_id], preds[c.source_id] = enc.evaluate(
+            prompt, evaluation.batch_size, return_predictions=True)
 
-    # the own prompt's score per (seed, metric): scored now, or the stored row of its cell
+    def score_of(cell: Cell | None) -> dict[tuple[int, str], float]:
+        """(seed, metric) -> score of a reference cell (the own prompt, no prompt): scored
+        now, or its stored row."""
+        if cell is None:
+            return {}
+        if cell.source_id in scores:
+            return {(cell.seed, m): scores[cell.source_id][m] for m in METRICS}
+        rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
+        return {(cell.seed, r.metric): r.score for r in rows}
+
+    # per (seed, metric): the own prompt's score (relative_score) and no prompt's
+    # (transfer_gain)
     own_score: dict[tuple[int, str], float] = {}
+    none_score: dict[tuple[int, str], float] = {}
     for seed, rec in own.items():
-        if (rec.prompt_key, seed) in scores:
-            for m in METRICS:
-                own_score[(seed, m)] = scores[(rec.prompt_key, seed)][m]
-            continue
-        own_cell = next(c.key for c in cells if c.kind == "prompt" and c.source is not None
-                        and c.source.prompt_key == rec.prompt_key and c.seed == seed)
-        for r in stored_df[stored_df["cell_key"] == own_cell].itertuples():
-            own_score[(seed, r.metric)] = r.score
+        own_score.update(score_of(next(
+            c for c in cells if c.kind == "prompt" and c.source is not None
+            and c.source.prompt_key == rec.prompt_key and c.seed == seed)))
+        none_score.update(score_of(next(
+            (c for c in cells if c.kind == "none" and c.seed == seed), None)))
 
     now = now_utc()
     rows = []
@@ -574,6 +587,8 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
         for metric in METRICS:
             score = scores[c.source_id][metric]
             base = own_score.get((c.seed, metric))
+            low, high = bootstrap_interval(preds[c.source_id], enc.labels, enc.n_labels,
+                                           metric, N_BOOT, seed=c.seed)
             rows.append(CellRow(
                 cell_key=c.key, config_key=config_key, model=model.name,
                 source_task=src.task if src else None, source_kind=c.kind,
@@ -583,7 +598,9 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                 same_type=(src.task_type == target.type) if src else None, metric=metric,
                 score=score, relative_score=score / base if base else None,
                 n_examples=len(enc), seed=c.seed, eval_split=evaluation.split,
-                study=ctx.study, run_id=ctx.run_id, created_at=now,
+                study=ctx.study, run_id=ctx.run_id, created_at=now, score_low=low,
+                score_high=high, transfer_gain=transfer_gain(
+                    score, none_score.get((c.seed, metric)), base),
             ))
     uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c.key for c in todo)))
     get_run_logger().info("evaluate %s -> %s: %d cell(s) scored on %d examples, %d stored "

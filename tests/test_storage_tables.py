@@ -48,6 +48,9 @@ def cross_rows(study: str, model: str, n: int, run_id: str = "run-1",
                 "study": study,
                 "run_id": run_id,
                 "created_at": T0 + dt.timedelta(seconds=i),
+                "score_low": 0.4 + i / 100,
+                "score_high": 0.6 + i / 100,
+                "transfer_gain": 0.25 * i if kind == "prompt" else None,
             }
         )
     return rows

@@ -1,0 +1,58 @@
+"""``transfer_gain`` (chance-corrected transfer) and the bootstrap interval of every
+``cross_task`` score: known answers on hand-made numbers, and the flow's rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from flows.transfer_matrix import run_study
+from prompt_core.analysis import transfer_gain
+from prompt_core.config import parse_study
+from tasks.storage import open_storage
+from tasks.tables import read_table
+from tests.flow_helpers import study_dict
+
+
+@pytest.mark.parametrize("score, none, own, want", [
+    (0.9, 0.5, 0.9, 1.0),      # as good as the own prompt
+    (0.5, 0.5, 0.9, 0.0),      # no better than no prompt
+    (0.7, 0.5, 0.9, 0.5),      # half the own prompt's gain
+    (0.4, 0.5, 0.9, -0.25),    # worse than no prompt
+    (1.0, 0.5, 0.9, 1.25),     # better than the own prompt
+    (0.7, 0.6, 0.6, None),     # own prompt does not beat no prompt: no gain to transfer
+    (0.7, 0.8, 0.6, None),     # own prompt worse than no prompt
+    (0.7, None, 0.9, None),    # no no-prompt row
+    (0.7, 0.5, None, None),    # no own score
+])
+def test_transfer_gain_known_answers(score, none, own, want):
+    got = transfer_gain(score, none, own)
+    assert got is None if want is None else math.isclose(got, want)
+
+
+def test_transfer_gain_margin():
+    assert transfer_gain(0.7, 0.5, 0.52, min_margin=0.03) is None
+    assert math.isclose(transfer_gain(0.7, 0.5, 0.6, min_margin=0.03), 2.0)
+
+
+def test_cross_task_rows_carry_intervals_and_gain(prefect_harness, tiny_models, tasks_root,
+                                                  tmp_path):
+    d = study_dict(tasks_root, ["pos_a", "pair_c"], str(tmp_path / "store"),
+                   tiny_models["encoder"])
+    assert run_study(parse_study(d)).status == "completed"
+    df = read_table(open_storage(str(tmp_path / "store")), "cross_task").to_pandas()
+    assert ((df["score_low"] <= df["score"]) & (df["score"] <= df["score_high"])).all()
+    assert (df["score_high"] - df["score_low"] > 0).any()  # 16 test examples: wide
+    for (target, _metric), g in df.groupby(["target_task", "metric"]):
+        own = g[(g["source_kind"] == "prompt") & (g["source_task"] == target)]["score"].item()
+        none = g[g["source_kind"] == "none"]["score"].item()
+        for r in g.itertuples():
+            want = transfer_gain(r.score, none, own)
+            if want is None:
+                assert r.transfer_gain is None or math.isnan(r.transfer_gain)
+            else:
+                assert math.isclose(r.transfer_gain, want)
+        if own > none:  # the own cell has gain 1, the no-prompt cell 0
+            assert math.isclose(g[g["source_task"] == target]["transfer_gain"].item(), 1.0)
+            assert g[g["source_kind"] == "none"]["transfer_gain"].item() == 0.0
