@@ -62,6 +62,9 @@ def cross_rows(model: str, n: int) -> list[dict]:
             "study": "demo",
             "run_id": "run-1",
             "created_at": T0 + dt.timedelta(seconds=i),
+            "score_low": 0.4 + i / 100,
+            "score_high": 0.6 + i / 100,
+            "transfer_gain": 0.5 if i % 2 == 0 else None,
         }
         for i in range(n)
     ]
