@@ -32,8 +32,10 @@ from typing import Any, cast
 
 import pyarrow as pa
 
+from flows import stages as plan
 from prompt_core.config import StudyConfig
 from prompt_core.errors import InputError
+from tasks.stage_units import plan_cross_model_cells, projector_key, tpt_key, tpt_prompt_key
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
     ProjectorRow,
@@ -281,14 +283,6 @@ def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo]
     """``project``, ``cross_model`` and ``tpt`` units: planned from the stored rows they build
     on (prompts, projectors, the cross-task cells for top-k), with the flow's keys. A unit
     whose inputs are not stored yet counts as missing."""
-    from flows import stages as plan
-    from tasks.stage_units import (
-        plan_cross_model_cells,
-        projector_key,
-        tpt_key,
-        tpt_prompt_key,
-    )
-
     if not {"cross_model", "tpt"} & set(study.stages) or len(infos) < len(study.tasks):
         return []
     models = {m.name: m for m in study.models}
@@ -356,14 +350,13 @@ def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo]
                 stage.missing.append(label)
             out.append(stage)
     if "tpt" in study.stages:
-        out += _tpt_status(study, storage, infos, prompts, projectors, init_sha, problems,
-                           plan, tpt_prompt_key, tpt_key)
+        out += _tpt_status(study, storage, infos, prompts, projectors, init_sha, problems)
     return out
 
 
-def _tpt_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo], prompts,
-                projectors: list[ProjectorRow], init_sha: str | None, problems: list[str],
-                plan, tpt_prompt_key, tpt_key) -> list[StageStatus]:
+def _tpt_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
+                prompts: plan.PromptIndex, projectors: list[ProjectorRow],
+                init_sha: str | None, problems: list[str]) -> list[StageStatus]:
     tpt = study.tpt
     train = tpt.train_config(study.training)
     k = tpt.score_at_step or train.eval_every

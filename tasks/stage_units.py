@@ -18,6 +18,7 @@ second run waits and reads the result.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -113,6 +114,22 @@ def _stored_row(storage: Storage, table: str, values: dict[str, str], key: str, 
         return None
 
 
+def _once(ctx: RunContext, storage: Storage, table: str, where: dict[str, str], key: str,
+          label: str, find: Callable[[], Any], compute: Callable[[], Any]) -> KeyedOutcome:
+    """A single-row unit: its stored row (``find``), else ``compute`` it under a claim; a
+    second run of the same key waits for the holder and then reads its row."""
+    found = find()
+    if found is not None:
+        return KeyedOutcome(found, computed=False)
+    with unit_claim(storage, f"{table}-{key}", default_owner(ctx.run_id),
+                    is_done=lambda: storage.exists(part_path(table, where, key)),
+                    on_wait=_log_wait(label)):
+        found = find()  # stored by the run we waited for
+        if found is not None:
+            return KeyedOutcome(found, computed=False)
+        return KeyedOutcome(compute(), computed=True)
+
+
 def _load_prompt(storage: Storage, row: PromptRow, hidden: int | None = None) -> Any:
     """A stored prompt (n, D) by its ``prompts`` row."""
     skey = prompt_storage_key(row.model, row.task, row.prompt_key)
@@ -155,18 +172,11 @@ def train_projector_unit(ctx: RunContext, source: ModelConfig, target: ModelConf
     storage = ctx.storage()
     key = projector_key(source, target, objective, cfg, sources, targets, infos, seed)
     where = {"study": ctx.study, "target_model": target.name}
-    found = _stored_projector(storage, where, key, source.name, target.name)
-    if found is not None:
-        return KeyedOutcome(found, computed=False)
     label = f"project {source.name}->{target.name} [{objective}] seed={seed}"
-    with unit_claim(storage, f"projector-{key}", default_owner(ctx.run_id),
-                    is_done=lambda: storage.exists(part_path("projectors", where, key)),
-                    on_wait=_log_wait(label)):
-        found = _stored_projector(storage, where, key, source.name, target.name)
-        if found is not None:
-            return KeyedOutcome(found, computed=False)
-        return KeyedOutcome(_train_projector(ctx, storage, source, target, objective, cfg,
-                                             sources, targets, infos, seed, key, label), True)
+    return _once(ctx, storage, "projectors", where, key, label,
+                 lambda: _stored_projector(storage, where, key, source.name, target.name),
+                 lambda: _train_projector(ctx, storage, source, target, objective, cfg,
+                                          sources, targets, infos, seed, key, label))
 
 
 def _stored_projector(storage: Storage, where: dict[str, str], key: str, source: str,
@@ -426,18 +436,11 @@ def tpt_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, source: P
     pkey = tpt_prompt_key(model, train, target, source, projector, seed)
     key = tpt_key(pkey, baseline, tpt, k)
     where = {"study": ctx.study, "model": model.name, "target_task": target.name}
-    found = _stored_row(storage, "tpt", where, key, TptRow, "tpt_key")
-    if found is not None:
-        return KeyedOutcome(found, computed=False)
     label = f"tpt {model.name}/{target.name} <- {source_label}"
-    with unit_claim(storage, f"tpt-{key}", default_owner(ctx.run_id),
-                    is_done=lambda: storage.exists(part_path("tpt", where, key)),
-                    on_wait=_log_wait(label)):
-        found = _stored_row(storage, "tpt", where, key, TptRow, "tpt_key")
-        if found is not None:
-            return KeyedOutcome(found, computed=False)
-        return KeyedOutcome(_train_tpt(ctx, storage, model, target, source, projector,
-                                       baseline, train, tpt, seed, pkey, key, k, label), True)
+    return _once(ctx, storage, "tpt", where, key, label,
+                 lambda: _stored_row(storage, "tpt", where, key, TptRow, "tpt_key"),
+                 lambda: _train_tpt(ctx, storage, model, target, source, projector, baseline,
+                                    train, tpt, seed, pkey, key, k, label))
 
 
 def _train_tpt(ctx: RunContext, storage: Storage, model: ModelConfig, target: NlpTaskInfo,
