@@ -41,7 +41,13 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from prompt_core.analysis import matrix, transfer_summary
+from prompt_core.analysis import (
+    MissingPredictionsError,
+    matrix,
+    over_seeds,
+    same_minus_diff_interval,
+    transfer_summary,
+)
 from prompt_core.config import StudyConfig
 from tasks.storage import Storage
 from tasks.tables import read_table
@@ -179,6 +185,57 @@ def run_cells(storage: Storage, study: str, model: str, cell_keys: list[str]) ->
     return df
 
 
+def run_predictions(storage: Storage, study: str, model: str, cell_keys: list[str]
+                    ) -> pd.DataFrame:
+    """The ``cross_task_predictions`` rows of ``cell_keys`` (the newest if a cell's were ever
+    written twice); cells without one are simply absent."""
+    cols = ["cell_key", "predicted", "gold", "n_labels", "created_at"]
+    df = read_table(storage, "cross_task_predictions", filters={"study": study, "model": model},
+                    columns=cols).to_pandas()
+    df = df[df["cell_key"].isin(set(cell_keys))]
+    return (df.sort_values("created_at", kind="stable")
+            .drop_duplicates("cell_key", keep="last").reset_index(drop=True))
+
+
+def _interval_text(iv: dict) -> str:
+    if not iv["n_valid"] or iv["point"] != iv["point"]:
+        return f"{_f(iv['point'])} (no interval: no same-type or no different-type pair)"
+    return (f"{iv['point']:.3f} (95% bootstrap interval [{iv['low']:.3f}, {iv['high']:.3f}], "
+            f"{iv['n_boot']} resamples of target tasks and their test examples)")
+
+
+def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[str]:
+    """Summary lines on same-type vs different-type transfer of one model's cells: the
+    difference of mean relative scores with its hierarchical bootstrap interval
+    (:func:`~prompt_core.analysis.same_minus_diff_interval`; none when the cells'
+    predictions are not stored), mean transfer gain same vs different type (and their
+    difference's interval), and, with more than one seed, mean and spread over seeds."""
+    s = transfer_summary(df)
+    rel = gain = None
+    if predictions is not None:
+        try:
+            rel = same_minus_diff_interval(df, predictions)
+            gain = same_minus_diff_interval(df, predictions, value="transfer_gain")
+        except MissingPredictionsError:
+            rel = gain = None
+    lines = ["- same-type minus different-type mean relative score: "
+             + (_interval_text(rel) if rel is not None else
+                f"{_f(s['same_minus_diff'])} (no interval: per-example predictions not "
+                f"stored)"),
+             f"- mean transfer gain: same-type pairs {_f(s['same_type_gain'])}, "
+             f"different-type {_f(s['diff_type_gain'])}"
+             + (f"; difference {_interval_text(gain)}" if gain is not None
+                and gain["n_valid"] else "")]
+    if s["n_seeds"] > 1:
+        o = over_seeds(df)
+        figs = [("same-type rel", "same_type_rel"), ("different-type rel", "diff_type_rel"),
+                ("difference", "same_minus_diff"), ("own beats none", "own_beats_none")]
+        lines.append(f"- over {s['n_seeds']} seeds (mean ± std [min, max]): " + "; ".join(
+            f"{label} {_f(o.loc[k, 'mean'])} ± {_f(o.loc[k, 'std'])} "
+            f"[{_f(o.loc[k, 'min'])}, {_f(o.loc[k, 'max'])}]" for label, k in figs))
+    return lines
+
+
 def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: StudyResult,
                 cells_by_model: dict[str, list[str]], stages: dict | None = None) -> None:
     """Publish the run's artifacts (see the module docstring), computed from exactly the
@@ -242,6 +299,7 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
                   f"- mean relative score: same-type pairs {summary['same_type_rel']:.3f}, "
                   f"different-type {summary['diff_type_rel']:.3f}, random prompt "
                   f"{summary['random_rel']:.3f}, no prompt {summary['none_rel']:.3f}",
+                  *transfer_lines(df, run_predictions(storage, study.name, m.name, cells)),
                   f"- heatmap: artifact `heatmap-{key}`; PNG in storage `{uri}`",
                   f"- tables: artifacts `cross-task-{key}` (accuracy), "
                   f"`relative-score-{key}`", "",

@@ -8,7 +8,7 @@ A minimal study file::
       - kind: encoder                # the offline MiniLM
     tasks:
       - path: ../../shared/data/sst2 # task folder; relative paths resolve from the study file
-      - builtin: movie_sentiment     # a demo task shipped with the package
+      - builtin: tweet_sentiment     # a demo task shipped with the package
 
 Everything else has defaults (see the ``description`` of each field). A study file is plain
 YAML of at most 1 MiB (anchors and aliases are refused), types are strict (``steps: true`` is
@@ -118,6 +118,8 @@ def _option_problem(kind: str, name: str, value: Any, known: dict[str, Any]) -> 
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
     return getattr(tp, "__name__", None) or str(tp)
 
 
@@ -127,6 +129,11 @@ class TrainConfig(_Strict):
     n_tokens: int = Field(20, ge=1, le=512, description="soft prompt length")
     steps: int = Field(150, ge=1, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="training batch size")
+    batching: Literal["bucketed", "random"] = Field(
+        "bucketed", description="how training batches are drawn: bucketed (each epoch in random "
+        "order, members of a batch of similar length so less padding; faster) or random (a "
+        "random batch padded to its longest member)"
+    )
     lr: float | None = Field(
         None, gt=0, description="learning rate; None = the backbone kind's default"
     )

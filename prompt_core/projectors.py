@@ -25,12 +25,13 @@ LayerNorm the output starts at std 1.
   without LayerNorm the last weight is zeroed and its bias set to the mean target, so the
   step-0 loss is exactly the "predict the mean target prompt" baseline that training has to
   beat; with LayerNorm its gain/bias are set to the targets' per-dim std/mean. Measured
-  (MiniLM -> MiniLM, 5 demo prompts in, one held out, 200 steps, seed 0): step-0 loss
-  0.027-0.031 anchored vs 0.042-0.047 default; held-out MSE 0.044/0.025/0.037 anchored vs
-  0.046/0.025/0.033 default (mean-prompt baseline 0.049/0.028/0.044): the same end point,
-  a start at the baseline.
+  (MiniLM -> MiniLM, 5 prompts of the earlier synthetic demo tasks in, one held out, 200
+  steps, seed 0): step-0 loss 0.027-0.031 anchored vs 0.042-0.047 default; held-out MSE
+  0.044/0.025/0.037 anchored vs 0.046/0.025/0.033 default (mean-prompt baseline
+  0.049/0.028/0.044): the same end point, a start at the baseline.
 * ``task`` keeps the default init. Measured on the offline MiniLM as target (sources: the
-  movie_sentiment / news_topic MiniLM prompts; full-train cross-entropy at step 0, 3 seeds):
+  MiniLM prompts of two earlier, synthetic demo tasks, a sentiment and a topic task, since
+  replaced by real-data samples; full-train cross-entropy at step 0, 3 seeds):
   default 0.753, a zero-output start (zero last layer) 0.836, LayerNorm gain 1 0.772,
   LayerNorm gain = embedding std 0.748; no prompt 0.641, the target's own prompts 0.261.
   20 zero prompt tokens still dilute MiniLM's mean pooling, so zeroing the output is *not* a

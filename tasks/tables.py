@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import duckdb
 import pyarrow as pa
@@ -37,11 +37,25 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES: dict[Any, pa.DataType] = {
     str: STRING, int: INT64, float: FLOAT64, bool: BOOL, dt.datetime: TIMESTAMP,
 }
+INT16_LIST = pa.list_(pa.int16())
+# a row field annotated ``Int16List`` is a list<int16> column (label ids of every example);
+# ``Annotated[<python type>, <pa.DataType>]`` names any other Arrow type the same way
+Int16List = Annotated[list[int], INT16_LIST]
 
 
 def now_utc() -> dt.datetime:
     """Current time as an aware UTC datetime (for ``*_at`` columns)."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _arrow_type(t: Any) -> pa.DataType:
+    """The Arrow type of a row field's annotation (see :meth:`TableSpec.from_row`)."""
+    if typing.get_origin(t) is Annotated:
+        arrow = [a for a in t.__metadata__ if isinstance(a, pa.DataType)]
+        if len(arrow) != 1:
+            raise TypeError(f"{t}: Annotated needs exactly one pyarrow DataType")
+        return arrow[0]
+    return _ARROW_TYPES[t]
 
 
 @dataclass(frozen=True)
@@ -75,15 +89,16 @@ class TableSpec:
     def from_row(cls, name: str, row: type, partition_by: tuple[str, ...],
                  key_column: str | None, description: str) -> TableSpec:
         """A spec whose schema is ``row``'s dataclass fields in order: ``str``, ``int``,
-        ``float``, ``bool``, ``datetime``; ``X | None`` makes the column nullable."""
-        hints = typing.get_type_hints(row)
+        ``float``, ``bool``, ``datetime``, or ``Annotated[<type>, <pa.DataType>]`` for another
+        Arrow type (``Int16List``: list<int16>); ``X | None`` makes the column nullable."""
+        hints = typing.get_type_hints(row, include_extras=True)
         fields = []
         for f in dataclasses.fields(row):
             t, nullable = hints[f.name], False
             if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
                 args = [a for a in typing.get_args(t) if a is not type(None)]
                 t, nullable = args[0], len(args) < len(typing.get_args(t))
-            fields.append(pa.field(f.name, _ARROW_TYPES[t], nullable=nullable))
+            fields.append(pa.field(f.name, _arrow_type(t), nullable=nullable))
         return cls(name, pa.schema(fields), partition_by, key_column, description)
 
     @property
@@ -180,6 +195,9 @@ def castable(src: pa.DataType, dst: pa.DataType) -> bool:
             return True
     if pa.types.is_dictionary(src):
         return castable(src.value_type, dst)
+    lists = (pa.types.is_list, pa.types.is_large_list)
+    if any(f(dst) for f in lists) and any(f(src) for f in lists):
+        return castable(src.value_type, dst.value_type)
     return False
 
 
@@ -253,8 +271,9 @@ def to_arrow(spec: TableSpec | str, rows: Iterable[Any] | pa.Table) -> pa.Table:
     """Rows (dataclass instances, mappings or an Arrow table) as a table with the spec's schema.
 
     Dataclass rows are typed by construction and go through ``pa.Table.from_pylist`` in one
-    call; mappings and Arrow tables are checked column by column (ValueError naming the
-    column). Either way required columns may not be null.
+    call (a value that does not fit, e.g. a label id past int16, is then re-checked column by
+    column for the error); mappings and Arrow tables are checked column by column (ValueError
+    naming the column). Either way required columns may not be null.
     """
     spec = get_table(spec)
     if isinstance(rows, pa.Table):
@@ -265,7 +284,10 @@ def to_arrow(spec: TableSpec | str, rows: Iterable[Any] | pa.Table) -> pa.Table:
         names = set(spec.schema.names)
         if any(d.keys() != names for d in dicts):
             return conform(spec, dicts)
-        table = pa.Table.from_pylist(dicts, schema=spec.schema)
+        try:
+            table = pa.Table.from_pylist(dicts, schema=spec.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            return conform(spec, dicts)  # the same failure, with the column's name
         for field in spec.schema:
             if not field.nullable and table.column(field.name).null_count:
                 raise ValueError(f"table {spec.name!r}: column {field.name!r} is required but "
@@ -467,6 +489,13 @@ VIEWS: dict[str, str] = {
         join latest_runs r on r.run_id = k.run_id and r.study = k.study
         qualify row_number() over (partition by c.study, c.model, c.cell_key, c.metric
                                    order by c.created_at desc) = 1""",
+    "current_cross_task_predictions": """
+        select p.* from cross_task_predictions p
+        join run_keys k on k.table_name = 'cross_task' and k.key = p.cell_key
+            and k.study = p.study and k.model = p.model
+        join latest_runs r on r.run_id = k.run_id and r.study = k.study
+        qualify row_number() over (partition by p.study, p.model, p.cell_key
+                                   order by p.created_at desc) = 1""",
     "current_prompts": """
         select p.* from prompts p
         join run_keys k on k.table_name = 'prompts' and k.key = p.prompt_key
@@ -489,6 +518,7 @@ for _view, _table, _model, _key, _part in (
         qualify row_number() over (partition by t.study, t.{_model}, {_part}
                                    order by t.created_at desc) = 1"""
 VIEW_TABLES = {"latest_runs": {"runs"}, "current_cross_task": {"cross_task"},
+               "current_cross_task_predictions": {"cross_task_predictions"},
                "current_prompts": {"prompts"}, "current_projectors": {"projectors"},
                "current_cross_model": {"cross_model"}, "current_tpt": {"tpt"}}
 
@@ -627,6 +657,32 @@ class CellRow:
     # (score - no-prompt score) / (own score - no-prompt score), same seed and metric; None
     # when the target's own prompt does not beat no prompt (prompt_core.analysis.transfer_gain)
     transfer_gain: float | None = None
+
+
+@dataclass
+class PredictionRow:
+    """The per-example predictions behind one ``cross_task`` cell (same ``cell_key``; one row
+    for both metrics): ``predicted`` and ``gold`` label ids of every evaluated example, in the
+    split's fixed order, so intervals that resample examples (paired across the sources
+    scored on a target) can be computed from the tables alone."""
+
+    cell_key: str
+    config_key: str
+    model: str
+    source_kind: str  # prompt | random | none
+    source_task: str | None
+    source_prompt_key: str | None
+    target_task: str
+    target_prompt_key: str
+    seed: int
+    eval_split: str
+    n_examples: int
+    n_labels: int
+    predicted: Int16List
+    gold: Int16List
+    study: str
+    run_id: str
+    created_at: dt.datetime
 
 
 @dataclass
@@ -771,6 +827,13 @@ CROSS_TASK = register_table(TableSpec.from_row(
                 "accuracy|macro_f1. View current_cross_task: the cells of each study's "
                 "latest completed run."))
 
+CROSS_TASK_PREDICTIONS = register_table(TableSpec.from_row(
+    "cross_task_predictions", PredictionRow, partition_by=("study", "model", "target_task"),
+    key_column="cell_key",
+    description="Per-example predicted and gold label ids (list<int16>, split order) of each "
+                "cross_task cell, one row per cell_key. View current_cross_task_predictions: "
+                "those of each study's latest completed run."))
+
 PROJECTORS = register_table(TableSpec.from_row(
     "projectors", ProjectorRow, partition_by=("study", "target_model"),
     key_column="projector_key",
@@ -797,9 +860,18 @@ RUN_KEYS = register_table(TableSpec.from_row(
 # -- Athena / Trino DDL ---------------------------------------------------------------------
 
 _ATHENA_TYPES = {STRING: "string", INT64: "bigint", FLOAT64: "double", BOOL: "boolean",
-                 TIMESTAMP: "timestamp"}
+                 TIMESTAMP: "timestamp", pa.int16(): "smallint"}
 _TRINO_TYPES = {STRING: "varchar", INT64: "bigint", FLOAT64: "double", BOOL: "boolean",
-                TIMESTAMP: "timestamp"}  # the connector's precision (milliseconds by default)
+                TIMESTAMP: "timestamp",  # the connector's precision (milliseconds by default)
+                pa.int16(): "smallint"}
+
+
+def _sql_type(t: pa.DataType, dialect: str) -> str:
+    """A column type in Athena (``array<smallint>``) or Trino (``array(smallint)``) DDL."""
+    if pa.types.is_list(t):
+        inner = _sql_type(t.value_type, dialect)
+        return f"array<{inner}>" if dialect == "athena" else f"array({inner})"
+    return (_ATHENA_TYPES if dialect == "athena" else _TRINO_TYPES)[t]
 
 
 def _table_location(spec: TableSpec, location: str) -> str:
@@ -817,7 +889,7 @@ def athena_ddl(table: str | TableSpec, location: str) -> str:
     ``<location>/tables/<table>/``. Load the partitions with ``MSCK REPAIR TABLE <table>``
     (again after runs add partitions)."""
     spec = get_table(table)
-    cols = ",\n".join(f"  `{c}` {_ATHENA_TYPES[spec.schema.field(c).type]}"
+    cols = ",\n".join(f"  `{c}` {_sql_type(spec.schema.field(c).type, 'athena')}"
                       for c in spec.file_columns)
     parts = ", ".join(f"`{c}` string" for c in spec.partition_by)
     return (f"CREATE EXTERNAL TABLE IF NOT EXISTS `{spec.name}` (\n{cols}\n)\n"
@@ -834,7 +906,8 @@ def trino_ddl(table: str | TableSpec, location: str, schema: str = "hive.prompt_
     (the schema name without the catalog)."""
     spec = get_table(table)
     cols = [c for c in spec.schema.names if c not in spec.partition_by] + list(spec.partition_by)
-    body = ",\n".join(f'  "{c}" {_TRINO_TYPES[spec.schema.field(c).type]}' for c in cols)
+    body = ",\n".join(f'  "{c}" {_sql_type(spec.schema.field(c).type, "trino")}'
+                     for c in cols)
     parts = ", ".join(f"'{c}'" for c in spec.partition_by)
     return (f"CREATE TABLE IF NOT EXISTS {schema}.{spec.name} (\n{body}\n)\n"
             f"WITH (\n  external_location = '{_table_location(spec, location)}',\n"

@@ -51,6 +51,7 @@ from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
     CellRow,
     CurveRow,
+    PredictionRow,
     PromptRow,
     now_utc,
     part_path,
@@ -507,14 +508,20 @@ def evaluate_target_unit(
     quarantined: list[str] = []
 
     def stored_cells():
+        """(the partition's cross_task rows, the cells not done, the keys with rows of every
+        metric, the keys with a predictions row): a cell is done when it has both."""
         stored, damaged = read_parts(storage, "cross_task", where)
+        quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
+        preds, damaged = read_parts(storage, "cross_task_predictions", where)
         quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
         df = stored.to_pandas()
         complete = df.groupby("cell_key")["metric"].nunique()
-        done = set(complete[complete == len(METRICS)].index)
-        return df, [c for c in cells if c.key not in done]
+        rows_done = set(complete[complete == len(METRICS)].index)
+        preds_done = set(preds.column("cell_key").to_pylist())
+        todo = [c for c in cells if c.key not in rows_done or c.key not in preds_done]
+        return df, todo, rows_done, preds_done
 
-    stored_df, todo = stored_cells()
+    stored_df, todo, _, _ = stored_cells()
     if not todo:
         return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None, quarantined)
     # claimed while computed (per study: each study writes its own partition); a second run
@@ -523,19 +530,24 @@ def evaluate_target_unit(
     with unit_claim(storage, f"cells-{stable_hash([ctx.study, sorted(all_keys)])}",
                     default_owner(ctx.run_id), is_done=lambda: not stored_cells()[1],
                     poll_s=2.0, on_wait=_log_wait(label)):
-        stored_df, todo = stored_cells()
+        stored_df, todo, rows_done, preds_done = stored_cells()
         if not todo:
             return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None,
                                quarantined)
         return _score_and_store(ctx, storage, model, target, own, train, evaluation,
-                                config_key, cells, stored_df, todo, quarantined)
+                                config_key, cells, stored_df, todo, quarantined,
+                                rows_done, preds_done)
 
 
 def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                      target: NlpTaskInfo, own: dict[int, PromptRow], train: TrainConfig,
                      evaluation: EvalConfig, config_key: str, cells: list[Cell], stored_df,
-                     todo: list[Cell], quarantined: list[str]) -> EvalOutcome:
-    """Score the missing cells of one target and write them as one part."""
+                     todo: list[Cell], quarantined: list[str], rows_done: set[str],
+                     preds_done: set[str]) -> EvalOutcome:
+    """Score the missing cells of one target and write them: the predictions of those without
+    a ``cross_task_predictions`` row as one part there, then the rows of those without
+    ``cross_task`` rows as one part there (last: rows present mean the predictions are too;
+    a cell stored before predictions were kept is rescored for its predictions only)."""
     all_keys = [c.key for c in cells]
     _compute_threads(ctx)
     backbone = get_backbone(model, resolve_device(ctx.device))
@@ -583,6 +595,8 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
     now = now_utc()
     rows = []
     for c in todo:
+        if c.key in rows_done:  # stored before; only its predictions were missing
+            continue
         src = c.source
         for metric in METRICS:
             score = scores[c.source_id][metric]
@@ -602,7 +616,23 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                 score_high=high, transfer_gain=transfer_gain(
                     score, none_score.get((c.seed, metric)), base),
             ))
-    uri = write_part(storage, "cross_task", rows, stable_hash(sorted(c.key for c in todo)))
+    need_preds = [c for c in todo if c.key not in preds_done]
+    if need_preds:
+        gold = enc.labels.tolist()
+        write_part(storage, "cross_task_predictions", [PredictionRow(
+            cell_key=c.key, config_key=config_key, model=model.name, source_kind=c.kind,
+            source_task=c.source.task if c.source else None,
+            source_prompt_key=c.source.prompt_key if c.source else None,
+            target_task=target.name, target_prompt_key=own[c.seed].prompt_key, seed=c.seed,
+            eval_split=evaluation.split, n_examples=len(enc), n_labels=enc.n_labels,
+            predicted=[int(p) for p in preds[c.source_id]], gold=gold, study=ctx.study,
+            run_id=ctx.run_id, created_at=now) for c in need_preds],
+            stable_hash(sorted(c.key for c in need_preds)))
+    need_rows = [c for c in todo if c.key not in rows_done]
+    uri = None
+    if rows:
+        uri = write_part(storage, "cross_task", rows,
+                         stable_hash(sorted(c.key for c in need_rows)))
     get_run_logger().info("evaluate %s -> %s: %d cell(s) scored on %d examples, %d stored "
                           "before", model.name, target.name, len(todo), len(enc),
                           len(cells) - len(todo))

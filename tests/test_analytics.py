@@ -28,6 +28,7 @@ from tasks.tables import (
     CellRow,
     CrossModelRow,
     CurveRow,
+    PredictionRow,
     ProjectorRow,
     PromptRow,
     RunKeyRow,
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_ROOT = "results"  # the README's placeholders
 S3_ROOT = "s3://my-bucket/prompt-transfer"
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-TASKS = {"movie_sentiment": "sentiment", "fact_nli": "nli", "news_topic": "topic"}
+TASKS = {"tweet_sentiment": "sentiment", "snli": "nli", "ethics_justice": "ethics"}
 MODELS = ("minilm", "bert")
 
 
@@ -85,8 +86,9 @@ def prompt_key(study: str, model: str, task: str) -> str:
 
 def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
     """A finished run of ``study`` (2 models x 3 tasks x 1 seed: prompts, curves, every cell
-    with both metrics, run_keys, a completed runs row); returns the expected answer of the
-    README's question: mean accuracy of the trained prompts per target task."""
+    with both metrics and its predictions, run_keys, a completed runs row); returns the
+    expected answer of the README's question: mean accuracy of the trained prompts per target
+    task."""
     run_id = f"run-{study}"
     expected: dict[str, list[float]] = {}
     for mi, model in enumerate(MODELS):
@@ -107,7 +109,7 @@ def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
                 run_id=run_id, created_at=T0) for s in (0, 2, 4)], pk)
             keys.append(RunKeyRow(run_id, study, model, "prompts", pk, T0))
         for ti, (target, ttype) in enumerate(TASKS.items()):
-            cells = []
+            cells, preds = [], []
             sources = [(s, "prompt") for s in TASKS] + [(None, "random"), (None, "none")]
             for si, (source, kind) in enumerate(sources):
                 ck = f"ck-{study}-{model}-{target}-{kind}-{source}"
@@ -126,7 +128,16 @@ def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
                         same_type=(TASKS[source] == ttype) if source else None, metric=metric,
                         score=score, relative_score=1.0, n_examples=16, seed=0,
                         eval_split="test", study=study, run_id=run_id, created_at=T0))
+                preds.append(PredictionRow(
+                    cell_key=ck, config_key="cfg-eval", model=model, source_kind=kind,
+                    source_task=source,
+                    source_prompt_key=prompt_key(study, model, source) if source else None,
+                    target_task=target, target_prompt_key=prompt_key(study, model, target),
+                    seed=0, eval_split="test", n_examples=4, n_labels=2,
+                    predicted=[0, 1, 1, si % 2], gold=[0, 1, 0, 1], study=study, run_id=run_id,
+                    created_at=T0))
             write_part(st, "cross_task", cells, f"cells-{ti}")
+            write_part(st, "cross_task_predictions", preds, f"cells-{ti}")
         write_part(st, "run_keys", keys, run_id)
     write_part(st, "runs", [RunRow(
         run_id=run_id, study=study, flow_run_id=None, status="completed", started_at=T0,
@@ -135,8 +146,8 @@ def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
         prefect_version="3", package_version="0", failures="[]")], run_id)
     # one row in each later stage's table (every table has parts under its DDL location)
     later = {"projectors": (ProjectorRow, {"target_model": MODELS[1]}),
-             "cross_model": (CrossModelRow, {"target_model": MODELS[1], "target_task": "fact_nli"}),
-             "tpt": (TptRow, {"model": MODELS[0], "target_task": "fact_nli"})}
+             "cross_model": (CrossModelRow, {"target_model": MODELS[1], "target_task": "snli"}),
+             "tpt": (TptRow, {"model": MODELS[0], "target_task": "snli"})}
     for table, (row_cls, parts) in later.items():
         write_part(st, table, [filled_row(row_cls, study=study, run_id=run_id, **parts)],
                    f"{table}-{study}")
@@ -274,7 +285,9 @@ def test_shell_snippets(root):
 # -- DDL --------------------------------------------------------------------------------------
 
 ATHENA = {"string": "string", "int64": "bigint", "double": "double", "bool": "boolean",
-          "timestamp[us, tz=UTC]": "timestamp"}
+          "timestamp[us, tz=UTC]": "timestamp", "list<item: int16>": "array<smallint>"}
+TRINO = {"string": "varchar", "int64": "bigint", "double": "double", "bool": "boolean",
+         "timestamp[us, tz=UTC]": "timestamp", "list<item: int16>": "array(smallint)"}
 
 
 def test_readme_ddl_is_athena_ddl_of_every_table():
@@ -294,15 +307,17 @@ def test_athena_ddl_matches_schema(name):
                      re.S)
     assert m, text
     assert m[1] == name
-    cols = [re.fullmatch(r"  `(\w+)` (\w+)", ln).groups() for ln in m[2].split(",\n")]
+    cols = [re.fullmatch(r"  `(\w+)` ([\w<>]+)", ln).groups() for ln in m[2].split(",\n")]
     assert cols == [(f.name, ATHENA[str(f.type)]) for f in spec.schema
                     if f.name not in spec.partition_by]
     assert m[3] == ", ".join(f"`{c}` string" for c in spec.partition_by)
     assert m[4] == f"{S3_ROOT}/tables/{name}/"
     t = trino_ddl(name, S3_ROOT)
     body = t[t.index("(\n") + 2:t.index("\n)\nWITH")]
-    names = [re.fullmatch(r'  "(\w+)" \w+', ln)[1] for ln in body.split(",\n")]
+    cols = [re.fullmatch(r'  "(\w+)" ([\w()]+)', ln).groups() for ln in body.split(",\n")]
+    names = [c for c, _ in cols]
     assert names == spec.file_columns + list(spec.partition_by)  # partition columns last
+    assert [t for _, t in cols] == [TRINO[str(spec.schema.field(c).type)] for c in names]
     assert f"external_location = '{S3_ROOT}/tables/{name}/'" in t
     assert "partitioned_by = ARRAY[" + ", ".join(f"'{c}'" for c in spec.partition_by) + "]" in t
 

@@ -310,7 +310,7 @@ def _empty_tasks(env: Env) -> tuple[Path, list[str]]:
 
 
 def _two_sources(env: Env) -> tuple[Path, list[str]]:
-    entry = {"path": str(env.tasks_root / "pos_b"), "builtin": "movie_sentiment"}
+    entry = {"path": str(env.tasks_root / "pos_b"), "builtin": "tweet_sentiment"}
     return env.with_task(entry), ["tasks.1", "exactly one of path, builtin, catalogue, hf",
                                   "got path, builtin"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import pandas as pd
 import pytest
@@ -57,12 +58,12 @@ def test_load_study_resolves_relative_paths(tmp_path):
     sub.mkdir()
     (sub / "s.yaml").write_text(
         "name: rel\nmodels:\n  - kind: encoder\ntasks:\n"
-        "  - path: ../data/sst2\n  - path: /abs/other\n  - builtin: movie_sentiment\n"
+        "  - path: ../data/sst2\n  - path: /abs/other\n  - builtin: tweet_sentiment\n"
     )
     study = load_study(sub / "s.yaml")
     assert study.tasks[0].path == str((tmp_path / "data" / "sst2").resolve())
     assert study.tasks[1].path == "/abs/other"
-    assert study.tasks[2].builtin == "movie_sentiment" and study.tasks[2].path is None
+    assert study.tasks[2].builtin == "tweet_sentiment" and study.tasks[2].path is None
     # parse_study without base_dir leaves relative paths alone
     assert parse_study({**MINIMAL, "tasks": [{"path": "rel/x"}]}).tasks[0].path == "rel/x"
 
@@ -227,7 +228,7 @@ def test_init_prompt_needs_a_file_and_resolves_from_the_study_folder(tmp_path):
     with pytest.raises(ValueError, match="init: prompt and init_prompt"):
         TrainConfig(init_prompt="p.safetensors")
     f = tmp_path / "study.yaml"
-    f.write_text("name: s\nmodels: [{kind: encoder}]\ntasks: [{builtin: movie_sentiment}]\n"
+    f.write_text("name: s\nmodels: [{kind: encoder}]\ntasks: [{builtin: tweet_sentiment}]\n"
                  "training: {init: prompt, init_prompt: prompts/p.safetensors}\n")
     assert load_study(f).training.init_prompt == str(tmp_path / "prompts" / "p.safetensors")
 
@@ -242,7 +243,7 @@ models:
       b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
       c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]
 tasks:
-  - builtin: movie_sentiment
+  - builtin: tweet_sentiment
 """
 
 
@@ -259,7 +260,7 @@ def test_yaml_alias_bomb_is_refused_with_its_line(tmp_path):
 @pytest.mark.bad_input
 def test_yaml_anchor_and_merge_key_are_refused(tmp_path):
     f = tmp_path / "s.yaml"
-    f.write_text("name: s\nmodels:\n  - &m {kind: encoder}\ntasks: [{builtin: movie_sentiment}]\n")
+    f.write_text("name: s\nmodels:\n  - &m {kind: encoder}\ntasks: [{builtin: tweet_sentiment}]\n")
     with pytest.raises(StudyFileError, match="line 3: YAML aliases are not allowed"):
         load_study(f)
     f.write_text("name: s\nbase: {kind: encoder}\nmodels:\n  - <<: *m\n")
@@ -290,7 +291,9 @@ def test_backbone_options_are_validated_by_kind():
 
     msg = models({"kind": "encoder", "options": {"x": 1}})
     assert ("  - models.0.options: unknown option 'x' for kind 'encoder'; known: "
-            "['temperature']") in msg
+            "['pool', 'temperature']") in msg
+    msg = models({"kind": "encoder", "options": {"pool": "cls"}})
+    assert "option 'pool' for kind 'encoder' must be one of ['text', 'all'], got 'cls'" in msg
     msg = models({"kind": "encoder", "name": "a", "options": {"temperature": "hot"}},
                  {"kind": "mlm", "options": {"temperature": 0.1}})
     assert ("  - models.0.options: option 'temperature' for kind 'encoder' must be float, "
@@ -308,7 +311,7 @@ def test_backbone_options_are_validated_by_kind():
 def test_backbone_options_come_from_the_class_signatures():
     from prompt_core.config import backbone_options
 
-    assert backbone_options("encoder") == {"temperature": float}
+    assert backbone_options("encoder") == {"temperature": float, "pool": Literal["text", "all"]}
     assert backbone_options("mlm") == {}
 
 
@@ -321,7 +324,7 @@ def test_dot_names_are_refused(name):
     msg = _problems({**MINIMAL, "name": name})
     assert f"  - name: study name {name!r} may not be '.' or '..'" in msg
     msg = _problems({**MINIMAL, "models": [{"kind": "encoder", "name": name}],
-                     "tasks": [{"builtin": "movie_sentiment", "name": name}]})
+                     "tasks": [{"builtin": "tweet_sentiment", "name": name}]})
     assert f"model name {name!r} may not be '.' or '..'" in msg
     assert f"  - tasks.0: task name {name!r} may not be '.' or '..'" in msg
 
@@ -330,7 +333,7 @@ def test_dot_names_are_refused(name):
 def test_booleans_are_not_numbers_anywhere(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("name: s\nmodels: [{kind: encoder, lr: true}]\n"
-                 "tasks: [{builtin: movie_sentiment, max_train: yes}]\nseeds: [true]\n"
+                 "tasks: [{builtin: tweet_sentiment, max_train: yes}]\nseeds: [true]\n"
                  "training: {steps: true, init_std: false}\nevaluation: {max_examples: true}\n"
                  "runner: {max_workers: true}\n")
     with pytest.raises(StudyFileError) as e:
@@ -438,10 +441,10 @@ def test_check_study_default_minilm_and_local_folder_without_weights(
     folder = write_task_folder(tmp_path / "t")
     study = _study(tmp_path, [{"kind": "encoder"},
                               {"kind": "mlm", "name": "tiny", "model_id": str(tiny_config_dir)}],
-                   [{"builtin": "movie_sentiment"}, {"path": str(folder)}])
+                   [{"builtin": "tweet_sentiment"}, {"path": str(folder)}])
     checked = check_study(study, load_task=loader)
-    assert [td.name for td in checked.tasks] == ["movie_sentiment", "toy"]
-    assert calls == ["movie_sentiment", "t"]
+    assert [td.name for td in checked.tasks] == ["tweet_sentiment", "toy"]
+    assert calls == ["tweet_sentiment", "t"]
     assert [(m.name, m.hidden_size, m.max_positions) for m in checked.models] == [
         ("minilm", 384, 512), ("tiny", 32, 256)]
 
@@ -512,7 +515,7 @@ def test_check_study_duplicate_tasks_name_both_entries(tmp_path):
     a = write_task_folder(tmp_path / "a")
     b = write_task_folder(tmp_path / "b")  # task.json of both says name: toy
     study = _study(tmp_path, [{"kind": "encoder"}],
-                   [{"path": str(a)}, {"builtin": "movie_sentiment"}, {"path": str(b)}])
+                   [{"path": str(a)}, {"builtin": "tweet_sentiment"}, {"path": str(b)}])
     msg = _check_problems(study)
     assert ("  - tasks.0 and tasks.2 both load the NLP task 'toy'; give one a distinct "
             "`name:`") in msg
@@ -615,5 +618,5 @@ def test_check_study_lists_every_problem_at_once(tmp_path):
 def test_check_study_names_the_study_file(tmp_path):
     f = tmp_path / "study.yaml"
     f.write_text("name: s\nmodels: [{kind: encoder, model_id: ./gone}]\n"
-                 "tasks: [{builtin: movie_sentiment}]\n")
+                 "tasks: [{builtin: tweet_sentiment}]\n")
     assert _check_problems(load_study(f)).startswith(f"{f}: 1 problem(s)")

@@ -376,16 +376,39 @@ def test_paper_tasks_catalogue():
     assert PAPER_TASKS["mrpc"].text_b == "sentence2"
 
 
-def test_shipped_demo_tasks_are_exactly_what_the_generator_writes(tmp_path, capsys):
-    """The generator lives in tests/, the package ships its output: the two must agree."""
+@pytest.mark.shared_data
+def test_shipped_demo_tasks_are_exactly_what_the_sampler_writes(tmp_path, shared_data):
+    """The sampler lives in tests/, the package ships its output: the two must agree."""
     from prompt_core.data import BUILTIN_DIR as DEMO_DIR
-    from tests.demo_data.build_demo_tasks import main
+    from tests.demo_data.sample_demo_tasks import main
 
-    main(tmp_path)
+    main(shared_data, tmp_path)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert len(written) == 6 * 4
+    shipped = sorted(p.relative_to(DEMO_DIR) for p in DEMO_DIR.rglob("*") if p.is_file())
+    assert written == shipped and len(written) == 6 * 4 + 1  # + NOTICE.md
     for rel in written:
         assert (tmp_path / rel).read_bytes() == (DEMO_DIR / rel).read_bytes(), rel
+
+
+def test_shipped_demo_tasks_are_real_data_with_licence_and_disjoint_splits():
+    """Each demo task names its source and licence, and no text pair is in two splits."""
+    from prompt_core.data import BUILTIN_DIR as DEMO_DIR
+
+    names = builtin_task_names()
+    assert names == sorted(["tweet_sentiment", "tweet_emotion", "snli", "qnli",
+                            "ethics_justice", "ethics_deontology"])
+    assert (DEMO_DIR / "NOTICE.md").is_file()
+    for name in names:
+        meta = json.loads((DEMO_DIR / name / "task.json").read_text(encoding="utf-8"))
+        assert meta["licence"] and meta["source"] and meta["citation"], name
+        assert meta["source_repo"] and len(meta["source_commit"]) == 40, name
+        td = load_builtin_task(name)
+        pairs = {s: set(zip(df["text_a"], df["text_b"], strict=True))
+                 for s, df in td.splits.items()}
+        assert len(pairs["train"]) == len(td.split("train")), name
+        assert not pairs["train"] & pairs["test"], name
+        assert not pairs["train"] & pairs["validation"], name
+        assert not pairs["validation"] & pairs["test"], name
 
 
 # --- task names and task.json fields (issue 5, item 11) ------------------------------------

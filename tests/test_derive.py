@@ -67,7 +67,7 @@ def test_layer_drop_model_is_an_encoder_backbone_that_prompt_tunes(minilm_l3):
     bb = load_backbone("encoder", str(minilm_l3))
     assert bb.hidden_size == 384 and bb.model.config.num_hidden_layers == 3
     cfg = TrainConfig(n_tokens=4, steps=3, batch_size=8, eval_every=3, max_length=32)
-    r = train_prompt(bb, load_builtin_task("movie_sentiment"), cfg, seed=0)
+    r = train_prompt(bb, load_builtin_task("tweet_sentiment"), cfg, seed=0)
     assert r.prompt.shape == (4, 384) and r.best_step == 3
     assert 0.0 <= r.best_scores["accuracy"] <= 1.0
 

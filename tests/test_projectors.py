@@ -182,7 +182,7 @@ N, D_S = 4, 16  # a "source model" with hidden 16; the tiny target encoder has 3
 
 @pytest.fixture(scope="module")
 def task_setup():
-    tasks = [keyword_task(n_train=64, n_dev=16), load_builtin_task("movie_sentiment")]
+    tasks = [keyword_task(n_train=64, n_dev=16), load_builtin_task("tweet_sentiment")]
     g = torch.Generator().manual_seed(0)
     sources = [torch.randn(N, D_S, generator=g) * 0.2 for _ in tasks]
     return tasks, sources

@@ -170,3 +170,32 @@ def test_run_artifacts_read_back_through_the_api(prefect_harness, tiny_models, t
     summary = arts["transfer-matrix-summary"].data
     assert f"study `{LONG_STUDY}`" in summary and "own prompt beats no prompt on" in summary
     assert f"`heatmap-{key}`" in summary and f"`relative-score-{key}`" in summary
+    # two tasks of different types: a difference but no same-type pair to give it
+    assert "same-type minus different-type mean relative score: n/a (no interval" in summary
+    assert "mean transfer gain: same-type pairs n/a, different-type" in summary
+
+
+def test_summary_lines_give_the_difference_with_its_interval_and_the_seed_spread():
+    from flows.publish import transfer_lines
+    from prompt_core.analysis import over_seeds, same_minus_diff_interval
+    from tests.test_seed_summaries import coin, four_tasks
+
+    cells, preds = four_tasks(coin(0.9), coin(0.6, salt=1), n=40, seeds=(0, 1),
+                              none_hit=coin(0.5, salt=2))
+    iv = same_minus_diff_interval(cells, preds)
+    gain = same_minus_diff_interval(cells, preds, value="transfer_gain")
+    rel_line, gain_line, seeds_line = transfer_lines(cells, preds)
+    assert rel_line == (f"- same-type minus different-type mean relative score: "
+                        f"{iv['point']:.3f} (95% bootstrap interval [{iv['low']:.3f}, "
+                        f"{iv['high']:.3f}], 1000 resamples of target tasks and their test "
+                        "examples)")
+    assert gain_line.startswith("- mean transfer gain: same-type pairs 0.800, different-type "
+                                "0.200; difference 0.600 (95% bootstrap interval [")
+    assert f"[{gain['low']:.3f}, {gain['high']:.3f}]" in gain_line
+    o = over_seeds(cells)
+    assert seeds_line.startswith("- over 2 seeds (mean ± std [min, max]): same-type rel "
+                                 f"{o.loc['same_type_rel', 'mean']:.3f} ± ")
+    one = cells[cells["seed"] == 0]
+    assert len(transfer_lines(one, preds)) == 2  # one seed: no spread line
+    assert "(no interval: per-example predictions not stored)" in transfer_lines(cells, None)[0]
+    assert "not stored" in transfer_lines(cells, preds.iloc[2:])[0]

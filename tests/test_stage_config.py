@@ -8,7 +8,7 @@ import pytest
 from prompt_core.config import StudyFileError, TrainConfig, parse_study
 
 BASE = {"name": "s", "models": [{"kind": "encoder"}, {"kind": "encoder", "name": "b"}],
-        "tasks": [{"builtin": "movie_sentiment"}, {"builtin": "fact_nli"}]}
+        "tasks": [{"builtin": "tweet_sentiment"}, {"builtin": "snli"}]}
 
 
 def study(**extra):
@@ -22,7 +22,7 @@ def test_defaults_keep_the_cross_task_stage_only():
 
 
 def test_model_pairs_default_to_every_ordered_pair():
-    s = study(stages=["cross_model"], cross_model={"train_tasks": ["movie_sentiment"]})
+    s = study(stages=["cross_model"], cross_model={"train_tasks": ["tweet_sentiment"]})
     assert s.model_pairs() == [("minilm", "b"), ("b", "minilm")]
     assert s.cross_model.objectives == ["distance", "task"]
     assert s.cross_model.projector.hidden == 768  # the paper's
@@ -31,7 +31,7 @@ def test_model_pairs_default_to_every_ordered_pair():
 def test_tpt_budget_defaults_to_the_training_config():
     s = study(stages=["cross_task", "tpt"], tpt={"top_k": 2})
     assert s.tpt.train_config(s.training) == s.training
-    s = study(stages=["tpt"], tpt={"sources": [{"task": "fact_nli"}], "steps": 7})
+    s = study(stages=["tpt"], tpt={"sources": [{"task": "snli"}], "steps": 7})
     assert s.tpt.train_config(s.training) == TrainConfig(steps=7)
 
 
@@ -77,7 +77,7 @@ def test_inconsistent_stage_options_are_refused(extra, message):
 def test_cross_model_needs_two_models():
     with pytest.raises(StudyFileError, match="needs at least two models"):
         parse_study({**BASE, "models": [{"kind": "encoder"}], "stages": ["cross_model"],
-                     "cross_model": {"train_tasks": ["movie_sentiment"]}})
+                     "cross_model": {"train_tasks": ["tweet_sentiment"]}})
 
 
 def test_relative_model_folder_resolves_from_the_study_file(tmp_path):

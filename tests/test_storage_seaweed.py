@@ -104,6 +104,24 @@ def test_valid_credentials_check_writable_tables_and_duckdb(seaweed, bucket, s3_
     ).fetchall() == [("bert", 3), ("minilm", 4)]
 
 
+def test_prediction_lists_round_trip(seaweed, bucket, s3_env):
+    """The list<int16> columns of cross_task_predictions over a real S3 server: read back by
+    pyarrow and DuckDB as written."""
+    s = Storage(f"s3://{bucket}/preds", {"endpoint_url": seaweed[0]})
+    rows = [{"cell_key": f"c{i}", "config_key": "cfg", "model": "minilm",
+             "source_kind": "prompt", "source_task": "a", "source_prompt_key": f"pk{i}",
+             "target_task": "sst2", "target_prompt_key": "own", "seed": i,
+             "eval_split": "test", "n_examples": 4, "n_labels": 2,
+             "predicted": [i % 2, 1, 0, 1], "gold": [0, 1, 0, 0], "study": "demo",
+             "run_id": "run-1", "created_at": T0} for i in range(3)]
+    write_part(s, "cross_task_predictions", rows, "p1")
+    got = read_table(s, "cross_task_predictions").to_pylist()
+    assert sorted(got, key=lambda r: r["cell_key"]) == rows
+    con = duckdb_connect(s, ["cross_task_predictions"])
+    assert con.execute("SELECT sum(len(predicted)), max(list_max(predicted)) FROM "
+                       "cross_task_predictions").fetchone() == (12, 1)
+
+
 def test_explicit_endpoint_option(seaweed, bucket, s3_env):
     s = Storage(f"s3://{bucket}/explicit", {"endpoint_url": seaweed[0]})
     s.check_writable()

@@ -467,8 +467,12 @@ def test_table_schemas_come_from_their_row_dataclasses(store):
 
     for name, row in (("runs", tables.RunRow), ("prompts", tables.PromptRow),
                       ("training_curves", tables.CurveRow), ("cross_task", tables.CellRow),
+                      ("cross_task_predictions", tables.PredictionRow),
                       ("run_keys", tables.RunKeyRow)):
         assert TABLES[name].schema.names == [f.name for f in dataclasses.fields(row)]
+    for col in ("predicted", "gold"):  # Int16List fields
+        field = TABLES["cross_task_predictions"].schema.field(col)
+        assert field.type == pa.list_(pa.int16()) and not field.nullable
     assert TABLES["cross_task"].schema.field("relative_score").nullable
     assert not TABLES["cross_task"].schema.field("score").nullable
     row = tables.RunKeyRow("r1", "demo", "m", "cross_task", "k1", T0)
@@ -524,3 +528,53 @@ def test_current_views_select_the_latest_completed_runs_cells(store):
     assert got == [("new", "new")]
     assert con.execute("select count(*) from current_cross_task").fetchone()[0] == 4
     assert con.execute("select run_id from latest_runs").fetchall() == [("new",)]
+
+
+def prediction_row(run: str, i: int, **kw) -> tables.PredictionRow:
+    return tables.PredictionRow(**{
+        "cell_key": f"{run}-c{i}", "config_key": run, "model": "minilm",
+        "source_kind": "prompt", "source_task": f"task{i}", "source_prompt_key": f"pk{i}",
+        "target_task": "target0", "target_prompt_key": "own", "seed": 0,
+        "eval_split": "test", "n_examples": 5, "n_labels": 3, "predicted": [0, 1, 2, 2, i],
+        "gold": [0, 1, 2, 1, 0], "study": "demo", "run_id": run,
+        "created_at": T0 + dt.timedelta(seconds=i), **kw})
+
+
+def test_predictions_table_list_columns_round_trip(store):
+    """list<int16> columns: written from dataclass rows, mappings or Arrow tables (list<int64>
+    cast, overflow refused naming the column), read back, queried in DuckDB, checked by
+    verify, and selected by the current_cross_task_predictions view."""
+    import dataclasses
+
+    from tasks.integrity import check_part
+
+    rows = [prediction_row("old", i) for i in range(3)]
+    uri = write_part(store, "cross_task_predictions", rows, "old")
+    assert "cross_task_predictions/study=demo/model=minilm/target_task=target0/" in uri
+    got = read_table(store, "cross_task_predictions").to_pylist()
+    assert sorted(got, key=lambda r: r["cell_key"]) == [dataclasses.asdict(r) for r in rows]
+    assert check_part(store, uri.split(store.root + "/", 1)[1]) is None
+    as_arrow = pa.Table.from_pylist([dataclasses.asdict(prediction_row("new", 7))])
+    assert as_arrow.schema.field("predicted").type == pa.list_(pa.int64())
+    write_part(store, "cross_task_predictions", as_arrow, "new")
+    assert tables.castable(pa.list_(pa.int64()), pa.list_(pa.int16()))
+    assert not tables.castable(pa.list_(pa.string()), pa.list_(pa.int16()))
+    assert not tables.castable(pa.int16(), pa.list_(pa.int16()))
+    with pytest.raises(ValueError, match="'predicted'"):
+        write_part(store, "cross_task_predictions",
+                   [prediction_row("x", 0, predicted=[70000])], "x")
+    with pytest.raises(ValueError, match="'gold'"):
+        write_part(store, "cross_task_predictions",
+                   [dataclasses.asdict(prediction_row("x", 0, gold=None))], "x")
+
+    for i, run in enumerate(("old", "new")):
+        write_part(store, "runs", [{**run_row("demo", run),
+                                    "finished_at": T0 + dt.timedelta(hours=i)}], run)
+        keys = ["old-c0", "old-c1", "old-c2"] if run == "old" else ["new-c7"]
+        write_part(store, "run_keys", [tables.RunKeyRow(run, "demo", "minilm", "cross_task",
+                                                        k, T0) for k in keys], run)
+    con = duckdb_connect(store)
+    assert con.execute("select cell_key, predicted, len(gold) from cross_task_predictions "
+                       "where run_id = 'new'").fetchall() == [("new-c7", [0, 1, 2, 2, 7], 5)]
+    assert con.execute("select cell_key from current_cross_task_predictions").fetchall() == [
+        ("new-c7",)]

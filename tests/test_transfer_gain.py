@@ -1,17 +1,19 @@
 """``transfer_gain`` (chance-corrected transfer) and the bootstrap interval of every
-``cross_task`` score: known answers on hand-made numbers, and the flow's rows."""
+``cross_task`` score: known answers on hand-made numbers, and the flow's rows (with the
+per-example predictions behind each cell, ``cross_task_predictions``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from flows.transfer_matrix import run_study
 from prompt_core.analysis import transfer_gain
 from prompt_core.config import parse_study
 from tasks.storage import open_storage
-from tasks.tables import read_table
+from tasks.tables import duckdb_connect, read_table
 from tests.flow_helpers import study_dict
 
 
@@ -56,3 +58,35 @@ def test_cross_task_rows_carry_intervals_and_gain(prefect_harness, tiny_models, 
         if own > none:  # the own cell has gain 1, the no-prompt cell 0
             assert math.isclose(g[g["source_task"] == target]["transfer_gain"].item(), 1.0)
             assert g[g["source_kind"] == "none"]["transfer_gain"].item() == 0.0
+
+    # every cell's per-example predictions: one row per cell, the split's 16 examples, the
+    # same gold labels for every cell of a target, and the stored accuracy recomputed
+    st = open_storage(str(tmp_path / "store"))
+    pr = read_table(st, "cross_task_predictions").to_pandas().set_index("cell_key")
+    assert pr.index.is_unique and set(pr.index) == set(df["cell_key"]) and len(pr) == 8
+    assert (pr["n_examples"] == 16).all() and (pr["n_labels"] == 2).all()
+    assert {len(v) for v in pr["predicted"]} == {len(v) for v in pr["gold"]} == {16}
+    for target, g in pr.groupby("target_task"):
+        assert len({tuple(v) for v in g["gold"]}) == 1, target
+    for r in df[df["metric"] == "accuracy"].itertuples():
+        p = pr.loc[r.cell_key]
+        assert (p["source_kind"], p["seed"], p["target_prompt_key"]) == (
+            r.source_kind, r.seed, r.target_prompt_key)
+        assert math.isclose(np.mean(np.asarray(p["predicted"]) == np.asarray(p["gold"])),
+                            r.score)
+    con = duckdb_connect(st)
+    assert con.execute("select count(*) from current_cross_task_predictions").fetchone()[0] == 8
+
+    # a cell stored without its predictions (an older store, a damaged part) is rescored for
+    # them only: its cross_task rows are not written twice
+    (part,) = st.list("tables/cross_task_predictions/study=t-study/model=tiny/"
+                      "target_task=pos_a/")
+    st.fs.rm(st.path(part))
+    r2 = run_study(parse_study(d))
+    assert (r2.n_cells_evaluated, r2.n_cells_cached) == (4, 4)
+    again = read_table(st, "cross_task").to_pandas()
+    assert len(again) == len(df) == 16
+    pr2 = read_table(st, "cross_task_predictions").to_pandas().set_index("cell_key")
+    assert set(pr2.index) == set(pr.index) and pr2.index.is_unique
+    for key in pr.index:
+        assert list(pr2.loc[key, "predicted"]) == list(pr.loc[key, "predicted"])

@@ -6,7 +6,7 @@ same frozen model (no prompt), and use cosine similarity / temperature as the cl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,15 @@ class EncoderBackbone(Backbone):
     default_lr = 3e-2
     supports_bf16 = True
 
-    def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05):
+    POOLS = ("text", "all")
+
+    def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05,
+                 pool: Literal["text", "all"] = "all"):
         super().__init__(model, tokenizer, model_id, device)
+        if pool not in self.POOLS:
+            raise ValueError(f"encoder option pool must be one of {self.POOLS}, got {pool!r}")
         self.temperature = temperature
+        self.pool = pool
 
     @classmethod
     def from_pretrained(cls, model_id, revision=None, device="cpu", **options: Any):
@@ -77,6 +83,10 @@ class EncoderBackbone(Backbone):
         hidden = self.model(**kw).last_hidden_state  # (B, n+T, D), bf16 under autocast
         # pooling and cosine / temperature in float32 even under autocast: a bf16 cosine
         # (8-bit mantissa) divided by a 0.05 temperature would blur the logits by ~0.1
+        mask = kw["attention_mask"]  # (B, n+T)
+        if prompt is not None and self.pool == "text":  # the prompt acts only through attention
+            mask = torch.cat([torch.zeros_like(mask[:, : prompt.shape[0]]),
+                              mask[:, prompt.shape[0]:]], dim=1)
         with torch.autocast(hidden.device.type, enabled=False):
-            emb = F.normalize(mean_pool(hidden.float(), kw["attention_mask"]), dim=-1)  # (B, D)
+            emb = F.normalize(mean_pool(hidden.float(), mask), dim=-1)  # (B, D)
             return emb @ scorer.float().T / self.temperature  # (B, K) float32
