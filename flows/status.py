@@ -11,7 +11,8 @@ when the flow would skip it:
   with its error, and its prompts and evaluations count as missing (a run would stop there);
 - ``train <model>/<task> seed=<s>``: this study's ``prompts`` table holds the prompt key;
 - ``evaluate <model> -> <target>``: every planned cell of the target (each source prompt,
-  random and none per seed) is in this study's ``cross_task`` table with both metrics;
+  random and none per seed) is in this study's ``cross_task`` table with both metrics and in
+  ``cross_task_predictions``;
 - ``cells``: the same cells counted one by one;
 - ``project``, ``cross_model``, ``tpt`` (studies with those stages): planned from the stored
   rows they build on (prompt rows, projector rows, the cross-task cells a top-k ranks), with
@@ -240,7 +241,10 @@ def study_status(study: StudyConfig, storage: Storage | str | None = None) -> St
         for key, metric in zip(cells.column(0).to_pylist(), cells.column(1).to_pylist(),
                                strict=True):
             metrics.setdefault(key, set()).add(metric)
-        complete = {k for k, ms in metrics.items() if set(METRICS) <= ms}
+        # a cell is done with both metrics' rows and its per-example predictions (as the unit)
+        preds = _read(storage, "cross_task_predictions", where, ["cell_key"], problems)
+        with_preds = set(preds.column(0).to_pylist())
+        complete = {k for k, ms in metrics.items() if set(METRICS) <= ms and k in with_preds}
         ev_key = eval_config_key(cfg_key, study.evaluation)
         sources = cast(list[PromptRow], list(planned.values()))
         evaluate = StageStatus("evaluate", m.name, 0, n_tasks)

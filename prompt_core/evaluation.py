@@ -62,9 +62,10 @@ class EncodedSplit:
         self.labels = df["label"].to_numpy()
         self.n_labels = task.spec.n_labels
         self.scorer = backbone.label_scorer(task.spec.label_words)
-        lengths = [len(it.input_ids) for it in self.items]
-        self.longest = max(lengths, default=0)
-        self._order = np.argsort(lengths, kind="stable")
+        # (N,) encoded length of each example: eval batches and bucketed training batches
+        self.lengths = np.array([len(it.input_ids) for it in self.items], dtype=np.int64)
+        self.longest = int(self.lengths.max(initial=0))
+        self._order = np.argsort(self.lengths, kind="stable")
 
     def __len__(self) -> int:
         return len(self.items)

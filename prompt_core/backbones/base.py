@@ -22,8 +22,10 @@ import threading
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,21 +118,32 @@ def config_positions(config: Any) -> tuple[int | None, int]:
 
 
 def pad_batch(items: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded examples: ids/type ids/mask, each (B, T)."""
-    T = max(len(it.input_ids) for it in items)
+    """Right-pad a list of encoded examples: ids/type ids/mask, each (B, T) long.
+
+    Built in one go with numpy (no tensor per example): the rows' ids are concatenated and
+    written through the (B, T) mask of real positions, which numpy fills in row-major order, i.e.
+    row by row, each row's tokens from the left.
+    """
     B = len(items)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    types = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it.input_ids)
-        ids[i, :n] = torch.tensor(it.input_ids)
-        types[i, :n] = torch.tensor(it.token_type_ids)
-        mask[i, :n] = 1
+    if not B:
+        raise ValueError("pad_batch: no examples")
+    lengths = np.fromiter((len(it.input_ids) for it in items), dtype=np.int64, count=B)
+    total = int(lengths.sum())
+    if sum(len(it.token_type_ids) for it in items) != total:
+        bad = next(i for i, it in enumerate(items) if len(it.token_type_ids) != lengths[i])
+        raise ValueError(f"pad_batch: example {bad} has {lengths[bad]} input ids but "
+                         f"{len(items[bad].token_type_ids)} token type ids")
+    T = int(lengths.max())
+    real = np.arange(T) < lengths[:, None]  # (B, T) bool
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    ids[real] = np.fromiter(chain.from_iterable(it.input_ids for it in items), np.int64, total)
+    types = np.zeros((B, T), dtype=np.int64)
+    types[real] = np.fromiter(chain.from_iterable(it.token_type_ids for it in items), np.int64,
+                              total)
     return {
-        "input_ids": ids.to(device),
-        "token_type_ids": types.to(device),
-        "attention_mask": mask.to(device),
+        "input_ids": torch.from_numpy(ids).to(device),
+        "token_type_ids": torch.from_numpy(types).to(device),
+        "attention_mask": torch.from_numpy(real.astype(np.int64)).to(device),
     }
 
 

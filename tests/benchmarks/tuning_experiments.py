@@ -63,6 +63,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--matrix", action="store_true",
+                    help="also score every trained prompt on every task's dev sample and print "
+                    "the mean relative accuracy of same-type vs different-type pairs")
+    ap.add_argument("--overrides", default="{}",
+                    help="JSON of further TrainConfig fields, e.g. '{\"steps\": 450}'")
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"needs the real data at {SHARED}")
@@ -70,8 +75,10 @@ def main() -> None:
     for name in args.variant:
         options, overrides, words = VARIANTS[name]
         backbone = load_backbone("encoder", **options)
-        cfg = TrainConfig(steps=args.steps, eval_every=args.eval_every, max_length=args.max_length,
-                          max_dev_examples=args.dev, **overrides)
+        cfg = TrainConfig(**{"steps": args.steps, "eval_every": args.eval_every,
+                             "max_length": args.max_length, "max_dev_examples": args.dev,
+                             **overrides, **json.loads(args.overrides)})
+        trained: dict[str, tuple] = {}  # task -> (TaskData, prompt)
         for task_name in args.tasks.split(","):
             task = load_task_folder(SHARED / task_name)
             if words == "descriptions":
@@ -82,13 +89,38 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             dev = EncodedSplit(backbone, task, "validation", cfg.max_length, args.dev)
             none = dev.evaluate(None)["accuracy"]
+            trained[task_name] = (task, res.prompt)
             row = {"variant": name, "task": task_name, "best_dev": res.best_scores["accuracy"],
                    "best_step": res.best_step, "no_prompt_dev": none, "seconds": seconds,
                    "steps": cfg.steps, "curve": [(p.step, p.dev_accuracy) for p in res.curve],
-                   "lr": res.lr, "seed": args.seed}
+                   "lr": res.lr, "seed": args.seed, "overrides": args.overrides}
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if args.matrix:
+            matrix(name, backbone, cfg, trained, args.dev, args.out)
+
+
+def matrix(name, backbone, cfg, trained, n_dev, out) -> None:
+    """Dev accuracy of every trained prompt on every task; relative to the target's own."""
+    rows = []
+    for target, (task, own) in trained.items():
+        dev = EncodedSplit(backbone, task, "validation", cfg.max_length, n_dev)
+        own_acc = dev.evaluate(own)["accuracy"]
+        for source, (src_task, prompt) in trained.items():
+            if source == target:
+                continue
+            acc = dev.evaluate(prompt)["accuracy"]
+            rows.append({"variant": name, "source": source, "target": target, "acc": acc,
+                         "relative": acc / own_acc,
+                         "same_type": src_task.spec.type == task.spec.type})
+    same = [r["relative"] for r in rows if r["same_type"]]
+    diff = [r["relative"] for r in rows if not r["same_type"]]
+    summary = {"variant": name, "matrix": True, "same_type_rel": sum(same) / max(len(same), 1),
+               "diff_type_rel": sum(diff) / max(len(diff), 1), "pairs": rows}
+    print(json.dumps({k: v for k, v in summary.items() if k != "pairs"}), flush=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":
