@@ -4,7 +4,9 @@ Only the soft prompt (n, D) trains; the backbone is frozen. AdamW with a constan
 batches sampled from a seeded generator (``TrainConfig.batching``: length-bucketed by default,
 :func:`bucketed_batches`, or plain random, :func:`random_batches`), dev evaluation every
 ``eval_every`` steps (and at step 0 and the last step), and the best-dev prompt among the trained
-checkpoints is returned (step 0, the init, is on the curve but never selected). The optimiser
+checkpoints is returned (step 0, the init, is on the curve but never selected). With
+``patience``, training stops after that many evaluations in a row without a better dev score
+(early stopping; the curve then ends before ``steps``). The optimiser
 state always starts fresh, also when the prompt starts from another prompt (METHOD.md: the 1.0
 code wrongly restores it).
 
@@ -170,6 +172,7 @@ def train_prompt(
     best_scores: dict[str, float] = {}
     best_step, best = 0, prompt.detach().clone()
     running: list[torch.Tensor] = []  # detached losses on the device: no sync per step
+    stale = 0  # dev evaluations since the last improvement (early stopping: cfg.patience)
     for step in range(1, cfg.steps + 1):
         batch, labels = train.batch(next(batches))
         with backbone.autocast(bf16):
@@ -186,4 +189,9 @@ def train_prompt(
             running = []
             if not best_scores or s[cfg.select_metric] > best_scores[cfg.select_metric]:
                 best_scores, best_step, best = s, step, prompt.detach().clone()
+                stale = 0
+            else:
+                stale += 1
+                if cfg.patience is not None and stale >= cfg.patience:
+                    break  # the curve ends at this evaluation
     return TrainResult(best.cpu(), best_step, best_scores, curve, time.perf_counter() - t0, lr)

@@ -414,7 +414,8 @@ def test_predictions_independent_of_batch_size(encoder, mlm, task):
 
 # --- training ------------------------------------------------------------------------------
 
-CFG = TrainConfig(n_tokens=4, steps=30, batch_size=16, eval_every=10, lr=3e-2, max_length=32)
+CFG = TrainConfig(n_tokens=4, steps=30, batch_size=16, eval_every=10, lr=3e-2, max_length=32,
+                  patience=None)
 
 
 @pytest.fixture(scope="module")
@@ -537,3 +538,59 @@ def test_minilm_no_prompt_above_chance_on_sst2(shared_data):
     assert r["n_examples"] == 200
     # measured 0.68 on this slice; METHOD.md reports 0.65 on SST-2 without a prompt
     assert r["accuracy"] > 0.58 and r["macro_f1"] > 0.55
+
+
+# --- early stopping (issue 8) and text-only pooling ----------------------------------------
+
+
+def test_patience_stops_after_that_many_evaluations_without_a_better_dev_score(encoder, task):
+    cfg = CFG.model_copy(update={"steps": 60, "eval_every": 2})
+    full = train_prompt(encoder, task, cfg, seed=0)
+    assert [c.step for c in full.curve] == list(range(0, 61, 2))  # no patience: every step
+    for patience in (1, 2):
+        r = train_prompt(encoder, task, cfg.model_copy(update={"patience": patience}), seed=0)
+        # the same run as the full one up to where it stops (same seed, same batches)
+        assert [c.dev_accuracy for c in r.curve] == [c.dev_accuracy
+                                                     for c in full.curve[: len(r.curve)]]
+        # where the full curve first goes `patience` evaluations without a new best
+        best, stale, stop = None, 0, None
+        for c in full.curve[1:]:
+            if best is None or c.dev_accuracy > best:
+                best, stale = c.dev_accuracy, 0
+            else:
+                stale += 1
+                if stale == patience:
+                    stop = c.step
+                    break
+        assert stop is not None, "the tiny task should plateau within 60 steps"
+        assert r.curve[-1].step == stop < 60
+        assert r.best_step == stop - patience * cfg.eval_every
+        assert r.best_scores["accuracy"] == best
+
+
+def test_patience_is_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        TrainConfig(patience=0)
+    assert TrainConfig().patience == 3 and TrainConfig(patience=None).patience is None
+
+
+def test_text_pool_leaves_the_prompt_positions_out_of_the_mean(tiny_models):
+    text = load_backbone("encoder", tiny_models["encoder"], pool="text")
+    assert text.pool == "text"
+    batch = _batch(text)
+    scorer = text.label_scorer(("negative", "positive"))
+    prompt = init_prompt("random", text, 4, seed=0, std=0.5)
+    with torch.no_grad():
+        kw = text.embed_with_prompt(prompt, batch)
+        h = text.model(**kw).last_hidden_state  # (B, 4+T, D)
+        pooled = F.normalize(mean_pool(h[:, 4:], batch["attention_mask"]), dim=-1)
+        assert torch.allclose(text.logits(prompt, batch, scorer),
+                              pooled @ scorer.T / text.temperature, atol=1e-4)
+        # no prompt: both pools are the same mean over the text
+        every = load_backbone("encoder", tiny_models["encoder"])
+        assert torch.allclose(text.logits(None, batch, scorer), every.logits(None, batch, scorer),
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        load_backbone("encoder", tiny_models["encoder"], pool="cls")
