@@ -127,7 +127,7 @@ class TrainConfig(_Strict):
     """Prompt tuning: AdamW, constant LR, best-dev checkpoint."""
 
     n_tokens: int = Field(20, ge=1, le=512, description="soft prompt length")
-    steps: int = Field(300, ge=1, description="optimiser steps (at most, with patience)")
+    steps: int = Field(300, ge=1, description="optimiser steps (fewer with patience)")
     batch_size: int = Field(16, ge=1, description="training batch size")
     batching: Literal["bucketed", "random"] = Field(
         "bucketed", description="how training batches are drawn: bucketed (each epoch in random "
@@ -140,7 +140,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0)")
     eval_every: int = Field(50, ge=1, description="steps between dev evaluations")
     patience: int | None = Field(
-        3, ge=1, description="early stopping: stop after this many dev evaluations in a row "
+        None, ge=1, description="early stopping: stop after this many dev evaluations in a row "
         "without a better select_metric (null = always train all steps)")
     init: Literal["random", "vocab", "text", "prompt"] = Field(
         "random", description="prompt initialisation: random, vocab, text, prompt (a file)"

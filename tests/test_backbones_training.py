@@ -573,7 +573,7 @@ def test_patience_is_validated():
 
     with pytest.raises(ValidationError):
         TrainConfig(patience=0)
-    assert TrainConfig().patience == 3 and TrainConfig(patience=None).patience is None
+    assert TrainConfig().patience is None and TrainConfig(patience=3).patience == 3
 
 
 def test_text_pool_leaves_the_prompt_positions_out_of_the_mean(tiny_models):
