@@ -153,18 +153,23 @@ _BOOT_CHUNK = 1 << 22  # resampled indices held at once (rows x examples): ~32 M
 
 
 def transfer_gain(score: float, none_score: float | None, own_score: float | None,
-                  min_margin: float = 0.0) -> float | None:
+                  min_margin: float = 0.0, own_low: float | None = None) -> float | None:
     """Chance-corrected transfer: how much of the target's own-prompt gain over no prompt a
     source prompt achieves, ``(score - none) / (own - none)``. 1 = as good as the target's own
     prompt, 0 = no better than no prompt, negative = worse than no prompt.
 
-    Rule for targets whose own prompt does not beat no prompt (``own - none <= min_margin``):
-    None, because there is no gain to transfer and the ratio would only amplify noise (the
-    same when either score is missing)."""
+    Rule for targets whose own prompt does not clearly beat no prompt: None, because there is
+    no gain to transfer and a ratio over a near-zero gain only amplifies noise (a gain of 0.01
+    turns a 0.05 difference into 5). Not clearly = ``own - none <= min_margin``, or, when the
+    own score's 95% bootstrap interval is given (``own_low``, its lower end, as the flow
+    passes it), the no-prompt score is not below that interval (``none >= own_low``). Also
+    None when either score is missing."""
     if none_score is None or own_score is None:
         return None
     gain = own_score - none_score
     if not gain > min_margin:
+        return None
+    if own_low is not None and not none_score < own_low:
         return None
     return (score - none_score) / gain
 
@@ -254,7 +259,8 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
     (``cell_key``, ``predicted``, ``gold``, optionally ``n_labels`` and ``created_at``: the
     newest row of a key is used). ``value``: ``relative_score`` (score / the target's own
     prompt's score, same seed) or ``transfer_gain`` ((score - no prompt) / (own - no prompt),
-    left out where own - no prompt <= 0, as :func:`transfer_gain`).
+    only for the cells whose stored ``transfer_gain`` is defined (the rule of
+    :func:`transfer_gain`), and in a resample also left out where own - no prompt <= 0).
 
     The statistic is the mean ``value`` of the same-type off-diagonal prompt cells minus that
     of the different-type ones, pooled over (source, target, seed) cells like
@@ -348,7 +354,12 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
             "own": np.array([col[own[s]] for s in seeds], dtype=int),
             "none": np.array([col[none[s]] for s in seeds] if value == "transfer_gain"
                              else [], dtype=int),
-            "same": off["same_type"].astype(bool).to_numpy()})
+            "same": off["same_type"].astype(bool).to_numpy(),
+            # transfer_gain: the cells with a stored gain (the flow's rule, which also needs
+            # the own score's interval) are the ones every resample recomputes
+            "gain_ok": (off["transfer_gain"].notna().to_numpy()
+                        if value == "transfer_gain" and "transfer_gain" in off.columns
+                        else np.ones(len(off), dtype=bool))})
 
     def values(plan: dict, w: np.ndarray) -> np.ndarray:
         """(D, cells off the diagonal) ``value`` on the resamples ``w`` (D, N)."""
@@ -358,7 +369,7 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
             with np.errstate(invalid="ignore"):
                 return np.where(own != 0, src / np.where(own != 0, own, 1.0), np.nan)
         none = sc[:, plan["none"]]
-        return _ratio(src - none, own - none)
+        return np.where(plan["gain_ok"], _ratio(src - none, own - none), np.nan)
 
     rng = np.random.default_rng(seed)
     T = len(plans)

@@ -655,7 +655,8 @@ class CellRow:
     score_low: float | None = None
     score_high: float | None = None
     # (score - no-prompt score) / (own score - no-prompt score), same seed and metric; None
-    # when the target's own prompt does not beat no prompt (prompt_core.analysis.transfer_gain)
+    # when the target's own prompt does not clearly beat no prompt: the no-prompt score is not
+    # below the own score's 95% interval (prompt_core.analysis.transfer_gain)
     transfer_gain: float | None = None
 
 

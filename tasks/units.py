@@ -581,14 +581,26 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
         rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
         return {(cell.seed, r.metric): r.score for r in rows}
 
-    # per (seed, metric): the own prompt's score (relative_score) and no prompt's
-    # (transfer_gain)
+    def low_of(cell: Cell) -> dict[tuple[int, str], float]:
+        """(seed, metric) -> the lower end of a cell's score interval: computed now from its
+        predictions, or its stored row's."""
+        if cell.source_id in scores:
+            return {(cell.seed, m): bootstrap_interval(preds[cell.source_id], enc.labels,
+                                                       enc.n_labels, m, N_BOOT,
+                                                       seed=cell.seed)[0] for m in METRICS}
+        rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
+        return {(cell.seed, r.metric): r.score_low for r in rows}
+
+    # per (seed, metric): the own prompt's score (relative_score), its interval and no
+    # prompt's score (transfer_gain)
     own_score: dict[tuple[int, str], float] = {}
+    own_low: dict[tuple[int, str], float] = {}  # lower end of the own score's 95% interval
     none_score: dict[tuple[int, str], float] = {}
     for seed, rec in own.items():
-        own_score.update(score_of(next(
-            c for c in cells if c.kind == "prompt" and c.source is not None
-            and c.source.prompt_key == rec.prompt_key and c.seed == seed)))
+        own_cell = next(c for c in cells if c.kind == "prompt" and c.source is not None
+                        and c.source.prompt_key == rec.prompt_key and c.seed == seed)
+        own_score.update(score_of(own_cell))
+        own_low.update(low_of(own_cell))
         none_score.update(score_of(next(
             (c for c in cells if c.kind == "none" and c.seed == seed), None)))
 
@@ -614,7 +626,8 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                 n_examples=len(enc), seed=c.seed, eval_split=evaluation.split,
                 study=ctx.study, run_id=ctx.run_id, created_at=now, score_low=low,
                 score_high=high, transfer_gain=transfer_gain(
-                    score, none_score.get((c.seed, metric)), base),
+                    score, none_score.get((c.seed, metric)), base,
+                    own_low=own_low.get((c.seed, metric))),
             ))
     need_preds = [c for c in todo if c.key not in preds_done]
     if need_preds:

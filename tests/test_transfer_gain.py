@@ -38,6 +38,21 @@ def test_transfer_gain_margin():
     assert math.isclose(transfer_gain(0.7, 0.5, 0.6, min_margin=0.03), 2.0)
 
 
+@pytest.mark.parametrize("none, own_low, want", [
+    (0.5, 0.55, 0.5),    # no prompt below the own score's interval: a clear gain
+    (0.5, 0.5, None),    # no prompt at the interval's lower end: not clear
+    (0.5, 0.45, None),   # no prompt inside the own score's interval: not clear
+    (0.5, None, 0.5),    # no interval given: the plain rule
+])
+def test_transfer_gain_needs_the_own_prompt_to_beat_no_prompt_beyond_its_interval(
+        none, own_low, want):
+    got = transfer_gain(0.7, none, 0.9, own_low=own_low)
+    assert got is None if want is None else math.isclose(got, want)
+    # a near-zero own gain inside the noise no longer turns small differences into huge ratios
+    assert transfer_gain(0.45, 0.50, 0.51, own_low=0.42) is None
+    assert math.isclose(transfer_gain(0.45, 0.50, 0.51), -5.0)
+
+
 def test_cross_task_rows_carry_intervals_and_gain(prefect_harness, tiny_models, tasks_root,
                                                   tmp_path):
     d = study_dict(tasks_root, ["pos_a", "pair_c"], str(tmp_path / "store"),
@@ -47,15 +62,16 @@ def test_cross_task_rows_carry_intervals_and_gain(prefect_harness, tiny_models, 
     assert ((df["score_low"] <= df["score"]) & (df["score"] <= df["score_high"])).all()
     assert (df["score_high"] - df["score_low"] > 0).any()  # 16 test examples: wide
     for (target, _metric), g in df.groupby(["target_task", "metric"]):
-        own = g[(g["source_kind"] == "prompt") & (g["source_task"] == target)]["score"].item()
+        own_row = g[(g["source_kind"] == "prompt") & (g["source_task"] == target)]
+        own, own_low = own_row["score"].item(), own_row["score_low"].item()
         none = g[g["source_kind"] == "none"]["score"].item()
         for r in g.itertuples():
-            want = transfer_gain(r.score, none, own)
+            want = transfer_gain(r.score, none, own, own_low=own_low)
             if want is None:
                 assert r.transfer_gain is None or math.isnan(r.transfer_gain)
             else:
                 assert math.isclose(r.transfer_gain, want)
-        if own > none:  # the own cell has gain 1, the no-prompt cell 0
+        if none < own_low:  # the own cell has gain 1, the no-prompt cell 0
             assert math.isclose(g[g["source_task"] == target]["transfer_gain"].item(), 1.0)
             assert g[g["source_kind"] == "none"]["transfer_gain"].item() == 0.0
 
