@@ -581,13 +581,21 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
         rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
         return {(cell.seed, r.metric): r.score for r in rows}
 
+    intervals: dict[tuple[tuple[str, int], str], tuple[float, float]] = {}
+
+    def interval(cell: Cell, metric: str) -> tuple[float, float]:
+        """The 95% bootstrap interval of a cell scored now (computed once per cell)."""
+        key = (cell.source_id, metric)
+        if key not in intervals:
+            intervals[key] = bootstrap_interval(preds[cell.source_id], enc.labels,
+                                                enc.n_labels, metric, N_BOOT, seed=cell.seed)
+        return intervals[key]
+
     def low_of(cell: Cell) -> dict[tuple[int, str], float]:
         """(seed, metric) -> the lower end of a cell's score interval: computed now from its
         predictions, or its stored row's."""
         if cell.source_id in scores:
-            return {(cell.seed, m): bootstrap_interval(preds[cell.source_id], enc.labels,
-                                                       enc.n_labels, m, N_BOOT,
-                                                       seed=cell.seed)[0] for m in METRICS}
+            return {(cell.seed, m): interval(cell, m)[0] for m in METRICS}
         rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
         return {(cell.seed, r.metric): r.score_low for r in rows}
 
@@ -613,8 +621,7 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
         for metric in METRICS:
             score = scores[c.source_id][metric]
             base = own_score.get((c.seed, metric))
-            low, high = bootstrap_interval(preds[c.source_id], enc.labels, enc.n_labels,
-                                           metric, N_BOOT, seed=c.seed)
+            low, high = interval(c, metric)
             rows.append(CellRow(
                 cell_key=c.key, config_key=config_key, model=model.name,
                 source_task=src.task if src else None, source_kind=c.kind,

@@ -6,7 +6,7 @@ same frozen model (no prompt), and use cosine similarity / temperature as the cl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from prompt_core.backbones.base import Backbone, Encoded
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+Pool = Literal["text", "all"]  # what the sentence embedding averages (see logits)
 
 
 def resolve_model_path(model_id: str) -> str:
@@ -44,10 +45,10 @@ class EncoderBackbone(Backbone):
     default_lr = 3e-2
     supports_bf16 = True
 
-    POOLS = ("text", "all")
+    POOLS = get_args(Pool)
 
     def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05,
-                 pool: Literal["text", "all"] = "all"):
+                 pool: Pool = "all"):
         super().__init__(model, tokenizer, model_id, device)
         if pool not in self.POOLS:
             raise ValueError(f"encoder option pool must be one of {self.POOLS}, got {pool!r}")
