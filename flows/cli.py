@@ -560,6 +560,122 @@ def status(
 
 
 @app.command()
+def recommend(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML file of a finished study.")],
+    task: Annotated[str, typer.Option(
+        "--task", "-t", help="The new task: a task folder (task.json + train/validation/test "
+        "files), or the name of a study task (its own prompt is then left out).")],
+    model: Annotated[str | None, typer.Option(help="Model whose prompts are ranked; default: "
+                                                    "the study's first.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the prompts; default: the "
+                                                  "study's first.")] = None,
+    examples: Annotated[int | None, typer.Option(
+        help="Train examples of the new task each source prompt is scored on; default: the "
+        "study's indicators.probe_examples, else 64.")] = None,
+    top: Annotated[int, typer.Option(help="Sources shown.")] = 10,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", "-s", help="Storage root URI; overrides the study's `storage`.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Rank a finished study's source prompts for a new task, best first.
+
+    Uses only the new task's data: each current prompt of the study (one model, one seed) is
+    scored on a seeded sample of the new task's train split, the recommender the
+    ``indicators`` stage evaluates leave-one-task-out (table ``recommendations``, method
+    ``probe``). Trains and writes nothing.
+    """
+    if examples is not None and examples < 1:
+        _fail("--examples must be at least 1", 2)
+    with _reported("recommend", debug):
+        from flows.recommend import recommend as rank
+        from prompt_core.config import load_study
+
+        study = load_study(study_file)
+        name, ranking = rank(study, open_tables_root(storage or study.storage), task, model,
+                             seed, examples, device)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps({"task": name, "ranking": [r.__dict__ for r in ranking]},
+                                    indent=2) + "\n")
+        return
+    t = Table(title=f"sources for {name} (accuracy on its train sample)")
+    for col in ("rank", "source task", "type", "score"):
+        t.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for r in ranking[:top]:
+        t.add_row(str(r.rank), escape(r.source_task), escape(r.source_task_type),
+                  f"{r.score:.3f}")
+    out.print(t)
+
+
+@app.command("export-peft")
+def export_peft_cmd(
+    prompt_file: Annotated[str, typer.Argument(
+        help="A prompt file (.safetensors, as the flow stores them: a local path or any "
+        "fsspec URI such as s3://bucket/prefix/prompts/minilm/sst2/<key>.safetensors).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Adapter folder to write.")],
+    base_model: Annotated[str | None, typer.Option(
+        help="base_model_name_or_path of the adapter; default: the model id in the prompt "
+        "file's metadata.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="Backbone kind (encoder, mlm, causal, seq2seq); default: from the metadata.")
+                    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the adapter files of a "
+                                                        "non-empty folder.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a stored prompt as a PEFT prompt-tuning adapter folder.
+
+    Load it with ``PeftModel.from_pretrained(base_model, FOLDER)``. PEFT prepends the prompt
+    to the input embeddings as prompt_core does; for BERT text pairs PEFT drops
+    token_type_ids, so scores on pair tasks can differ slightly from the study's.
+    """
+    with _reported("export-peft", debug):
+        from prompt_core.peft_io import export_peft
+        from prompt_core.prompts import prompt_from_bytes
+        from tasks.units import read_prompt_bytes
+
+        prompt, meta = prompt_from_bytes(read_prompt_bytes(prompt_file), prompt_file)
+        identity = meta.get("model_identity") or {}
+        base = base_model or meta.get("model_id") or identity.get("model_id")
+        kind = kind or identity.get("kind") or meta.get("backbone_kind")
+        if not base or not kind:
+            raise InputError(f"{prompt_file}: its metadata names no "
+                             f"{'base model' if not base else 'backbone kind'}; give "
+                             f"{'--base-model' if not base else '--kind'}")
+        folder = export_peft(prompt, out_dir, base_model_name_or_path=base, backbone_kind=kind,
+                             metadata=meta, overwrite=force)
+    out.print(f"wrote {folder} (PEFT prompt tuning: {prompt.shape[0]} virtual tokens, "
+              f"dimension {prompt.shape[1]}, base model {base})", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+@app.command("import-peft")
+def import_peft_cmd(
+    folder: Annotated[Path, typer.Argument(help="A PEFT prompt-tuning adapter folder.")],
+    out_file: Annotated[Path, typer.Option(
+        "--out", "-o", help="Prompt file to write (.safetensors); use it as a study's "
+        "training.init_prompt (init: prompt).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Import a PEFT prompt-tuning adapter as a prompt file."""
+    if out_file.exists() and not force:
+        _fail(f"{out_file} exists; --force replaces it", 2)
+    with _reported("import-peft", debug):
+        from prompt_core.peft_io import import_peft
+        from prompt_core.prompts import save_prompt_file
+
+        prompt, meta = import_peft(folder)
+        save_prompt_file(out_file, prompt, {**meta, "imported_from": str(folder)})
+    out.print(f"wrote {out_file}: prompt {tuple(prompt.shape)} from {folder} (base model "
+              f"{meta.get('base_model_name_or_path')})", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+@app.command()
 def ddl(
     location: Annotated[str, typer.Option(
         "--location", "-l", help="Storage root the tables live under, e.g. "

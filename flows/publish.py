@@ -243,8 +243,10 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
     fills ``result.summaries`` and ``result.heatmaps`` (model -> PNG URI in storage).
 
     ``stages``: the later stages' rows of this run (``cross_model``: its ``cross_model`` rows;
-    ``tpt`` and ``tpt_curves``: its ``tpt`` rows and their dev curves), published by
-    :func:`publish_cross_model` and :func:`publish_tpt` and summarised in the summary."""
+    ``tpt`` and ``tpt_curves``: its ``tpt`` rows and their dev curves; ``indicators``: table
+    -> its rows of indicators, ablations, correlations and recommendations), published by
+    :func:`publish_cross_model`, :func:`publish_tpt` and
+    :func:`flows.publish_indicators.publish_indicators` and summarised in the summary."""
     stages = stages or {}
     names = [m.name for m in study.models]
     if stages.get("cross_model") is not None:
@@ -309,6 +311,15 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
                                    model_names=names)
     if later:
         lines += [later]
+    if stages.get("indicators"):
+        from flows.publish_indicators import indicator_summary_lines, publish_indicators
+
+        cells = {m: run_cells(storage, study.name, m, keys)
+                 for m, keys in cells_by_model.items() if keys}
+        result.heatmaps.update({f"indicators {k}": v for k, v in publish_indicators(
+            storage, study.name, run_id, stages["indicators"], cells, model_names=names
+        ).items()})
+        lines += indicator_summary_lines(stages["indicators"], model_names=names)
     create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY,
                              description=f"study {study.name}")
 

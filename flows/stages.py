@@ -21,7 +21,7 @@ from tasks.stage_units import (
     tpt_unit,
     train_projector_unit,
 )
-from tasks.tables import ProjectorRow, PromptRow
+from tasks.tables import ProjectorRow, PromptRow, run_rows  # noqa: F401 - re-exported
 from tasks.units import NlpTaskInfo, RunContext
 
 PromptIndex = dict[tuple[str, str, int], PromptRow]  # (model, task, seed) -> row
@@ -223,31 +223,6 @@ def run_tpt(ctx: RunContext, study: StudyConfig, jobs: list[TptJob], gather
 
 
 # --- what the run covered, read back for publishing -----------------------------------------
-
-
-def run_rows(storage, table: str, study: str, parts: list[tuple[str, list[str]]]
-             ) -> pd.DataFrame:
-    """Exactly the rows of ``table`` whose key the run covered (``parts``: (model partition
-    value, keys)), the newest of a key written twice; an error if any is missing."""
-    from tasks.tables import get_table, read_table
-
-    spec = get_table(table)
-    frames = []
-    for model, keys in parts:
-        if not keys:
-            continue
-        df = read_table(storage, table, filters={"study": study, spec.partition_by[1]: model}
-                        ).to_pandas()
-        df = df[df[spec.key_column].isin(set(keys))]
-        dedup = [spec.key_column] + (["metric"] if "metric" in df.columns else [])
-        df = df.sort_values("created_at").drop_duplicates(dedup, keep="last")
-        missing = set(keys) - set(df[spec.key_column])
-        if missing:
-            raise RuntimeError(f"{len(missing)} key(s) of this run are not in {table} (study "
-                               f"{study}, {model}), e.g. {sorted(missing)[:3]}")
-        frames.append(df)
-    return (pd.concat(frames, ignore_index=True) if frames
-            else spec.schema.empty_table().to_pandas())
 
 
 def tpt_curves(storage, study: str, rows: list, prompts: dict[str, PromptRow]

@@ -287,7 +287,8 @@ def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo]
     """``project``, ``cross_model`` and ``tpt`` units: planned from the stored rows they build
     on (prompts, projectors, the cross-task cells for top-k), with the flow's keys. A unit
     whose inputs are not stored yet counts as missing."""
-    if not {"cross_model", "tpt"} & set(study.stages) or len(infos) < len(study.tasks):
+    if (not {"cross_model", "tpt", "indicators"} & set(study.stages)
+            or len(infos) < len(study.tasks)):
         return []
     models = {m.name: m for m in study.models}
     prompts: plan.PromptIndex = {}
@@ -355,6 +356,50 @@ def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo]
             out.append(stage)
     if "tpt" in study.stages:
         out += _tpt_status(study, storage, infos, prompts, projectors, init_sha, problems)
+    if "indicators" in study.stages:
+        out += _indicator_status(study, storage, infos, prompts, problems)
+    return out
+
+
+def _indicator_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
+                      prompts: plan.PromptIndex, problems: list[str]) -> list[StageStatus]:
+    """Per indicator model: the prompt pairs with indicator rows (a pair whose prompts are not
+    stored yet counts as missing) and the own prompts with an ablation."""
+    from itertools import combinations
+
+    from flows.indicator_stage import indicator_models
+    from tasks.indicator_units import ablation_key, pair_key
+
+    cfg = study.indicators
+    out = []
+    for m in indicator_models(study):
+        where = {"study": study.name, "model": m.name}
+        stored = set(_read(storage, "indicators", where, ["pair_key"], problems)
+                     .column("pair_key").to_pylist())
+        pairs = StageStatus("indicators", m.name, 0, 0)
+        for seed in study.seeds:
+            for a, b in combinations(infos, 2):
+                pairs.total += 1
+                pa, pb = prompts.get((m.name, a.name, seed)), prompts.get((m.name, b.name, seed))
+                if pa and pb and pair_key(m, pa, pb, cfg.window) in stored:
+                    pairs.done += 1
+                else:
+                    pairs.missing.append(f"indicators {m.name} {a.name}~{b.name} seed={seed}")
+        out.append(pairs)
+        if not cfg.ablation_fractions:
+            continue
+        done = set(_read(storage, "ablations", where, ["ablation_key"], problems)
+                   .column("ablation_key").to_pylist())
+        abl = StageStatus("ablate", m.name, 0, 0)
+        for info in infos:
+            for seed in study.seeds:
+                abl.total += 1
+                p = prompts.get((m.name, info.name, seed))
+                if p and ablation_key(m, p, cfg, study.evaluation) in done:
+                    abl.done += 1
+                else:
+                    abl.missing.append(f"ablate {m.name}/{info.name} seed={seed}")
+        out.append(abl)
     return out
 
 

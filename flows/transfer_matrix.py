@@ -48,6 +48,7 @@ from prefect.task_runners import (  # noqa: E402
 )
 
 from flows import stages  # noqa: E402
+from flows.indicator_stage import n_indicator_units, run_indicators  # noqa: E402
 from flows.publish import publish_run, run_cells  # noqa: E402
 from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes  # noqa: E402
 from prompt_core.errors import InputError  # noqa: E402
@@ -268,6 +269,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         totals["cross_model"] = 0  # known after prepare (held-out tasks by name)
     if "tpt" in study.stages:
         totals["tpt"] = 0
+    if "indicators" in study.stages:
+        totals["indicators"] = 0
     progress = RunProgress(totals)
     train_futures: list = []
     eval_futures: list = []
@@ -290,6 +293,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
             progress.set_total("cross_model", stages.n_cross_model_units(study, infos))
         if "tpt" in study.stages:
             progress.set_total("tpt", stages.n_tpt_units(study, infos))
+        if "indicators" in study.stages:
+            progress.set_total("indicators", n_indicator_units(study, len(infos)))
 
         # train: fan out per model x task x seed (or one flow run per model x task)
         progress.stage("train")
@@ -424,6 +429,13 @@ def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpT
         published["tpt_curves"] = stages.tpt_curves(storage, study.name, [o.row for o in outs],
                                              {p.prompt_key: p for p in [*prompts,
                                               *(b.row for b in baselines)]})
+    if "indicators" in study.stages:
+        progress.stage("indicators")
+        ir = run_indicators(ctx, study, storage, infos, prompts, cells, gather("indicators"))
+        count("indicators", ir.computed, ir.stored)
+        for (model, table), keys in ir.keys.items():
+            later.add(model, table, keys)
+        published["indicators"] = ir.rows
     return published
 
 

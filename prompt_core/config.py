@@ -104,6 +104,20 @@ def backbone_options(kind: str) -> dict[str, Any]:
     return options
 
 
+def backbone_option_defaults(kind: str) -> dict[str, Any]:
+    """The default value of each option of a backbone kind that has one (name -> value)."""
+    from prompt_core.backbones import backbone_class
+
+    cls = backbone_class(kind)
+    known = backbone_options(kind)
+    defaults: dict[str, Any] = {}
+    for fn in (cls.from_pretrained, cls.__init__):
+        for name, p in _params(fn).items():
+            if name in known and p.default is not inspect.Parameter.empty:
+                defaults.setdefault(name, p.default)
+    return defaults
+
+
 def _option_problem(kind: str, name: str, value: Any, known: dict[str, Any]) -> str | None:
     if name not in known:
         return f"unknown option {name!r} for kind {kind!r}; known: {sorted(known)}"
@@ -232,9 +246,11 @@ class ModelConfig(_Strict):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What decides this model's outputs (part of every cache key)."""
+        """What decides this model's outputs (part of every cache key). Options carry their
+        defaults filled in, so changing a default changes the keys of the prompts it made."""
+        options = {**backbone_option_defaults(self.kind), **self.options}
         return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision,
-                "options": self.options}
+                "options": dict(sorted(options.items()))}
 
     def learning_rate(self, train: TrainConfig) -> float:
         from prompt_core.backbones import backbone_class
@@ -326,7 +342,7 @@ class RunnerConfig(_Strict):
 
 
 STAGES = ("cross_task", "cross_model", "tpt")
-StageName = Literal["cross_task", "cross_model", "tpt"]
+StageName = Literal["cross_task", "cross_model", "tpt", "indicators"]
 
 
 class ProjectorConfig(_Strict):
@@ -425,6 +441,39 @@ class TptConfig(_Strict):
         return training.model_copy(update=update) if update else training
 
 
+class IndicatorsConfig(_Strict):
+    """Transferability indicators between every pair of one model's prompts (ES: prompt
+    embedding similarity; ON: overlap of the FFN neurons the prompts activate), their
+    correlation with the cross-task matrix, the neuron-masking ablation and the source
+    recommender's leave-one-task-out evaluation."""
+
+    models: list[str] | None = Field(None, description="models to compute them for; default: "
+                                                        "all")
+    window: int = Field(3, ge=1, description="ON per window of this many consecutive layers "
+                                             "(besides ON over all layers)")
+    ablation_fractions: list[float] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.1],
+        description="neuron masking: fractions k of all FFN neurons masked (the prompt's top-k "
+        "activated vs k random); empty: no ablation")
+    ablation_split: Literal["validation", "test"] = Field(
+        "validation", description="split the ablation scores the own task on")
+    ablation_max_examples: int | None = Field(
+        200, ge=1, description="at most this many examples of that split (null: all)")
+    probe_examples: int = Field(
+        64, ge=1, description="recommender: train examples of the new task each source prompt "
+        "is scored on")
+
+    @field_validator("ablation_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"ablation_fractions must lie in (0, 1), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"ablation_fractions repeat: {v}")
+        return sorted(v)
+
+
 class StudyConfig(_Strict):
     """A whole transfer study: models x tasks x seeds."""
 
@@ -440,9 +489,11 @@ class StudyConfig(_Strict):
         default_factory=lambda: ["cross_task"], min_length=1,
         description="what the flow computes after training the prompts: cross_task (the "
         "zero-shot matrix per model), cross_model (projectors between models), tpt "
-        "(transferable prompt tuning)")
+        "(transferable prompt tuning), indicators (ES/ON between prompts, their correlation "
+        "with the matrix, neuron masking, the source recommender)")
     cross_model: CrossModelConfig | None = Field(None, description="options of cross_model")
     tpt: TptConfig | None = Field(None, description="options of tpt")
+    indicators: IndicatorsConfig | None = Field(None, description="options of indicators")
     _source: str = PrivateAttr("study")  # the file it came from, for error messages
 
     @property
@@ -469,6 +520,8 @@ class StudyConfig(_Strict):
     def _check_stages(self, models: set[str]) -> None:
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages repeat: {self.stages}")
+        if "indicators" in self.stages and self.indicators is None:
+            self.indicators = IndicatorsConfig()  # every option has a default
         for stage in ("cross_model", "tpt"):
             if stage in self.stages and getattr(self, stage) is None:
                 raise ValueError(f"stage {stage!r} needs its options section `{stage}:`")
@@ -497,6 +550,15 @@ class StudyConfig(_Strict):
             if crossing and tpt.projector_objective not in self.cross_model.objectives:
                 raise ValueError(f"tpt.projector_objective {tpt.projector_objective!r} is not "
                                  f"among cross_model.objectives {self.cross_model.objectives}")
+
+        if "indicators" in self.stages:
+            for m in self.indicators.models or []:
+                if m not in models:
+                    raise ValueError(f"indicators: unknown model {m!r}; models: "
+                                     f"{sorted(models)}")
+            if "cross_task" not in self.stages:
+                raise ValueError("indicators are correlated with the cross-task matrix: add "
+                                 "stage 'cross_task'")
 
     def model_pairs(self) -> list[tuple[str, str]]:
         """The (source, target) model pairs of the cross_model stage."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -67,6 +68,7 @@ class TableSpec:
     partition_by: tuple[str, ...]
     key_column: str | None
     description: str
+    row_id: tuple[str, ...] = ()  # columns that, with the key, tell one row from another
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.match(self.name):
@@ -84,10 +86,14 @@ class TableSpec:
                 )
         if self.key_column is not None and self.key_column not in names:
             raise ValueError(f"table {self.name!r}: key column {self.key_column!r} not in schema")
+        for col in self.row_id:
+            if col not in names:
+                raise ValueError(f"table {self.name!r}: row id column {col!r} not in schema")
 
     @classmethod
     def from_row(cls, name: str, row: type, partition_by: tuple[str, ...],
-                 key_column: str | None, description: str) -> TableSpec:
+                 key_column: str | None, description: str, row_id: tuple[str, ...] = ()
+                 ) -> TableSpec:
         """A spec whose schema is ``row``'s dataclass fields in order: ``str``, ``int``,
         ``float``, ``bool``, ``datetime``, or ``Annotated[<type>, <pa.DataType>]`` for another
         Arrow type (``Int16List``: list<int16>); ``X | None`` makes the column nullable."""
@@ -99,7 +105,7 @@ class TableSpec:
                 args = [a for a in typing.get_args(t) if a is not type(None)]
                 t, nullable = args[0], len(args) < len(typing.get_args(t))
             fields.append(pa.field(f.name, _arrow_type(t), nullable=nullable))
-        return cls(name, pa.schema(fields), partition_by, key_column, description)
+        return cls(name, pa.schema(fields), partition_by, key_column, description, row_id)
 
     @property
     def file_columns(self) -> list[str]:
@@ -509,6 +515,12 @@ for _view, _table, _model, _key, _part in (
     ("current_projectors", "projectors", "target_model", "projector_key", "t.projector_key"),
     ("current_cross_model", "cross_model", "target_model", "cell_key", "t.cell_key, t.metric"),
     ("current_tpt", "tpt", "model", "tpt_key", "t.tpt_key"),
+    ("current_indicators", "indicators", "model", "pair_key", "t.pair_key, t.indicator"),
+    ("current_ablations", "ablations", "model", "ablation_key", "t.ablation_key, t.fraction"),
+    ("current_correlations", "correlations", "model", "correlation_key",
+     "t.correlation_key, t.scope, t.indicator, t.measure, t.method"),
+    ("current_recommendations", "recommendations", "model", "recommend_key",
+     "t.recommend_key, t.seed, t.target_task, t.method, t.source_prompt_key"),
 ):
     VIEWS[_view] = f"""
         select t.* from {_table} t
@@ -520,7 +532,10 @@ for _view, _table, _model, _key, _part in (
 VIEW_TABLES = {"latest_runs": {"runs"}, "current_cross_task": {"cross_task"},
                "current_cross_task_predictions": {"cross_task_predictions"},
                "current_prompts": {"prompts"}, "current_projectors": {"projectors"},
-               "current_cross_model": {"cross_model"}, "current_tpt": {"tpt"}}
+               "current_cross_model": {"cross_model"}, "current_tpt": {"tpt"},
+               "current_indicators": {"indicators"}, "current_ablations": {"ablations"},
+               "current_correlations": {"correlations"},
+               "current_recommendations": {"recommendations"}}
 
 
 def duckdb_connect(
@@ -796,6 +811,97 @@ class TptRow:
 
 
 @dataclass
+class IndicatorRow:
+    """One transferability indicator between two prompts of one model (an unordered pair,
+    ``prompt_a`` < ``prompt_b`` by key); ``pair_key`` is shared by the pair's indicators."""
+
+    pair_key: str
+    model: str
+    seed: int
+    prompt_a: str
+    prompt_b: str
+    task_a: str
+    task_b: str
+    task_type_a: str
+    task_type_b: str
+    same_type: bool
+    indicator: str  # es_cosine | es_token_cosine | es_euclidean | on | on_layers_<i>-<j>
+    value: float
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class AblationRow:
+    """Neuron masking: a prompt's own-task accuracy with the top ``fraction`` of the FFN
+    neurons it activates zeroed, against the same number of random neurons zeroed."""
+
+    ablation_key: str
+    model: str
+    seed: int
+    prompt_key: str
+    task: str
+    fraction: float
+    n_masked: int  # neurons masked, of n_total (all FFN neurons of all layers)
+    n_total: int
+    metric: str  # accuracy
+    split: str
+    n_examples: int
+    score: float  # accuracy unmasked
+    top_masked_score: float
+    random_masked_score: float
+    top_drop: float  # score - top_masked_score
+    random_drop: float
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class CorrelationRow:
+    """Rank correlation of one indicator with one transfer measure over the prompt pairs of a
+    scope (``all``: every pair of the model, else one target task)."""
+
+    correlation_key: str
+    model: str
+    scope: str
+    indicator: str
+    measure: str  # relative_score | transfer_gain
+    method: str  # spearman | kendall
+    rho: float | None
+    p_value: float | None
+    n_pairs: int
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
+class RecommendationRow:
+    """One source prompt as ranked for one target task by one method (``probe``: the
+    recommender, from the target's train data only; baselines ``same_type``, ``random`` and the
+    indicators), with the true transfer score it had in the matrix (evaluation only)."""
+
+    recommend_key: str
+    model: str
+    seed: int
+    target_task: str
+    target_task_type: str
+    method: str
+    source_task: str
+    source_task_type: str
+    source_prompt_key: str
+    score: float  # the method's score (higher = recommended first)
+    rank: float  # 1 = first; ties share their mean rank
+    true_score: float  # accuracy of the source prompt on the target's test split (matrix)
+    true_rank: float
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
 class RunKeyRow:
     """A key (prompt, cell, ...) that a run covered, trained or reused: the run's exact
     membership, behind the ``current_*`` views."""
@@ -822,7 +928,7 @@ TRAINING_CURVES = register_table(TableSpec.from_row(
 
 CROSS_TASK = register_table(TableSpec.from_row(
     "cross_task", CellRow, partition_by=("study", "model", "target_task"),
-    key_column="cell_key",
+    key_column="cell_key", row_id=("metric",),
     description="Cross-task transfer matrix: score of a source prompt (or random/none "
                 "baseline) on a target task; source_kind is prompt|random|none, metric "
                 "accuracy|macro_f1. View current_cross_task: the cells of each study's "
@@ -843,7 +949,7 @@ PROJECTORS = register_table(TableSpec.from_row(
 
 CROSS_MODEL = register_table(TableSpec.from_row(
     "cross_model", CrossModelRow, partition_by=("study", "target_model", "target_task"),
-    key_column="cell_key",
+    key_column="cell_key", row_id=("metric",),
     description="Zero-shot score of a projected (or, objective none, unprojected) source "
                 "prompt on a target model and task, with a 95% bootstrap interval."))
 
@@ -853,9 +959,59 @@ TPT = register_table(TableSpec.from_row(
                 "random init (same budget): score after k steps, steps/seconds to a fraction "
                 "of the baseline's best, best score, speed-up."))
 
+INDICATORS = register_table(TableSpec.from_row(
+    "indicators", IndicatorRow, partition_by=("study", "model"), key_column="pair_key",
+    row_id=("indicator",),
+    description="Transferability indicators between two prompts of one model: ES (cosine, "
+                "per-token cosine, 1/(1+euclidean) of the prompts) and ON (overlap of the FFN "
+                "neurons each activates, all layers and per window of layers)."))
+
+ABLATIONS = register_table(TableSpec.from_row(
+    "ablations", AblationRow, partition_by=("study", "model"), key_column="ablation_key",
+    row_id=("fraction",),
+    description="Neuron masking ablation: own-task accuracy with a prompt's top-k% activated "
+                "FFN neurons zeroed vs k% random neurons zeroed."))
+
+CORRELATIONS = register_table(TableSpec.from_row(
+    "correlations", CorrelationRow, partition_by=("study", "model"),
+    key_column="correlation_key", row_id=("scope", "indicator", "measure", "method"),
+    description="Spearman and Kendall correlation (p-value, number of pairs) of each "
+                "indicator with relative_score and transfer_gain, per target task and over "
+                "all pairs of a model."))
+
+RECOMMENDATIONS = register_table(TableSpec.from_row(
+    "recommendations", RecommendationRow, partition_by=("study", "model"),
+    key_column="recommend_key", row_id=("seed", "target_task", "method", "source_prompt_key"),
+    description="Leave-one-task-out source rankings: per target task and method (probe, the "
+                "recommender; same_type, random, indicators: baselines) each source's score "
+                "and rank, with its true transfer score."))
+
 RUN_KEYS = register_table(TableSpec.from_row(
     "run_keys", RunKeyRow, partition_by=("study", "model"), key_column="key",
     description="Which keys (table_name, key) each run covered, trained or reused."))
+
+
+def run_rows(storage, table: str, study: str, parts: list[tuple[str, list[str]]]
+             ) -> pd.DataFrame:
+    """Exactly the rows of ``table`` whose key the run covered (``parts``: (model partition
+    value, keys)), the newest of a key written twice; an error if any is missing."""
+    spec = get_table(table)
+    frames = []
+    for model, keys in parts:
+        if not keys:
+            continue
+        df = read_table(storage, table, filters={"study": study, spec.partition_by[1]: model}
+                        ).to_pandas()
+        df = df[df[spec.key_column].isin(set(keys))]
+        dedup = [spec.key_column, *spec.row_id]
+        df = df.sort_values("created_at").drop_duplicates(dedup, keep="last")
+        missing = set(keys) - set(df[spec.key_column])
+        if missing:
+            raise RuntimeError(f"{len(missing)} key(s) of this run are not in {table} (study "
+                               f"{study}, {model}), e.g. {sorted(missing)[:3]}")
+        frames.append(df)
+    return (pd.concat(frames, ignore_index=True) if frames
+            else spec.schema.empty_table().to_pandas())
 
 
 # -- Athena / Trino DDL ---------------------------------------------------------------------

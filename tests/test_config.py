@@ -51,6 +51,11 @@ def test_model_name_from_model_id():
     assert ModelConfig(kind="mlm", model_id="org/some+model").name == "some-model"
     assert m.identity() == {"kind": "mlm", "model_id": "/models/my tiny/bert-mini/",
                             "revision": None, "options": {}}
+    # options carry their defaults: a changed default changes every key made with it
+    enc = ModelConfig(kind="encoder")
+    assert enc.identity()["options"] == {"pool": "text", "temperature": 0.05}
+    assert enc.identity() == ModelConfig(kind="encoder", options={"pool": "text"}).identity()
+    assert enc.identity() != ModelConfig(kind="encoder", options={"pool": "all"}).identity()
 
 
 def test_load_study_resolves_relative_paths(tmp_path):

@@ -10,6 +10,13 @@ only ever call four things:
 
 so a new kind (seq2seq, causal) slots in by implementing these and registering itself.
 
+For the transferability indicators (METHOD.md "model stimulation similarity", ON) every kind also
+exposes its FFN neurons: :meth:`Backbone.ffn_modules` (the modules whose output is the FFN
+intermediate activation, found by a module-name suffix per kind), :meth:`Backbone.stimulus` (the
+prompt + the kind's empty-input layout, and the position(s) scoring reads),
+:meth:`Backbone.ffn_activations` ((L, F) at those positions) and :meth:`Backbone.masked_neurons`
+(zero chosen neurons during any forward pass inside the block).
+
 Threads share one backbone (``cached_backbone``), and a fast tokenizer is not thread-safe (it
 raises "Already borrowed" when two threads use it at once), so every tokenizer call goes through
 :meth:`Backbone.tokenize`, which holds the backbone's lock; the ids the loops need per batch (pad,
@@ -20,7 +27,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, ClassVar
@@ -54,6 +62,20 @@ class Encoded:
 
     input_ids: list[int]
     token_type_ids: list[int]
+
+
+@dataclass
+class Stimulus:
+    """The ON input of one prompt (METHOD.md): the prompt + the kind's empty-input layout.
+
+    ``model_kwargs``: keyword arguments for one forward of ``backbone.model`` on a batch of one
+    (e.g. ``inputs_embeds`` (1, n+T, D), ``attention_mask`` (1, n+T)); ``positions``: for each FFN
+    layer, in :meth:`Backbone.ffn_modules` order (L lists), the positions of that layer's
+    sequence whose activations are read; several positions are averaged.
+    """
+
+    model_kwargs: dict[str, Any]
+    positions: list[list[int]]
 
 
 def prepend_prompt(
@@ -156,6 +178,10 @@ class Backbone(ABC):
     layout_words: ClassVar[str] = "special tokens"  # what layout_tokens counts, for messages
     # the kind's forward pass is known to be sound under bf16 autocast (BERT-style encoders)
     supports_bf16: ClassVar[bool] = False
+    # name suffix of the modules whose forward output is the FFN intermediate activation (after
+    # the first FFN linear layer and the activation), (B, T, F): BERT/RoBERTa's
+    # ``layer.N.intermediate``; kinds with other architectures override it
+    ffn_module_suffix: ClassVar[str] = "intermediate"
 
     def __init__(self, model: nn.Module, tokenizer: Any, model_id: str, device: str = "cpu"):
         device = resolve_device(device)  # "auto" -> cuda/cpu; a missing GPU is an InputError
@@ -279,3 +305,138 @@ class Backbone(ABC):
         if prompt is not None:
             types = torch.cat([types.new_zeros(types.shape[0], prompt.shape[0]), types], dim=1)
         return {"inputs_embeds": embeds, "attention_mask": mask, "token_type_ids": types}
+
+    # --- FFN neurons (transferability indicator ON, neuron masking) ---------------------------
+
+    def ffn_named_modules(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every module named ``*.{ffn_module_suffix}``, in layer order (the
+        model's registration order: for an encoder-decoder, encoder layers then decoder layers).
+
+        Raises ValueError when there is none, or when one module serves several layers (hooks on
+        it could not tell the layers apart).
+        """
+        suffix = self.ffn_module_suffix
+        found = [(name, m) for name, m in self.model.named_modules(remove_duplicate=False)
+                 if name == suffix or name.endswith("." + suffix)]
+        if not found:
+            raise ValueError(
+                f"{self.model_id}: no FFN activation module named '*.{suffix}' in "
+                f"{type(self.model).__name__} (backbone kind {self.kind!r}); the FFN indicators "
+                "need this kind's architecture (set ffn_module_suffix for others)"
+            )
+        if len({id(m) for _, m in found}) != len(found):
+            raise ValueError(f"{self.model_id}: one '*.{suffix}' module serves several layers; "
+                             "its FFN activations cannot be told apart by layer")
+        return found
+
+    def ffn_modules(self) -> list[nn.Module]:
+        """The L modules, in layer order, whose forward output is the FFN intermediate
+        activation (B, T, F) (see :meth:`ffn_named_modules`)."""
+        return [m for _, m in self.ffn_named_modules()]
+
+    def stimulus(self, prompt: torch.Tensor | None) -> Stimulus:
+        """The ON input for ``prompt`` (n, D) (None: no prompt): prompt + this kind's empty-input
+        layout (no task text) and the positions scoring reads (see :class:`Stimulus`)."""
+        raise NotImplementedError(f"backbone kind {self.kind!r} defines no ON stimulus")
+
+    def _stimulus_prompt(self, prompt: torch.Tensor | None) -> torch.Tensor | None:
+        """``prompt`` checked to be (n, D) for this model, as float32 on the device."""
+        if prompt is None:
+            return None
+        from prompt_core.prompts import check_prompt_shape  # prompts imports backbones
+
+        check_prompt_shape(prompt.detach(), self.hidden_size,
+                           where=f"soft prompt for {self.model_id}")
+        return prompt.detach().to(self.device, torch.float32)
+
+    def _empty_input(self) -> dict[str, torch.Tensor]:
+        """The empty text (no task text) in this kind's layout, collated: tensors (1, T)."""
+        return self.collate([self.encode("", None, self.layout_tokens + 32)])
+
+    def ffn_activations(self, prompt: torch.Tensor | None) -> torch.Tensor:
+        """FFN intermediate activations of the ON stimulus of ``prompt`` (n, D): (L, F) float32
+        on the CPU, row l = layer l's activations at the scored position(s) (mean when several).
+
+        One forward pass under ``torch.no_grad`` with forward hooks on :meth:`ffn_modules`
+        (always removed; they ignore forward passes of other threads sharing the backbone).
+        Hooks already on those modules run first, so inside :meth:`masked_neurons` the masked
+        neurons read 0.
+        """
+        stim = self.stimulus(prompt)
+        modules = self.ffn_modules()
+        if len(stim.positions) != len(modules):
+            raise RuntimeError(f"{self.kind} stimulus gives positions for {len(stim.positions)} "
+                               f"layers, the model has {len(modules)} FFN layers")
+        outputs: list[torch.Tensor | None] = [None] * len(modules)
+
+        owner = threading.get_ident()
+
+        def keeper(layer: int):
+            def hook(_module, _inputs, output):
+                if threading.get_ident() == owner:
+                    outputs[layer] = output.detach()
+            return hook
+
+        handles = []
+        try:
+            for layer, module in enumerate(modules):
+                handles.append(module.register_forward_hook(keeper(layer)))
+            with torch.no_grad():
+                self.model(**stim.model_kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [i for i, out in enumerate(outputs) if out is None]
+        if missing:
+            raise RuntimeError(f"{self.model_id}: FFN layer(s) {missing} did not run")
+        rows = [out[0, pos].float().mean(dim=0)  # (F,)
+                for out, pos in zip(outputs, stim.positions, strict=True)]
+        return torch.stack(rows).cpu()  # (L, F)
+
+    @property
+    def ffn_shape(self) -> tuple[int, int]:
+        """(L, F): FFN layers x intermediate neurons per layer (from one tiny forward pass of a
+        1-token zero prompt, once per backbone)."""
+        shape = getattr(self, "_ffn_shape", None)
+        if shape is None:
+            zero = torch.zeros(1, self.hidden_size)
+            shape = self._ffn_shape = tuple(self.ffn_activations(zero).shape)
+        return shape
+
+    @contextmanager
+    def masked_neurons(self, mask: torch.Tensor) -> Iterator[None]:
+        """Zero the neurons where ``mask`` (L, F) bool is True, at every position, in every
+        forward pass of this backbone's model inside the block (forward hooks on
+        :meth:`ffn_modules`, removed on exit), so the usual scoring code scores with them masked.
+
+        Only forward passes run by the thread that opened the block are masked: threads share
+        one backbone (:func:`~prompt_core.backbones.cached_backbone`), and the hooks are on its
+        model, so the others' scoring is left alone.
+        """
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"neuron mask must be a bool tensor (L, F), got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
+        if tuple(mask.shape) != self.ffn_shape:
+            L, F = self.ffn_shape
+            raise ValueError(
+                f"neuron mask shape {tuple(mask.shape)} does not match {self.model_id}: expected "
+                f"({L}, {F}) ({L} FFN layers x {F} intermediate neurons)"
+            )
+        rows = mask.to(self.device)
+        owner = threading.get_ident()
+
+        def zeroer(layer: int):
+            def hook(_module, _inputs, output):
+                if threading.get_ident() != owner:
+                    return None  # another thread's forward pass: unchanged
+                return output.masked_fill(rows[layer], 0)  # (F,) broadcast over (B, T, F)
+            return hook
+
+        handles = []
+        try:
+            for layer, module in enumerate(self.ffn_modules()):
+                handles.append(module.register_forward_hook(zeroer(layer)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()

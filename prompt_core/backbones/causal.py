@@ -26,7 +26,13 @@ from typing import Any
 
 import torch
 
-from prompt_core.backbones.base import Backbone, Encoded, EncodeError, prepend_prompt
+from prompt_core.backbones.base import (
+    Backbone,
+    Encoded,
+    EncodeError,
+    Stimulus,
+    prepend_prompt,
+)
 from prompt_core.errors import InputError
 
 
@@ -40,6 +46,7 @@ class CausalBackbone(Backbone):
     default_lr = 1e-3  # METHOD.md gives no GPT LR; RoBERTa-base's 1e-3 (override with cfg.lr)
     layout_words = "separator + verbalizer cue"
     supports_bf16 = False
+    ffn_module_suffix = "mlp.act"  # GPT-2: act(c_fc(x)) inside each block's GPT2MLP
 
     def __init__(self, model, tokenizer, model_id, device="cpu", separator: str = "\n",
                  cue: str = "\nAnswer:"):
@@ -149,3 +156,18 @@ class CausalBackbone(Backbone):
         else:
             at_last = self.model(**kw).logits[rows, last]  # (B, V)
         return at_last.float()[:, scorer.to(at_last.device)]  # (B, K) float32
+
+    def stimulus(self, prompt):
+        """ON input: ``[P] cue`` (the empty text in :meth:`encode`'s layout; with ``cue=""``
+        the prompt alone), read at the last position, the one whose next-token logits score the
+        labels, in every FFN layer. Positions ``0..n+T-1`` as in :meth:`logits`."""
+        p = self._stimulus_prompt(prompt)
+        n = 0 if p is None else p.shape[0]
+        if not self._cue_ids and not n:
+            raise EncodeError(f"{self.model_id}: no prompt and no cue: no position to read")
+        batch = self._empty_input() if self._cue_ids else self.collate([Encoded([], [])])
+        kw = self.embed_with_prompt(p, batch)
+        del kw["token_type_ids"]  # GPT-2 would add wte(type ids): logits never passes them
+        length = kw["attention_mask"].shape[1]  # n + T
+        kw["position_ids"] = torch.arange(length, device=self.device).unsqueeze(0)  # (1, n+T)
+        return Stimulus(kw, [[length - 1]] * len(self.ffn_modules()))

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from prompt_core.backbones.base import Backbone, Encoded
+from prompt_core.backbones.base import Backbone, Encoded, Stimulus
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 Pool = Literal["text", "all"]  # what the sentence embedding averages (see logits)
@@ -48,7 +48,7 @@ class EncoderBackbone(Backbone):
     POOLS = get_args(Pool)
 
     def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.05,
-                 pool: Pool = "all"):
+                 pool: Pool = "text"):
         super().__init__(model, tokenizer, model_id, device)
         if pool not in self.POOLS:
             raise ValueError(f"encoder option pool must be one of {self.POOLS}, got {pool!r}")
@@ -91,3 +91,20 @@ class EncoderBackbone(Backbone):
         with torch.autocast(hidden.device.type, enabled=False):
             emb = F.normalize(mean_pool(hidden.float(), mask), dim=-1)  # (B, D)
             return emb @ scorer.float().T / self.temperature  # (B, K) float32
+
+    def stimulus(self, prompt):
+        """ON input: ``[P] [CLS] [SEP]`` (the empty text in :meth:`encode`'s layout), read at
+        the POOLED positions, averaged, in every FFN layer.
+
+        This kind has no mask token: the class logits are cosines of the sentence embedding,
+        the mean of the last hidden states over the pooled positions (``pool="text"``: the text
+        positions ``[CLS] [SEP]`` only, the prompt acting through attention; ``"all"``: the
+        prompt too). Those positions are what "the scored position" means here, so each layer's
+        activation is their mean, like the embedding that scores the labels.
+        """
+        p = self._stimulus_prompt(prompt)
+        kw = self.embed_with_prompt(p, self._empty_input())  # (1, n+T, D)
+        n = 0 if p is None else p.shape[0]
+        first = n if self.pool == "text" else 0
+        pooled = list(range(first, kw["attention_mask"].shape[1]))
+        return Stimulus(kw, [pooled] * len(self.ffn_modules()))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from prompt_core.backbones.base import Backbone, Encoded, EncodeError
+from prompt_core.backbones.base import Backbone, Encoded, EncodeError, Stimulus
 from prompt_core.errors import InputError
 
 
@@ -136,6 +136,16 @@ class MLMBackbone(Backbone):
             at_mask = self.model(**kw).logits[rows, pos]  # (B, V)
         at_mask = at_mask.float()  # (B, V) float32: bf16 under autocast
         return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)
+
+    def stimulus(self, prompt):
+        """ON input (METHOD.md): ``[P] <cls> <mask> <sep>`` (the empty text in :meth:`encode`'s
+        layout), read at the mask position in every FFN layer."""
+        p = self._stimulus_prompt(prompt)
+        batch = self._empty_input()  # (1, T)
+        kw = self.embed_with_prompt(p, batch)  # (1, n+T, D)
+        n = 0 if p is None else p.shape[0]
+        at_mask = n + batch["input_ids"][0].tolist().index(self.mask_token_id)
+        return Stimulus(kw, [[at_mask]] * len(self.ffn_modules()))
 
 
 def check_mask_token(tokenizer: Any, model_id: str, vocab_rows: int | None = None) -> None:

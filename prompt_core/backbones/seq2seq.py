@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from prompt_core.backbones.base import Backbone, Encoded, prepend_prompt
+from prompt_core.backbones.base import Backbone, Encoded, Stimulus, prepend_prompt
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Seq2SeqBackbone(Backbone):
     default_lr = 5e-3  # T5-small/base in the paper's code (METHOD.md)
     # T5 overflows in half precision (fp16) and has not been checked under bf16 autocast here
     supports_bf16 = False
+    # T5: act(wi(x)) in each block's T5DenseActDense (gated variants: the gate act(wi_0(x)))
+    ffn_module_suffix = "DenseReluDense.act"
 
     def __init__(self, model, tokenizer, model_id, device="cpu", **options: Any):
         if options:
@@ -126,3 +128,21 @@ class Seq2SeqBackbone(Backbone):
         tgt = scorer.targets.unsqueeze(0).expand(B, -1, -1)  # (B, K, L)
         tok = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, K, L)
         return (tok * scorer.mask.to(tok.dtype)).sum(dim=-1)  # (B, K)
+
+    def stimulus(self, prompt):
+        """ON input: encoder ``[P] </s>`` (the empty text in :meth:`encode`'s layout), decoder
+        the start token alone. Encoder FFN layers are read at the last encoder position,
+        decoder FFN layers at the first decoder step (the one that scores a label's first
+        token)."""
+        p = self._stimulus_prompt(prompt)
+        batch = self._empty_input()  # (1, T)
+        embeds, mask = prepend_prompt(self.input_embeddings(batch["input_ids"]),
+                                      batch["attention_mask"], p)  # (1, S, D), (1, S)
+        start = torch.full((1, 1), self.decoder_start_token_id, dtype=torch.long,
+                           device=self.device)
+        kw = {"inputs_embeds": embeds, "attention_mask": mask, "decoder_input_ids": start,
+              "use_cache": False}
+        in_encoder = {id(m) for m in self.model.get_encoder().modules()}
+        last = mask.shape[1] - 1
+        positions = [[last] if id(m) in in_encoder else [0] for m in self.ffn_modules()]
+        return Stimulus(kw, positions)

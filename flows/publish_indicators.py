@@ -1,0 +1,165 @@
+"""What the ``indicators`` stage publishes, computed from exactly the run's rows.
+
+Per model (``<model>`` made an artifact key as in :mod:`flows.publish`):
+
+* ``indicators-<model>``: markdown with one scatter per indicator inline (indicator value vs
+  the relative score of the source prompt on the target, one point per (source, target)
+  pair, same-type pairs in another colour), the PNG also in storage;
+* ``correlations-<model>``: a table artifact, Spearman and Kendall of every indicator with
+  relative_score and transfer_gain over all pairs (with p-values and the number of pairs);
+* ``recommender-<model>``: a table artifact, the recommender's and the baselines' top-1 and
+  top-3 hit rates and mean regret, leave-one-task-out.
+
+:func:`indicator_summary_lines` gives the run summary's section (correlations of ON and ES,
+the recommender against its baselines, the masking ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.storage import Storage
+
+SCATTER_PANEL_IN = (2.6, 2.2)
+SCATTER_COLUMNS = 4
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    return "n/a" if v is None or v != v else format(v, fmt)
+
+
+def ranking_tables(recommendations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per target, per model and method) evaluation of the run's ``recommendations`` rows:
+    expected hit@1, hit@3 and regret under random tie-breaking
+    (:func:`prompt_core.recommend.evaluate_rankings`)."""
+    from prompt_core.recommend import evaluate_rankings, summarise_rankings
+
+    r = recommendations
+    scores = r[["model", "seed", "target_task", "method", "source_task", "score"]]
+    truth = (r[["model", "seed", "target_task", "source_task", "true_score"]]
+             .drop_duplicates(["model", "seed", "target_task", "source_task"]))
+    per_target = evaluate_rankings(scores, truth)
+    return per_target, summarise_rankings(per_target)
+
+
+def scatter_figure(pairs: pd.DataFrame, title: str):
+    """One panel per indicator: value (x) vs relative score (y), same-type pairs orange."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(pairs["indicator"].unique(), key=lambda n: (not n.startswith("on"), n))
+    cols = min(SCATTER_COLUMNS, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False,
+                             figsize=(SCATTER_PANEL_IN[0] * cols, SCATTER_PANEL_IN[1] * rows))
+    for ax, name in zip(axes.flat, names, strict=False):
+        d = pairs[pairs["indicator"] == name]
+        for same, colour, label in ((False, "tab:blue", "different type"),
+                                    (True, "tab:orange", "same type")):
+            s = d[d["same_type"] == same]
+            ax.scatter(s["value"], s["relative_score"], s=12, c=colour, label=label, alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("relative score", fontsize=8)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def publish_indicators(storage: Storage, study_name: str, run_id: str,
+                       rows: dict[str, pd.DataFrame], cells: dict[str, pd.DataFrame], *,
+                       model_names: Iterable[str] | None = None) -> dict[str, str]:
+    """Publish the stage from exactly the run's rows (``rows``: table -> the run's rows;
+    ``cells``: model -> the run's cross_task rows). Returns ``{model: scatter PNG URI}``."""
+    import matplotlib.pyplot as plt
+
+    from flows.publish import _data_uri, _model_keys, _png, _records
+    from prompt_core.correlations import transfer_pairs
+
+    ind, corr, rec = rows["indicators"], rows["correlations"], rows["recommendations"]
+    if ind.empty:
+        return {}
+    keys = _model_keys(ind["model"], model_names)
+    per_model = ranking_tables(rec)[1] if not rec.empty else pd.DataFrame()
+    uris = {}
+    for model in sorted(ind["model"].unique()):
+        pairs = transfer_pairs(cells[model], ind[ind["model"] == model])
+        if not pairs.empty:
+            fig = scatter_figure(pairs, f"{study_name} / {model}: indicator vs relative score")
+            png = _png(fig, colors=64)
+            plt.close(fig)
+            uri = storage.write_bytes(f"artifacts/{run_id}/indicators_{model}.png", png)
+            uris[model] = uri
+            create_markdown_artifact(
+                f"Study `{study_name}`, model `{model}`, run `{run_id}`: each point is one "
+                f"(source prompt, target task) pair; x = the indicator between the source "
+                f"prompt and the target's own prompt, y = the source prompt's accuracy on the "
+                f"target / the own prompt's. Orange: same task type.\n\n"
+                f"![indicators vs transfer, {model}]({_data_uri(png)})\n\nPNG in storage: "
+                f"`{uri}`\n", key=f"indicators-{keys[model]}",
+                description=f"indicators vs relative score, study {study_name}, model {model}")
+        c = corr[(corr["model"] == model) & (corr["scope"] == "all")]
+        if not c.empty:
+            create_table_artifact(
+                _records(c.sort_values(["measure", "method", "indicator"])[
+                    ["indicator", "measure", "method", "rho", "p_value", "n_pairs"]]),
+                key=f"correlations-{keys[model]}",
+                description=f"rank correlation of each indicator with transfer over all "
+                            f"pairs; study {study_name}, model {model}")
+        if not per_model.empty:
+            create_table_artifact(
+                _records(per_model[per_model["model"] == model]),
+                key=f"recommender-{keys[model]}",
+                description=f"source recommender (probe) vs baselines, leave-one-task-out: "
+                            f"expected top-1/top-3 hit rate of the true best source and mean "
+                            f"regret; study {study_name}, model {model}")
+    return uris
+
+
+def indicator_summary_lines(rows: dict[str, pd.DataFrame], *,
+                            model_names: Iterable[str] | None = None) -> list[str]:
+    """The run summary's section on the indicators stage, from exactly the run's rows."""
+    from flows.publish import _model_keys
+
+    ind = rows.get("indicators")
+    if ind is None or ind.empty:
+        return []
+    corr, rec, abl = rows["correlations"], rows["recommendations"], rows["ablations"]
+    keys = _model_keys(ind["model"], model_names)
+    lines = ["## Transferability indicators", "",
+             "Spearman of each indicator (source prompt vs the target's own prompt) with the "
+             "relative score, over all (source, target) pairs; recommender: expected top-1 / "
+             "top-3 hit rate of the true best source and mean regret (accuracy), "
+             "leave-one-task-out", ""]
+    per_model = ranking_tables(rec)[1] if not rec.empty else pd.DataFrame()
+    for model in sorted(ind["model"].unique()):
+        c = corr[(corr["model"] == model) & (corr["scope"] == "all")
+                 & (corr["measure"] == "relative_score") & (corr["method"] == "spearman")]
+        if not c.empty:
+            c = c.sort_values("rho", ascending=False, na_position="last")
+            lines.append(f"- `{model}` Spearman with relative score: " + ", ".join(
+                f"{r.indicator} {_f(r.rho, '+.3f')} (p {_f(r.p_value, '.3g')}, n {r.n_pairs})"
+                for r in c.itertuples(index=False)))
+        if not per_model.empty:
+            for r in per_model[per_model["model"] == model].itertuples(index=False):
+                lines.append(f"- `{model}` {r.method}: top-1 {_f(r.hit_at_1, '.2f')}, top-3 "
+                             f"{_f(r.hit_at_3, '.2f')}, regret {_f(r.regret)} "
+                             f"({r.n_targets} targets)")
+        a = abl[abl["model"] == model] if not abl.empty else abl
+        if not a.empty:
+            g = a.groupby("fraction")[["top_drop", "random_drop"]].mean()
+            lines.append(f"- `{model}` neuron masking (mean accuracy drop over "
+                         f"{a['prompt_key'].nunique()} prompts): " + ", ".join(
+                             f"k={f:g}: top {_f(r.top_drop, '+.3f')} vs random "
+                             f"{_f(r.random_drop, '+.3f')}" for f, r in g.iterrows()))
+        lines.append(f"- scatter: artifact `indicators-{keys[model]}`; tables: "
+                     f"`correlations-{keys[model]}`, `recommender-{keys[model]}`")
+    return lines + [""]
