@@ -25,12 +25,16 @@ from tasks import storage as storage_mod
 from tasks.storage import Storage, open_storage
 from tasks.tables import (
     TABLES,
+    AblationRow,
     CellRow,
+    CorrelationRow,
     CrossModelRow,
     CurveRow,
+    IndicatorRow,
     PredictionRow,
     ProjectorRow,
     PromptRow,
+    RecommendationRow,
     RunKeyRow,
     RunRow,
     TptRow,
@@ -147,7 +151,11 @@ def write_tables(st: Storage, study: str, score0: float) -> dict[str, float]:
     # one row in each later stage's table (every table has parts under its DDL location)
     later = {"projectors": (ProjectorRow, {"target_model": MODELS[1]}),
              "cross_model": (CrossModelRow, {"target_model": MODELS[1], "target_task": "snli"}),
-             "tpt": (TptRow, {"model": MODELS[0], "target_task": "snli"})}
+             "tpt": (TptRow, {"model": MODELS[0], "target_task": "snli"}),
+             "indicators": (IndicatorRow, {"model": MODELS[0]}),
+             "ablations": (AblationRow, {"model": MODELS[0]}),
+             "correlations": (CorrelationRow, {"model": MODELS[0]}),
+             "recommendations": (RecommendationRow, {"model": MODELS[0]})}
     for table, (row_cls, parts) in later.items():
         write_part(st, table, [filled_row(row_cls, study=study, run_id=run_id, **parts)],
                    f"{table}-{study}")
