@@ -27,6 +27,7 @@ demo: install models/minilm-l3/derivation.json
 	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and model = 'minilm' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 8"
 	$(BIN)/prompt-transfer query "select target_task as target, objective, round(score, 3) as acc, round(score_low, 3) as low, round(score_high, 3) as high, round(relative_score, 3) as rel from current_cross_model where study = 'demo' and metric = 'accuracy' and source_task = target_task order by target, objective"
 	$(BIN)/prompt-transfer query "select target_task as target, source_kind as via, source_task as source, steps_to_target as steps90, baseline_steps_to_target as random_steps90, round(best_score, 3) as best, round(baseline_best, 3) as random_best from current_tpt where study = 'demo' order by target, source"
+	$(BIN)/python tests/benchmarks/indicator_report.py --study demo
 
 # Models derived offline from the shipped MiniLM (prompt_core/derive.py; derivation.json in each
 # folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min).
@@ -57,6 +58,7 @@ benchmark: install
 shared-study: install
 	$(BIN)/prompt-transfer run deployments/studies/shared_tasks.yaml
 	$(BIN)/python tests/benchmarks/transfer_report.py --study shared-tasks
+	$(BIN)/python tests/benchmarks/indicator_report.py --study shared-tasks
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -99,6 +99,30 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     same = rec[rec["method"] == "same_type"]
     assert ((same["score"] == 1.0) == (same["source_task_type"] == same["target_task_type"])).all()
 
+    # the UI: the scatter inline (equal to the PNG in storage), the correlation and
+    # recommender tables from exactly these rows, the summary's section
+    from flows.publish_indicators import ranking_tables
+    from tests.test_publish_stages import _artifacts, _inline_png, _table
+
+    arts = _artifacts(r.run_id)
+    png, img = _inline_png(arts["indicators-tiny"].data)
+    assert open(r.heatmaps["indicators tiny"].removeprefix("file://"), "rb").read() == png
+    assert img[..., :3].std() > 0.05
+    got = _table(arts["correlations-tiny"])
+    assert len(got) == len(corr[corr["scope"] == "all"])
+    assert {(g["indicator"], g["measure"], g["method"], g["n_pairs"]) for g in got} == {
+        (c.indicator, c.measure, c.method, c.n_pairs)
+        for c in corr[corr["scope"] == "all"].itertuples()}
+    want = ranking_tables(rec)[1].set_index("method")
+    got = {g["method"]: g for g in _table(arts["recommender-tiny"])}
+    assert set(got) == set(want.index)
+    for method, g in got.items():
+        assert g["hit_at_1"] == pytest.approx(want.loc[method, "hit_at_1"], abs=1e-4)
+        assert g["regret"] == pytest.approx(want.loc[method, "regret"], abs=1e-4)
+    summary = arts["transfer-matrix-summary"].data
+    assert "## Transferability indicators" in summary
+    assert f"`tiny` probe: top-1 {want.loc['probe', 'hit_at_1']:.2f}" in summary
+
     # the views: exactly the latest run's rows
     con = duckdb_connect(st)
     for view, n in (("current_indicators", len(ind)), ("current_ablations", len(abl)),
