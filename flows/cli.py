@@ -358,10 +358,12 @@ def open_tables_root(uri: str | None) -> Storage:
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL for DuckDB; every table is a view (runs, "
-                                            "prompts, training_curves, cross_task, run_keys), "
-                                            "plus latest_runs, current_cross_task and "
-                                            "current_prompts (each study's latest completed "
-                                            "run).")],
+                                            "prompts, training_curves, cross_task, "
+                                            "indicators, ... see `prompt-transfer tables`), "
+                                            "plus latest_runs and the current_* views "
+                                            "(current_cross_task, current_prompts, "
+                                            "current_indicators, ...: the rows of each "
+                                            "study's latest completed run).")],
     storage: StorageOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
