@@ -53,18 +53,23 @@ def n_indicator_units(study: StudyConfig, n_tasks: int) -> int:
 
 @dataclass
 class IndicatorResult:
-    """What the stage covered: keys per (model, table), unit counts, and the run's rows."""
+    """What the stage covered: keys per (model, table), what was computed now vs found stored
+    per part of the stage (``indicators``: prompt pairs; ``ablate``, ``probe``: prompts and
+    targets; ``correlate``, ``recommend``: one analysis per model), and the run's rows."""
 
     keys: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    computed: int = 0
-    stored: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: dict[str, pd.DataFrame] = field(default_factory=dict)
 
-    def add(self, outcomes: list[KeysOutcome], table: str) -> None:
+    def count(self, part: str, computed: int, stored: int) -> None:
+        c = self.counts.setdefault(part, {"computed": 0, "stored": 0})
+        c["computed"] += computed
+        c["stored"] += stored
+
+    def add(self, outcomes: list[KeysOutcome], table: str, part: str) -> None:
         for o in outcomes:
             self.keys.setdefault((o.model, table), []).extend(o.keys)
-            self.computed += o.n_computed
-            self.stored += o.n_stored
+            self.count(part, o.n_computed, o.n_stored)
 
 
 def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpTaskInfo],
@@ -89,7 +94,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
                 futures.append(indicators_unit.submit(ctx, m, seed, own(m, seed), cfg))
             labels.append(f"indicators {m.name} seed={seed}")
             owners.append(m.name)
-    out.add(gather(futures, labels, owners), "indicators")
+    out.add(gather(futures, labels, owners), "indicators", "indicators")
 
     futures, labels, owners = [], [], []
     for m in models if cfg.ablation_fractions else []:
@@ -103,7 +108,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
                                                         cfg, study.evaluation))
                 labels.append(f"ablate {m.name}/{info.name} seed={seed}")
                 owners.append(m.name)
-    out.add(gather(futures, labels, owners), "ablations")
+    out.add(gather(futures, labels, owners), "ablations", "ablate")
 
     futures, labels, owners, probe_of = [], [], [], []
     for m in models:
@@ -117,9 +122,10 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
                 owners.append(m.name)
                 probe_of.append((m.name, info.name, seed))
     probes: dict[str, list[dict]] = {m.name: [] for m in models}
-    for (model, target, seed), scores in zip(probe_of, gather(futures, labels, owners),
-                                             strict=True):
-        probes[model].append({"seed": seed, "target_task": target, "scores": scores})
+    for (model, target, seed), o in zip(probe_of, gather(futures, labels, owners),
+                                        strict=True):
+        probes[model].append({"seed": seed, "target_task": target, "scores": o.scores})
+        out.count("probe", int(o.computed), int(not o.computed))
 
     # 4: the analyses over the run's rows
     futures, labels, owners = [], [], []
@@ -129,7 +135,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
             futures.append(correlations_unit.submit(ctx, m.name, cells.get(m.name, []), pairs))
         labels.append(f"correlate {m.name}")
         owners.append(m.name)
-    out.add(gather(futures, labels, owners), "correlations")
+    out.add(gather(futures, labels, owners), "correlations", "correlate")
     futures, labels, owners = [], [], []
     for m in models:
         pairs = out.keys.get((m.name, "indicators"), [])
@@ -138,7 +144,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
                                                  probes[m.name]))
         labels.append(f"recommend {m.name}")
         owners.append(m.name)
-    out.add(gather(futures, labels, owners), "recommendations")
+    out.add(gather(futures, labels, owners), "recommendations", "recommend")
 
     for table in ("indicators", "ablations", "correlations", "recommendations"):
         parts = [(m, ks) for (m, t), ks in out.keys.items() if t == table]

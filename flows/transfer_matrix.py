@@ -432,7 +432,8 @@ def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpT
     if "indicators" in study.stages:
         progress.stage("indicators")
         ir = run_indicators(ctx, study, storage, infos, prompts, cells, gather("indicators"))
-        count("indicators", ir.computed, ir.stored)
+        for part, c in ir.counts.items():
+            count(part, c["computed"], c["stored"])
         for (model, table), keys in ir.keys.items():
             later.add(model, table, keys)
         published["indicators"] = ir.rows

@@ -212,17 +212,28 @@ def probe_storage_key(model: ModelConfig, target: NlpTaskInfo, sources: list[Pro
     return f"probes/{model.name}/{target.name}/{key}.json"
 
 
+@dataclass
+class ProbeOutcome:
+    """The probe scores of one target (source prompt key -> accuracy on the target's train
+    sample) and whether they were computed now."""
+
+    model: str
+    scores: dict[str, float]
+    computed: bool
+
+
 @unit_task(task_run_name="probe {model.name} -> {target.name} seed={seed}")
 def probe_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, seed: int,
                sources: list[PromptRow], cfg: IndicatorsConfig, evaluation: EvalConfig
-               ) -> dict[str, float]:
+               ) -> ProbeOutcome:
     """The recommender's evidence for ``target``: each source prompt's accuracy on
     ``cfg.probe_examples`` seeded examples of the target's train split (prompt key -> score);
     stored as JSON by content key, so a rerun reads it."""
     storage = ctx.storage()
     skey = probe_storage_key(model, target, sources, cfg, evaluation, seed)
     try:
-        return {k: float(v) for k, v in storage.read_json(skey)["scores"].items()}
+        stored = storage.read_json(skey)["scores"]
+        return ProbeOutcome(model.name, {k: float(v) for k, v in stored.items()}, False)
     except (StorageError, FileNotFoundError, KeyError, ValueError, OSError):
         pass
     from prompt_core.recommend import probe_scores
@@ -235,7 +246,7 @@ def probe_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, seed: i
     storage.write_json(skey, {"target": target.name, "model": model.name, "seed": seed,
                               "n_examples": cfg.probe_examples,
                               "scores": {k: float(v) for k, v in scores.items()}})
-    return scores
+    return ProbeOutcome(model.name, scores, True)
 
 
 # --- the analyses: from exactly the rows the run covered ------------------------------------

@@ -588,7 +588,8 @@ class RunRow:
     # "error": "..."}: the units that failed in this run (empty list when none)
     failures: str | None = None
     # JSON {stage: {"computed": n, "stored": m}} of the stages after the cross-task matrix
-    # (project, cross_model, tpt); "{}" when the study has none
+    # (project, cross_model, tpt; indicators (prompt pairs), ablate, probe, correlate,
+    # recommend); "{}" when the study has none
     stage_counts: str | None = None
 
 

@@ -54,7 +54,11 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     r = run_study(parse_study(_study(tasks_root, store, tiny, TASKS)))
     assert r.status == "completed", r.failures
     # 3 pairs; 3 ablations; 3 probes; one correlation and one recommendation unit
-    assert r.stage_counts["indicators"] == {"computed": 3 + 3 + 2, "stored": 0}
+    new = {"computed": 1, "stored": 0}
+    assert r.stage_counts == {"indicators": {"computed": 3, "stored": 0},
+                              "ablate": {"computed": 3, "stored": 0},
+                              "probe": {"computed": 3, "stored": 0},
+                              "correlate": new, "recommend": new}
     assert (counted["pairs"].n, counted["ablation"].n, counted["probe"].n) == (3, 3, 3)
 
     prompts = read_table(st, "prompts").to_pandas().set_index("task")["prompt_key"]
@@ -136,7 +140,11 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
 
     # a rerun computes nothing; adding a task computes only its pairs, ablation and probes
     r2 = run_study(parse_study(_study(tasks_root, store, tiny, TASKS)))
-    assert r2.stage_counts["indicators"] == {"computed": 0, "stored": 3 + 3 + 2}
+    old = {"computed": 0, "stored": 1}
+    assert r2.stage_counts == {"indicators": {"computed": 0, "stored": 3},
+                               "ablate": {"computed": 0, "stored": 3},
+                               "probe": {"computed": 0, "stored": 3},
+                               "correlate": old, "recommend": old}
     assert (counted["pairs"].n, counted["ablation"].n, counted["probe"].n) == (3, 3, 3)
     four = [*TASKS, "pos_d"]
     d4 = _study(tasks_root, store, tiny, four)
@@ -145,6 +153,10 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     assert (by[("indicators", "tiny")].done, by[("indicators", "tiny")].total) == (3, 6)
     r3 = run_study(parse_study(d4))
     assert r3.status == "completed", r3.failures
+    assert r3.stage_counts == {"indicators": {"computed": 3, "stored": 3},
+                               "ablate": {"computed": 1, "stored": 3},
+                               "probe": {"computed": 4, "stored": 0}, "correlate": new,
+                               "recommend": new}
     assert counted["pairs"].n == 3 + 3  # the new task's three pairs only
     assert counted["ablation"].n == 3 + 1
     assert counted["probe"].n == 3 + 4  # every target's source set changed
