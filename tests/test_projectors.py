@@ -181,6 +181,17 @@ N, D_S = 4, 16  # a "source model" with hidden 16; the tiny target encoder has 3
 
 
 @pytest.fixture(scope="module")
+def encoder(tiny_models):
+    """The tiny encoder with pool "all" (the prompt positions enter the sentence embedding):
+    under the default "text" pool a prompt acts only through attention, which a random-weight
+    2-layer model barely passes on, so the task loss through a projector would not move (the
+    same reason as in test_backbones_training's keyword-task test)."""
+    from prompt_core.backbones import load_backbone
+
+    return load_backbone("encoder", tiny_models["encoder"], pool="all")
+
+
+@pytest.fixture(scope="module")
 def task_setup():
     tasks = [keyword_task(n_train=64, n_dev=16), load_builtin_task("tweet_sentiment")]
     g = torch.Generator().manual_seed(0)
