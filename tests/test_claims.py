@@ -345,7 +345,9 @@ def test_waiter_yields_false_once_done(store):
 
 
 def test_waiter_takes_over_after_the_holder_crashes(store):
-    crashed = Lease("c", "crashed-run/host/1/1", uuid.uuid4().hex, time.time() + 0.5)
+    # expires 3 s from now: still live when the waiter first reads it, even when writing it
+    # takes a second on a busy machine (with 0.5 s it could expire unread: no wait at all)
+    crashed = Lease("c", "crashed-run/host/1/1", uuid.uuid4().hex, time.time() + 3.0)
     store.write_bytes(claims.claim_key("c"), crashed.to_bytes())  # never renewed
     waited_for: list[str] = []
     start = time.monotonic()
