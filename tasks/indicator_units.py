@@ -30,7 +30,7 @@ from prefect import get_run_logger
 from prompt_core.backbones import resolve_device
 from prompt_core.config import EvalConfig, IndicatorsConfig, ModelConfig, stable_hash
 from tasks.claims import default_owner, unit_claim
-from tasks.stage_units import _load_prompt
+from tasks.stage_units import _load_prompt, _stored_row
 from tasks.storage import Storage, StorageError
 from tasks.tables import (
     AblationRow,
@@ -40,7 +40,6 @@ from tasks.tables import (
     RecommendationRow,
     now_utc,
     part_path,
-    read_part,
     read_parts,
     run_rows,
     write_part,
@@ -159,17 +158,10 @@ def ablation_unit(ctx: RunContext, model: ModelConfig, info: NlpTaskInfo, prompt
     storage = ctx.storage()
     key = ablation_key(model, prompt, cfg, evaluation)
     where = {"study": ctx.study, "model": model.name}
-    part = part_path("ablations", where, key)
 
-    def stored() -> bool:
-        if not storage.exists(part):
-            return False
-        try:
-            read_part(storage, "ablations", part)
-            return True
-        except StorageError as exc:
-            _quarantine(storage, part, str(exc))
-            return False
+    def stored() -> bool:  # an intact part (a damaged one is quarantined)
+        return _stored_row(storage, "ablations", where, key, AblationRow,
+                           "ablation_key") is not None
 
     if stored():
         return KeysOutcome(model.name, [key], 0, 1)

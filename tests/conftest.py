@@ -84,6 +84,22 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> str:
+    """A tiny random GPT-2 (causal kind) saved as a local directory."""
+    from tests.core_helpers import tiny_gpt2_dir
+
+    return tiny_gpt2_dir(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory) -> str:
+    """A tiny random T5 (seq2seq kind) saved as a local directory."""
+    from tests.core_helpers import tiny_t5_dir
+
+    return tiny_t5_dir(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
 def encoder(tiny_models):
     """The tiny encoder loaded as a backbone (frozen, shared by the tests that only read it)."""
     from prompt_core.backbones import load_backbone

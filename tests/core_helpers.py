@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from prompt_core.data import SPLITS, TaskData, make_spec, normalise_split
 
@@ -93,3 +94,66 @@ def tiny_roberta_dir(folder: Path, max_position_embeddings: int = 66) -> Path:
                         bos_token_id=0, eos_token_id=2)
     RobertaForMaskedLM(cfg).save_pretrained(folder)
     return folder
+
+
+# --- tiny GPT-2 and T5 model folders (random weights, offline tokenizers) -----------------
+
+CORPUS = [
+    "a fine film with a terrible ending and an excellent cast",
+    "it rained all day in the old city by the river",
+    "the movie was excellent, the plot terrible, the answer is yes or no",
+    "Answer: positive negative neutral true false good bad",
+] * 20
+
+
+def tiny_gpt2_dir(folder) -> str:
+    """A tiny random GPT2LMHeadModel (2 layers, d=32) plus a byte-level BPE tokenizer trained
+    offline on a few sentences (no pad token, like GPT-2)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS, trainer)
+    tok = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                            bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    assert tok.pad_token_id is None  # like GPT-2
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
+                     n_positions=128, bos_token_id=tok.eos_token_id,
+                     eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
+WORDS = FILLER + ["excellent", "terrible", "negative", "positive", "very", "good", "ok", "it",
+                  "rained", "all", "in", "old", "by", "and", "second", "segment", "here"]
+
+
+def tiny_t5_dir(folder):
+    """A tiny random T5ForConditionalGeneration plus a T5-layout fast tokenizer (``text </s>``,
+    pairs ``a </s> b </s>``) built offline from a WordLevel model (no sentencepiece needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
+                                  unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(vocab), d_model=32, d_ff=64, num_layers=2, num_heads=2,
+                   d_kv=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

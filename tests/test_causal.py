@@ -13,42 +13,6 @@ from prompt_core.prompts import init_prompt
 from prompt_core.training import train_prompt
 from tests.core_helpers import keyword_task
 
-CORPUS = [
-    "a fine film with a terrible ending and an excellent cast",
-    "it rained all day in the old city by the river",
-    "the movie was excellent, the plot terrible, the answer is yes or no",
-    "Answer: positive negative neutral true false good bad",
-] * 20
-
-
-def _tiny_gpt2_dir(folder) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tok = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
-                            bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    assert tok.pad_token_id is None  # like GPT-2
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
-                     n_positions=128, bos_token_id=tok.eos_token_id,
-                     eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    return _tiny_gpt2_dir(tmp_path_factory.mktemp("tiny-gpt2"))
-
 
 @pytest.fixture(scope="module")
 def causal(gpt2_dir):

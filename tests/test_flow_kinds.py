@@ -9,13 +9,11 @@ from prompt_core.config import parse_study
 from tasks.storage import open_storage
 from tasks.tables import read_table
 from tests.flow_helpers import study_dict
-from tests.test_causal import _tiny_gpt2_dir
-from tests.test_seq2seq import tiny_t5_dir
 
 
-def test_seq2seq_and_causal_kinds_in_one_study(prefect_harness, tasks_root, tmp_path):
-    t5 = tiny_t5_dir(tmp_path / "t5")
-    gpt = _tiny_gpt2_dir(tmp_path / "gpt")
+def test_seq2seq_and_causal_kinds_in_one_study(prefect_harness, tasks_root, tmp_path, t5_dir,
+                                                gpt2_dir):
+    t5, gpt = t5_dir, gpt2_dir
     d = study_dict(tasks_root, ["pos_a", "pair_c"], str(tmp_path / "store"), t5)
     d["models"] = [{"kind": "seq2seq", "name": "t5", "model_id": t5},
                    {"kind": "causal", "name": "gpt", "model_id": gpt}]

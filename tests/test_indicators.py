@@ -25,8 +25,6 @@ from prompt_core.indicators import (
 )
 from prompt_core.prompts import PromptFileError
 from tests.core_helpers import keyword_task, tiny_roberta_dir
-from tests.test_causal import _tiny_gpt2_dir
-from tests.test_seq2seq import tiny_t5_dir
 
 # --- ES ------------------------------------------------------------------------------------
 
@@ -153,16 +151,6 @@ def test_random_neuron_mask_count_and_seed():
 
 
 # --- backbones: FFN activations and masking ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    return _tiny_gpt2_dir(tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return tiny_t5_dir(tmp_path_factory.mktemp("tiny-t5"))
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ from safetensors.torch import load_file
 from prompt_core.backbones import load_backbone
 from prompt_core.errors import InputError
 from prompt_core.peft_io import PEFT_TASK_TYPES, PeftAdapterError, export_peft, import_peft
-from tests.test_causal import _tiny_gpt2_dir
-from tests.test_seq2seq import tiny_t5_dir
 
 TEXTS = ["the movie was excellent", "a terrible film about a city by the river", "ok"]
 
@@ -40,16 +38,6 @@ def _peft(model_cls, model_dir, folder):
 @pytest.fixture(scope="module")
 def mlm(tiny_models):
     return load_backbone("mlm", tiny_models["mlm"])
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    return _tiny_gpt2_dir(tmp_path_factory.mktemp("peft-gpt2"))
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return tiny_t5_dir(tmp_path_factory.mktemp("peft-t5"))
 
 
 # --- the folder format -----------------------------------------------------------------------

@@ -10,38 +10,7 @@ from prompt_core.backbones.seq2seq import LabelTargets, Seq2SeqBackbone
 from prompt_core.config import TrainConfig
 from prompt_core.errors import InputError
 from prompt_core.training import train_prompt
-from tests.core_helpers import FILLER, keyword_task
-
-SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
-WORDS = FILLER + ["excellent", "terrible", "negative", "positive", "very", "good", "ok", "it",
-                  "rained", "all", "in", "old", "by", "and", "second", "segment", "here"]
-
-
-def tiny_t5_dir(folder):
-    """A tiny random T5ForConditionalGeneration plus a T5-layout fast tokenizer (``text </s>``,
-    pairs ``a </s> b </s>``) built offline from a WordLevel model (no sentencepiece needed)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
-                                  unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(vocab), d_model=32, d_ff=64, num_layers=2, num_heads=2,
-                   d_kv=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    T5ForConditionalGeneration(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return tiny_t5_dir(tmp_path_factory.mktemp("tiny-t5"))
+from tests.core_helpers import keyword_task
 
 
 @pytest.fixture(scope="module")
