@@ -198,10 +198,21 @@ def run_predictions(storage: Storage, study: str, model: str, cell_keys: list[st
 
 
 def _interval_text(iv: dict) -> str:
-    if not iv["n_valid"] or iv["point"] != iv["point"]:
+    """A :func:`~prompt_core.analysis.same_minus_diff_interval` result as text: the point, its
+    interval and, for transfer_gain always (for relative_score when there are any), how many
+    resamples were undefined and left out of the interval."""
+    if iv["point"] != iv["point"]:
         return f"{_f(iv['point'])} (no interval: no same-type or no different-type pair)"
+    undefined = (f"{iv['n_undefined']} of {iv['n_boot']} resamples undefined"
+                 + (" (no same-type or no different-type cell, or a cell's own prompt not "
+                    "above no prompt on the resample)" if iv["value"] == "transfer_gain"
+                    else " (no same-type or no different-type cell)"))
+    if not iv["n_valid"]:
+        return f"{iv['point']:.3f} (no interval: {undefined})"
+    shown = iv["value"] == "transfer_gain" or iv["n_undefined"]
     return (f"{iv['point']:.3f} (95% bootstrap interval [{iv['low']:.3f}, {iv['high']:.3f}], "
-            f"{iv['n_boot']} resamples of target tasks and their test examples)")
+            f"{iv['n_boot']} resamples of target tasks and their test examples"
+            + (f"; {undefined}" if shown else "") + ")")
 
 
 def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[str]:
@@ -209,7 +220,8 @@ def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[s
     difference of mean relative scores with its hierarchical bootstrap interval
     (:func:`~prompt_core.analysis.same_minus_diff_interval`; none when the cells'
     predictions are not stored), mean transfer gain same vs different type (and their
-    difference's interval), and, with more than one seed, mean and spread over seeds."""
+    difference's interval, with how many resamples were undefined), and, with more than one
+    seed, mean and spread over seeds."""
     s = transfer_summary(df)
     rel = gain = None
     if predictions is not None:
@@ -225,7 +237,7 @@ def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[s
              f"- mean transfer gain: same-type pairs {_f(s['same_type_gain'])}, "
              f"different-type {_f(s['diff_type_gain'])}"
              + (f"; difference {_interval_text(gain)}" if gain is not None
-                and gain["n_valid"] else "")]
+                and gain["point"] == gain["point"] else "")]
     if s["n_seeds"] > 1:
         o = over_seeds(df)
         figs = [("same-type rel", "same_type_rel"), ("different-type rel", "diff_type_rel"),

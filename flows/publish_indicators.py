@@ -6,7 +6,9 @@ Per model (``<model>`` made an artifact key as in :mod:`flows.publish`):
   the relative score of the source prompt on the target, one point per (source, target)
   pair, same-type pairs in another colour), the PNG also in storage;
 * ``correlations-<model>``: a table artifact, Spearman and Kendall of every indicator with
-  relative_score and transfer_gain over all pairs (with p-values and the number of pairs);
+  relative_score and transfer_gain: the mean over targets of the per-target rho with its
+  bootstrap interval over targets and within-target permutation p-value, beside the rho over
+  all pairs pooled (descriptive, no p-value: see :func:`prompt_core.correlations.correlate`);
 * ``recommender-<model>``: a table artifact, the recommender's and the baselines' top-1 and
   top-3 hit rates and mean regret, leave-one-task-out.
 
@@ -28,7 +30,7 @@ SCATTER_COLUMNS = 4
 
 
 def _f(v, fmt: str = ".3f") -> str:
-    return "n/a" if v is None or v != v else format(v, fmt)
+    return "n/a" if v is None or pd.isna(v) else format(v, fmt)
 
 
 def ranking_tables(recommendations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,6 +45,26 @@ def ranking_tables(recommendations: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
              .drop_duplicates(["model", "seed", "target_task", "source_task"]))
     per_target = evaluate_rankings(scores, truth)
     return per_target, summarise_rankings(per_target)
+
+
+def correlation_summary(corr: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, indicator, measure, method) of the ``correlations`` rows: the
+    scope ``mean_over_targets`` as ``mean_rho``, ``low``, ``high`` (bootstrap interval over
+    targets), ``p_permutation`` (within-target permutation p-value) and ``n_targets``, beside
+    scope ``all`` as ``pooled_rho`` (descriptive only) and ``n_pairs`` (the pairs pooled).
+    Rows written before the mean scope existed give NaN mean columns."""
+    from prompt_core.correlations import ALL, MEAN
+
+    key = ["model", "indicator", "measure", "method"]
+    mean = corr[corr["scope"] == MEAN][key + ["rho", "low", "high", "p_value", "n_targets"]]
+    pooled = corr[corr["scope"] == ALL][key + ["rho", "n_pairs"]]
+    out = mean.rename(columns={"rho": "mean_rho", "p_value": "p_permutation"}).merge(
+        pooled.rename(columns={"rho": "pooled_rho"}), on=key, how="outer")
+    for c in ("mean_rho", "low", "high", "p_permutation", "pooled_rho"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    for c in ("n_targets", "n_pairs"):  # counts: integers, <NA> where a row is missing
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
+    return out.sort_values(key, kind="stable").reset_index(drop=True)
 
 
 def scatter_figure(pairs: pd.DataFrame, title: str):
@@ -82,7 +104,7 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
     import matplotlib.pyplot as plt
 
     from flows.publish import _data_uri, _model_keys, _png, _records
-    from prompt_core.correlations import transfer_pairs
+    from prompt_core.correlations import LEVEL, transfer_pairs
 
     ind, corr, rec = rows["indicators"], rows["correlations"], rows["recommendations"]
     if ind.empty:
@@ -106,14 +128,20 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
                 f"![indicators vs transfer, {model}]({_data_uri(png)})\n\nPNG in storage: "
                 f"`{uri}`\n", key=f"indicators-{keys[model]}",
                 description=f"indicators vs relative score, study {study_name}, model {model}")
-        c = corr[(corr["model"] == model) & (corr["scope"] == "all")]
+        c = correlation_summary(corr[corr["model"] == model])
         if not c.empty:
             create_table_artifact(
                 _records(c.sort_values(["measure", "method", "indicator"])[
-                    ["indicator", "measure", "method", "rho", "p_value", "n_pairs"]]),
+                    ["indicator", "measure", "method", "mean_rho", "low", "high",
+                     "p_permutation", "n_targets", "pooled_rho", "n_pairs"]]),
                 key=f"correlations-{keys[model]}",
-                description=f"rank correlation of each indicator with transfer over all "
-                            f"pairs; study {study_name}, model {model}")
+                description=f"rank correlation of each indicator with transfer: mean_rho = "
+                            f"the mean over targets of each target's rho, low/high its "
+                            f"{LEVEL:.0%} bootstrap interval over targets, p_permutation a "
+                            f"two-sided test permuting the indicator within each target; "
+                            f"pooled_rho over all n_pairs pairs is descriptive only (the "
+                            f"pairs of one target are not independent, so no p-value); study "
+                            f"{study_name}, model {model}")
         if not per_model.empty:
             create_table_artifact(
                 _records(per_model[per_model["model"] == model]),
@@ -128,6 +156,7 @@ def indicator_summary_lines(rows: dict[str, pd.DataFrame], *,
                             model_names: Iterable[str] | None = None) -> list[str]:
     """The run summary's section on the indicators stage, from exactly the run's rows."""
     from flows.publish import _model_keys
+    from prompt_core.correlations import LEVEL, N_PERMUTATIONS
 
     ind = rows.get("indicators")
     if ind is None or ind.empty:
@@ -136,18 +165,27 @@ def indicator_summary_lines(rows: dict[str, pd.DataFrame], *,
     keys = _model_keys(ind["model"], model_names)
     lines = ["## Transferability indicators", "",
              "Spearman of each indicator (source prompt vs the target's own prompt) with the "
-             "relative score, over all (source, target) pairs; recommender: expected top-1 / "
-             "top-3 hit rate of the true best source and mean regret (accuracy), "
-             "leave-one-task-out", ""]
+             "relative score: the mean over target tasks of each target's rho, with its "
+             f"{LEVEL:.0%} bootstrap interval over targets and a two-sided permutation p-value "
+             f"(indicator values shuffled within each target, {N_PERMUTATIONS} draws); "
+             "beside it the rho over all (source, target) pairs pooled, a description only "
+             "(the pairs of one target are not independent, so it gets no p-value); "
+             "recommender: expected top-1 / top-3 hit rate of the true best source and mean "
+             "regret (accuracy), leave-one-task-out", ""]
     per_model = ranking_tables(rec)[1] if not rec.empty else pd.DataFrame()
     for model in sorted(ind["model"].unique()):
-        c = corr[(corr["model"] == model) & (corr["scope"] == "all")
-                 & (corr["measure"] == "relative_score") & (corr["method"] == "spearman")]
+        c = correlation_summary(corr[corr["model"] == model])
+        c = c[(c["measure"] == "relative_score") & (c["method"] == "spearman")]
         if not c.empty:
-            c = c.sort_values("rho", ascending=False, na_position="last")
-            lines.append(f"- `{model}` Spearman with relative score: " + ", ".join(
-                f"{r.indicator} {_f(r.rho, '+.3f')} (p {_f(r.p_value, '.3g')}, n {r.n_pairs})"
-                for r in c.itertuples(index=False)))
+            c = c.sort_values(["mean_rho", "pooled_rho"], ascending=False, na_position="last")
+            lines.append(f"- `{model}` Spearman with relative score, mean over targets "
+                         f"[{LEVEL:.0%} interval] (permutation p; pooled rho, descriptive): "
+                         + ", ".join(
+                             f"{r.indicator} {_f(r.mean_rho, '+.3f')} [{_f(r.low, '+.3f')}, "
+                             f"{_f(r.high, '+.3f')}] (p {_f(r.p_permutation, '.3g')}, "
+                             f"{_f(r.n_targets, '.0f')} targets; pooled "
+                             f"{_f(r.pooled_rho, '+.3f')}, n {_f(r.n_pairs, '.0f')})"
+                             for r in c.itertuples(index=False)))
         if not per_model.empty:
             for r in per_model[per_model["model"] == model].itertuples(index=False):
                 lines.append(f"- `{model}` {r.method}: top-1 {_f(r.hit_at_1, '.2f')}, top-3 "

@@ -8,7 +8,7 @@ separate from running (``plan_*``), so the flow knows every stage's unit count u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 from prefect import tags
@@ -22,6 +22,7 @@ from tasks.stage_units import (
     train_projector_unit,
 )
 from tasks.tables import ProjectorRow, PromptRow, run_rows  # noqa: F401 - re-exported
+from tasks.tpt_ranking import RankOutcome, rank_tpt_sources_unit
 from tasks.units import NlpTaskInfo, RunContext
 
 PromptIndex = dict[tuple[str, str, int], PromptRow]  # (model, task, seed) -> row
@@ -172,29 +173,82 @@ def n_tpt_units(study: StudyConfig, infos: list[NlpTaskInfo]) -> int:
     return n * len(study.seeds)
 
 
-def top_sources(cells: pd.DataFrame, target: str, k: int) -> list[str]:
+def top_sources(rankings: pd.DataFrame, target: str, k: int) -> list[str]:
     """The ``k`` source tasks with the highest mean relative accuracy on ``target`` (seeds
-    averaged; ties by name) among trained prompts of other tasks, from one run's cells."""
-    d = cells[(cells["metric"] == "accuracy") & (cells["source_kind"] == "prompt")
-              & (cells["target_task"] == target) & (cells["source_task"] != target)]
+    averaged; ties by name) among trained prompts of other tasks, from ``tpt_rankings`` rows:
+    accuracy on the target's VALIDATION split over the target's own prompt's (never the test
+    split: choosing sources is model selection). Rows of other targets are ignored."""
+    d = rankings[(rankings["target_task"] == target) & (rankings["source_task"] != target)]
     mean = d.groupby("source_task")["relative_score"].mean().reset_index()
     mean = mean.sort_values(["relative_score", "source_task"], ascending=[False, True])
     return mean["source_task"].head(k).tolist()
 
 
+@dataclass
+class RankJob:
+    """One ranking unit of ``tpt.top_k``: a target's candidate sources (the model's prompts of
+    every other task, every seed) and its own prompt per seed."""
+
+    model: ModelConfig
+    target: NlpTaskInfo
+    own: dict[int, PromptRow]
+    candidates: list[PromptRow]
+
+    @property
+    def label(self) -> str:
+        return f"rank tpt sources {self.model.name} -> {self.target.name}"
+
+
+def plan_rankings(study: StudyConfig, infos: list[NlpTaskInfo], prompts: PromptIndex
+                  ) -> list[RankJob]:
+    """One ranking unit per (TPT model, target) when ``tpt.top_k`` chooses the sources."""
+    if "tpt" not in study.stages or study.tpt.top_k is None:
+        return []
+    jobs = []
+    for m in tpt_models(study):
+        for t in tpt_targets(study, infos):
+            own = {s: prompts[(m.name, t.name, s)] for s in study.seeds}
+            candidates = [prompts[(m.name, i.name, s)] for i in infos if i.name != t.name
+                          for s in study.seeds]
+            jobs.append(RankJob(m, t, own, candidates))
+    return jobs
+
+
+def run_rankings(ctx: RunContext, study: StudyConfig, jobs: list[RankJob], gather
+                 ) -> list[RankOutcome]:
+    futures, labels, models = [], [], []
+    for j in jobs:
+        with tags("stage:tpt_rank", f"model:{j.model.name}", f"nlp_task:{j.target.name}"):
+            futures.append(rank_tpt_sources_unit.submit(ctx, j.model, j.target, j.own,
+                                                        j.candidates, study.tpt,
+                                                        study.evaluation))
+        labels.append(j.label)
+        models.append(j.model.name)
+    return gather(futures, labels, models)
+
+
+def rankings_by_model(outcomes: list[RankOutcome]) -> dict[str, pd.DataFrame]:
+    """The ranking units' rows, one DataFrame per model (what :func:`plan_tpt` ranks by)."""
+    frames: dict[str, list[dict]] = {}
+    for o in outcomes:
+        frames.setdefault(o.model, []).extend(asdict(r) for r in o.rows)
+    return {m: pd.DataFrame(rows) for m, rows in frames.items()}
+
+
 def plan_tpt(study: StudyConfig, infos: list[NlpTaskInfo], prompts: PromptIndex,
              baselines: PromptIndex, projectors: list[ProjectorRow],
-             cells_by_model: dict[str, pd.DataFrame]) -> list[TptJob]:
+             rankings: dict[str, pd.DataFrame]) -> list[TptJob]:
     """Every (model, target, source, seed) TPT run: explicit sources, or the top-k of the
-    model's cross-task matrix for the target. A source of another model goes through the
-    projector of that pair for ``tpt.projector_objective`` and the same seed."""
+    model's validation ranking for the target (``rankings``: :func:`rankings_by_model`). A
+    source of another model goes through the projector of that pair for
+    ``tpt.projector_objective`` and the same seed."""
     tpt = study.tpt
     proj = {(p.source_model, p.target_model, p.objective, p.seed): p for p in projectors}
     jobs = []
     for m in tpt_models(study):
         for t in tpt_targets(study, infos):
             if tpt.top_k is not None:
-                chosen = [(m.name, s) for s in top_sources(cells_by_model[m.name], t.name,
+                chosen = [(m.name, s) for s in top_sources(rankings[m.name], t.name,
                                                            tpt.top_k)]
             else:
                 chosen = [(s.model or m.name, s.task) for s in tpt.sources

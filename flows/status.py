@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
+import pandas as pd
 import pyarrow as pa
 
 from flows import stages as plan
@@ -46,6 +47,7 @@ from tasks.tables import (
     read_part,
     read_table,
 )
+from tasks.tpt_ranking import rank_key
 from tasks.units import (
     METRICS,
     NlpTaskInfo,
@@ -285,7 +287,7 @@ def _stored_rows(storage: Storage, table: str, where: Mapping[str, str], row_cls
 def _later_stages(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
                   init_sha: str | None, problems: list[str]) -> list[StageStatus]:
     """``project``, ``cross_model`` and ``tpt`` units: planned from the stored rows they build
-    on (prompts, projectors, the cross-task cells for top-k), with the flow's keys. A unit
+    on (prompts, projectors, the validation rankings for top-k), with the flow's keys. A unit
     whose inputs are not stored yet counts as missing."""
     if (not {"cross_model", "tpt", "indicators"} & set(study.stages)
             or len(infos) < len(study.tasks)):
@@ -381,7 +383,7 @@ def _indicator_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskI
             for a, b in combinations(infos, 2):
                 pairs.total += 1
                 pa, pb = prompts.get((m.name, a.name, seed)), prompts.get((m.name, b.name, seed))
-                if pa and pb and pair_key(m, pa, pb, cfg.window) in stored:
+                if pa and pb and pair_key(m, pa, pb, cfg.window, cfg.on_position) in stored:
                     pairs.done += 1
                 else:
                     pairs.missing.append(f"indicators {m.name} {a.name}~{b.name} seed={seed}")
@@ -421,11 +423,14 @@ def _tpt_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
             rows = _read(storage, "tpt", {"study": study.name, "model": m.name,
                                            "target_task": t.name}, ["tpt_key"], problems)
             stored |= set(rows.column(0).to_pylist())
-        matrix = _matrix(study, storage, m, infos, init_sha, problems) if n_sources else None
+        ranking = None
+        if n_sources:
+            ranking, rank_stage = _rankings(study, storage, m, infos, init_sha, problems)
+            out.append(rank_stage)
         for t in targets:
             if tpt.top_k is not None:
-                chosen = [(m.name, s) for s in (plan.top_sources(matrix, t.name, tpt.top_k)
-                                                if matrix is not None and len(matrix) else [])]
+                chosen = [(m.name, s) for s in (plan.top_sources(ranking, t.name, tpt.top_k)
+                                                if ranking is not None and len(ranking) else [])]
                 chosen += [(None, None)] * (n_sources - len(chosen))  # not rankable yet
             else:
                 chosen = [(s.model or m.name, s.task) for s in tpt.sources
@@ -452,22 +457,30 @@ def _tpt_status(study: StudyConfig, storage: Storage, infos: list[NlpTaskInfo],
     return out
 
 
-def _matrix(study: StudyConfig, storage: Storage, model, infos: list[NlpTaskInfo],
-            init_sha: str | None, problems: list[str]):
-    """This study's stored cross-task cells of ``model`` in its current configuration (the
-    cells the flow would rank top-k sources by), as a DataFrame."""
+def _rankings(study: StudyConfig, storage: Storage, model, infos: list[NlpTaskInfo],
+              init_sha: str | None, problems: list[str]) -> tuple[pd.DataFrame, StageStatus]:
+    """This study's stored ``tpt_rankings`` rows of ``model`` under the flow's ranking keys
+    (validation scores the flow ranks top-k sources by), and the ranking stage's status."""
     cfg_key = train_config_key(model, study.training, init_sha)
-    ev_key = eval_config_key(cfg_key, study.evaluation)
-    planned = {(i.name, s): _Planned(prompt_key(cfg_key, i, s), s, i.name, i.type)
+    planned = {(i.name, s): cast(PromptRow, _Planned(prompt_key(cfg_key, i, s), s, i.name,
+                                                     i.type))
                for i in infos for s in study.seeds}
-    sources = cast(list[PromptRow], list(planned.values()))
-    keys = set()
-    for i in infos:
-        own = cast(dict[int, PromptRow], {s: planned[(i.name, s)] for s in study.seeds})
-        keys |= {c.key for c in plan_cells(ev_key, i, own, sources, list(study.seeds),
-                                            study.training, study.evaluation)}
-    cols = ["cell_key", "metric", "source_kind", "source_task", "target_task",
-            "relative_score"]
-    df = _read(storage, "cross_task", {"study": study.name, "model": model.name}, cols,
-               problems).to_pandas()
-    return df[df["cell_key"].isin(keys)]
+    targets = plan.tpt_targets(study, infos)
+    stage = StageStatus("tpt_rank", model.name, 0, len(targets))
+    frames = []
+    for t in targets:
+        own = {s: planned[(t.name, s)] for s in study.seeds}
+        candidates = [planned[(i.name, s)] for i in infos if i.name != t.name
+                      for s in study.seeds]
+        key = rank_key(model, t, own, candidates, study.tpt, study.evaluation)
+        rows = _read(storage, "tpt_rankings", {"study": study.name, "model": model.name,
+                                               "target_task": t.name},
+                     ["rank_key", "source_task", "relative_score"], problems).to_pandas()
+        rows = rows[rows["rank_key"] == key]
+        if len(rows) == len(candidates):
+            stage.done += 1
+            frames.append(rows.assign(target_task=t.name))
+        else:
+            stage.missing.append(f"rank tpt sources {model.name} -> {t.name}")
+    cols = ["rank_key", "source_task", "relative_score", "target_task"]
+    return (pd.concat(frames) if frames else pd.DataFrame(columns=cols)), stage

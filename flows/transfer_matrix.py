@@ -49,7 +49,7 @@ from prefect.task_runners import (  # noqa: E402
 
 from flows import stages  # noqa: E402
 from flows.indicator_stage import n_indicator_units, run_indicators  # noqa: E402
-from flows.publish import publish_run, run_cells  # noqa: E402
+from flows.publish import publish_run  # noqa: E402
 from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes  # noqa: E402
 from prompt_core.errors import InputError  # noqa: E402
 from prompt_core.preflight import check_study  # noqa: E402
@@ -268,6 +268,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
                              * n_seeds)
         totals["cross_model"] = 0  # known after prepare (held-out tasks by name)
     if "tpt" in study.stages:
+        if study.tpt.top_k is not None:
+            totals["tpt_rank"] = 0  # known after prepare (the targets)
         totals["tpt"] = 0
     if "indicators" in study.stages:
         totals["indicators"] = 0
@@ -292,6 +294,9 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         if "cross_model" in study.stages:
             progress.set_total("cross_model", stages.n_cross_model_units(study, infos))
         if "tpt" in study.stages:
+            if study.tpt.top_k is not None:
+                progress.set_total("tpt_rank", len(stages.tpt_models(study))
+                                   * len(stages.tpt_targets(study, infos)))
             progress.set_total("tpt", stages.n_tpt_units(study, infos))
         if "indicators" in study.stages:
             progress.set_total("indicators", n_indicator_units(study, len(infos)))
@@ -417,9 +422,17 @@ def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpT
     if "tpt" in study.stages:
         progress.stage("tpt")
         base = stages.index_prompts([o.row for o in baselines]) if baselines else index
-        matrices = ({m: run_cells(storage, study.name, m, keys) for m, keys in cells.items()}
-                    if study.tpt.top_k is not None else {})  # top-k sources rank by them
-        jobs = stages.plan_tpt(study, infos, index, base, projector_rows, matrices)
+        rankings: dict = {}
+        if study.tpt.top_k is not None:  # top-k sources rank on validation data, never test
+            progress.stage("tpt_rank")
+            ranked = stages.run_rankings(ctx, study, stages.plan_rankings(study, infos, index),
+                                         gather("tpt_rank"))
+            count("tpt_rank", sum(o.computed for o in ranked),
+                  sum(not o.computed for o in ranked))
+            for o in ranked:
+                later.add(o.model, "tpt_rankings", [o.key])
+            rankings = stages.rankings_by_model(ranked)
+        jobs = stages.plan_tpt(study, infos, index, base, projector_rows, rankings)
         outs = stages.run_tpt(ctx, study, jobs, gather("tpt"))
         count("tpt", sum(o.computed for o in outs), sum(not o.computed for o in outs))
         for o in outs:

@@ -259,8 +259,7 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
     (``cell_key``, ``predicted``, ``gold``, optionally ``n_labels`` and ``created_at``: the
     newest row of a key is used). ``value``: ``relative_score`` (score / the target's own
     prompt's score, same seed) or ``transfer_gain`` ((score - no prompt) / (own - no prompt),
-    only for the cells whose stored ``transfer_gain`` is defined (the rule of
-    :func:`transfer_gain`), and in a resample also left out where own - no prompt <= 0).
+    same seed).
 
     The statistic is the mean ``value`` of the same-type off-diagonal prompt cells minus that
     of the different-type ones, pooled over (source, target, seed) cells like
@@ -274,15 +273,30 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
     3. recomputes every such cell's ``metric`` from its predictions, then its ``value``
        against the own prompt (and no prompt) of the same seed on that same resample;
     4. pools the drawn targets' cells: mean same-type ``value`` minus mean different-type
-       ``value`` (cells whose ``value`` is undefined on the resample are left out; a
-       resample with no same-type or no different-type cell is invalid).
+       ``value``. A resample with no same-type or no different-type cell is undefined.
+
+    Which cells have a ``transfer_gain`` is decided once, on the full data, by the rule of
+    :func:`transfer_gain` (own - none > margin and none below the own score's interval): the
+    cells whose stored ``transfer_gain`` is defined, exactly those the point estimate averages.
+    Every resample recomputes (score - none) / (own - none) for those cells and no other: the
+    same estimator over the same cells as the point, so the interval measures the noise of
+    that one figure. The rule is not re-applied per resample (it needs each resample's own
+    interval, and letting resamples add or drop cells would make the interval describe a
+    different, data-dependently chosen set of cells). A resample in which any of those drawn
+    cells' own - none is not > 0 has no such ratio, so the whole resample is undefined and
+    counted, never silently averaged without that cell. ``relative_score`` keeps its rule: a
+    cell whose own score is 0 on a resample is left out of that resample's means.
 
     Seeds are not resampled (every seed's cells are pooled). Returns ``point`` (from the
     unresampled cells: exactly :func:`transfer_summary`'s ``same_type_*`` minus
     ``diff_type_*``), ``low`` / ``high`` (the ``(1 - level) / 2`` and ``(1 + level) / 2``
-    quantiles of the valid resamples), ``n_boot``, ``n_valid``, ``n_targets``,
-    ``n_same_type_cells`` / ``n_diff_type_cells`` (off-diagonal cells with a ``value``),
-    ``n_same_type_pairs`` / ``n_diff_type_pairs``, ``metric``, ``value``, ``level``.
+    quantiles of the defined resamples; NaN when none is), ``n_boot``, ``n_valid`` (defined
+    resamples), ``n_undefined`` (the others: ``n_valid + n_undefined == n_boot``),
+    ``n_undefined_cells`` (drawn cells whose ``value`` was undefined on a resample, counted
+    once per resample and draw: for ``transfer_gain`` each makes its resample undefined, for
+    ``relative_score`` each was left out), ``n_targets``, ``n_same_type_cells`` /
+    ``n_diff_type_cells`` (off-diagonal cells with a ``value``), ``n_same_type_pairs`` /
+    ``n_diff_type_pairs``, ``metric``, ``value``, ``level``.
     Deterministic for a ``seed``. Vectorised: per target, the resamples' example counts
     (D x N) times the cells' hit indicators (N x C), in chunks of about 4M counts.
 
@@ -301,7 +315,8 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
     out: dict[str, float | int | str] = {
         "point": summary.get(f"same_type_{short}", math.nan)
         - summary.get(f"diff_type_{short}", math.nan),
-        "low": math.nan, "high": math.nan, "n_boot": n_boot, "n_valid": 0, "n_targets": 0,
+        "low": math.nan, "high": math.nan, "n_boot": n_boot, "n_valid": 0,
+        "n_undefined": n_boot, "n_undefined_cells": 0, "n_targets": 0,
         "n_same_type_cells": 0, "n_diff_type_cells": 0,
         "n_same_type_pairs": summary.get("n_same_type_pairs", 0),
         "n_diff_type_pairs": summary.get("n_diff_type_pairs", 0),
@@ -355,31 +370,38 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
             "none": np.array([col[none[s]] for s in seeds] if value == "transfer_gain"
                              else [], dtype=int),
             "same": off["same_type"].astype(bool).to_numpy(),
-            # transfer_gain: the cells with a stored gain (the flow's rule, which also needs
-            # the own score's interval) are the ones every resample recomputes
+            # transfer_gain: the cells with a stored gain (the rule of transfer_gain, applied
+            # once on the full data) are the ones every resample recomputes
             "gain_ok": (off["transfer_gain"].notna().to_numpy()
                         if value == "transfer_gain" and "transfer_gain" in off.columns
                         else np.ones(len(off), dtype=bool))})
 
-    def values(plan: dict, w: np.ndarray) -> np.ndarray:
-        """(D, cells off the diagonal) ``value`` on the resamples ``w`` (D, N)."""
+    def values(plan: dict, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(D, cells off the diagonal) ``value`` on the resamples ``w`` (D, N), NaN for the
+        cells without one, and where that is because it is undefined on the resample (own
+        score 0; for transfer_gain, a cell with a gain whose own - none is not > 0)."""
         sc = _weighted_scores(w, plan["pred"], plan["gold"], metric, plan["n_labels"])
         src, own = sc[:, plan["off"]], sc[:, plan["own"]]
         if value == "relative_score":
             with np.errstate(invalid="ignore"):
-                return np.where(own != 0, src / np.where(own != 0, own, 1.0), np.nan)
+                v = np.where(own != 0, src / np.where(own != 0, own, 1.0), np.nan)
+            return v, ~np.isfinite(v)
         none = sc[:, plan["none"]]
-        return np.where(plan["gain_ok"], _ratio(src - none, own - none), np.nan)
+        den = own - none
+        return (np.where(plan["gain_ok"], _ratio(src - none, den), np.nan),
+                plan["gain_ok"] & ~(den > 0))
 
     rng = np.random.default_rng(seed)
     T = len(plans)
     drawn = rng.multinomial(T, np.full(T, 1.0 / T), size=n_boot)  # (B, T) draws of targets
     sums = np.zeros((2, n_boot))  # [same, diff] sums of values over the drawn cells
     counts = np.zeros((2, n_boot))
+    undefined = np.zeros(n_boot)  # drawn cells whose value is undefined, per resample
     n_cells = np.zeros(2, dtype=int)
     for ti, plan in enumerate(plans):
         n = len(plan["gold"])
-        full = values(plan, np.ones((1, n)))[0] if n else np.full(len(plan["off"]), np.nan)
+        full = (values(plan, np.ones((1, n)))[0][0] if n
+                else np.full(len(plan["off"]), np.nan))
         ok = np.isfinite(full)
         n_cells += [int((ok & plan["same"]).sum()), int((ok & ~plan["same"]).sum())]
         if n == 0 or not len(plan["off"]):
@@ -390,17 +412,21 @@ def same_minus_diff_interval(cells: pd.DataFrame, predictions: pd.DataFrame, *,
             b = owner[start:start + rows]
             idx = rng.integers(0, n, size=(len(b), n)) + n * np.arange(len(b))[:, None]
             w = np.bincount(idx.ravel(), minlength=len(b) * n).reshape(len(b), n)
-            v = values(plan, w)
+            v, bad = values(plan, w)
             fin = np.isfinite(v)
+            undefined += np.bincount(b, bad.sum(axis=1), minlength=n_boot)
             for k, mask in enumerate((plan["same"], ~plan["same"])):
                 sums[k] += np.bincount(b, np.where(fin[:, mask], v[:, mask], 0.0).sum(axis=1),
                                        minlength=n_boot)
                 counts[k] += np.bincount(b, fin[:, mask].sum(axis=1), minlength=n_boot)
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = sums[0] / counts[0] - sums[1] / counts[1]
+    if value == "transfer_gain":  # a gain cell without its ratio: no estimate on the resample
+        stats[undefined > 0] = np.nan
     valid = stats[np.isfinite(stats)]
-    out.update(n_valid=len(valid), n_targets=T, n_same_type_cells=int(n_cells[0]),
-               n_diff_type_cells=int(n_cells[1]))
+    out.update(n_valid=len(valid), n_undefined=n_boot - len(valid),
+               n_undefined_cells=int(undefined.sum()), n_targets=T,
+               n_same_type_cells=int(n_cells[0]), n_diff_type_cells=int(n_cells[1]))
     if len(valid):
         low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
         out.update(low=float(low), high=float(high))

@@ -412,8 +412,12 @@ class TptConfig(_Strict):
         None, description="explicit sources, tried for every target (a target is never its "
         "own source)")
     top_k: int | None = Field(
-        None, ge=1, description="or: the k best sources of the cross-task matrix for each "
-        "target (by mean relative accuracy over seeds)")
+        None, ge=1, description="or: the k best sources for each target, ranked by their mean "
+        "relative accuracy over seeds on the target's VALIDATION split (never the test split: "
+        "choosing sources is model selection)")
+    rank_max_examples: int | None = Field(
+        300, ge=1, description="top_k: score the candidate sources on at most this many "
+        "validation examples of the target (null: all)")
     steps: int | None = Field(None, ge=1, description="training steps; default: training.steps")
     eval_every: int | None = Field(
         None, ge=1, description="steps between dev evaluations; default: training.eval_every")
@@ -441,6 +445,12 @@ class TptConfig(_Strict):
         return training.model_copy(update=update) if update else training
 
 
+# which positions of the ON stimulus define "activated" where a kind reads several (the encoder
+# kind's pooled positions): see IndicatorsConfig.on_position
+OnPosition = Literal["any", "first", "prompt", "mean"]
+DEFAULT_ON_POSITION: OnPosition = "any"
+
+
 class IndicatorsConfig(_Strict):
     """Transferability indicators between every pair of one model's prompts (ES: prompt
     embedding similarity; ON: overlap of the FFN neurons the prompts activate), their
@@ -451,6 +461,14 @@ class IndicatorsConfig(_Strict):
                                                         "all")
     window: int = Field(3, ge=1, description="ON per window of this many consecutive layers "
                                              "(besides ON over all layers)")
+    on_position: OnPosition = Field(
+        DEFAULT_ON_POSITION, description="ON of the encoder kind, which reads several positions "
+        "(the pooled ones): a neuron is activated (> 0) at a position, and a prompt activates "
+        "it when it is activated at: any pooled position (any; the layer's value is the max "
+        "over them, which also ranks the neurons the masking ablation zeroes), the first text "
+        "position, [CLS] (first), any prompt position (prompt), or the legacy rule, the mean "
+        "over the pooled positions > 0 (mean; for comparison only). The other kinds (mlm, "
+        "causal, seq2seq) read one position, so it does not change them")
     ablation_fractions: list[float] = Field(
         default_factory=lambda: [0.01, 0.05, 0.1],
         description="neuron masking: fractions k of all FFN neurons masked (the prompt's top-k "
@@ -540,9 +558,11 @@ class StudyConfig(_Strict):
             for m in [*(tpt.models or []), *(s.model for s in tpt.sources or [] if s.model)]:
                 if m not in models:
                     raise ValueError(f"tpt: unknown model {m!r}; models: {sorted(models)}")
-            if tpt.top_k is not None and "cross_task" not in self.stages:
-                raise ValueError("tpt.top_k ranks sources by the cross-task matrix: add stage "
-                                 "'cross_task'")
+            budget = tpt.train_config(self.training)
+            if tpt.score_at_step is not None and tpt.score_at_step > budget.steps:
+                raise ValueError(f"tpt.score_at_step {tpt.score_at_step} is beyond the "
+                                 f"{budget.steps} training steps of a TPT run (tpt.steps or "
+                                 "training.steps); lower it or train longer")
             crossing = {s.model for s in tpt.sources or [] if s.model}
             if crossing and "cross_model" not in self.stages:
                 raise ValueError("tpt sources of another model are projected: add stage "

@@ -1,7 +1,11 @@
 """Transferability indicators between two soft prompts of one model (METHOD.md), and the neuron
 masking ablation that checks the neurons ON counts matter.
 
-* Embedding similarity (ES), prompts p1, p2 (n, D): :data:`ES_INDICATORS`.
+* Embedding similarity (ES), prompts p1, p2 (n, D): :data:`ES_INDICATORS`, the official
+  ``CosineSimilarity``, ``CosineSimilarity_per_token``, ``EuclideanDistances`` and
+  ``EuclideanDistances_per_token`` of ``caculate_metric_value_for_correlation.py``
+  (thunlp/Prompt-Transferability 1.0; the per-token ones average over all n x n token pairs),
+  plus the aligned per-token cosine.
 * Model stimulation similarity (ON), FFN activations (L, F) of each prompt's stimulus
   (:meth:`Backbone.ffn_activations`): a neuron is activated when its value is > 0, and ON is the
   cosine of the two binary masks, |A and B| / sqrt(|A| |B|), over all layers and per window of
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from prompt_core.backbones import Backbone
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.data import TaskData
 from prompt_core.evaluation import EncodedSplit
 
@@ -41,27 +46,65 @@ def _pair(p1: torch.Tensor, p2: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def es_cosine(p1: torch.Tensor, p2: torch.Tensor) -> float:
-    """Cosine of the flattened prompts: p1, p2 (n, D) -> cos(vec p1, vec p2) (n*D,)."""
+    """Cosine of the flattened prompts, as the official ``CosineSimilarity``: p1, p2 (n, D) ->
+    cos(vec p1, vec p2) over (n*D,)."""
     a, b = _pair(p1, p2)
     return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
+def _token_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of every token of a (n, D) with every token of b (n, D): (n, n), [i, j] =
+    cos(a[i], b[j]) (a zero token: cosine 0)."""
+    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T  # (n, n)
+
+
 def es_token_cosine(p1: torch.Tensor, p2: torch.Tensor) -> float:
-    """Mean cosine over the n aligned token pairs: mean_i cos(p1[i], p2[i]), p1, p2 (n, D)."""
+    """Mean cosine over ALL n x n token pairs, i from p1 and j from p2, as the official
+    ``CosineSimilarity_per_token``: mean_{i,j} cos(p1[i], p2[j]), p1, p2 (n, D).
+
+    It does not depend on the order of either prompt's tokens, so it is 1 only when every
+    token of both prompts points the same way (not for two identical prompts of distinct
+    tokens: then the diagonal gives 1 and the rest less)."""
+    a, b = _pair(p1, p2)
+    return float(_token_cosines(a, b).mean())  # (n, n) -> scalar
+
+
+def es_token_cosine_aligned(p1: torch.Tensor, p2: torch.Tensor) -> float:
+    """Mean cosine over the n ALIGNED token pairs: mean_i cos(p1[i], p2[i]), p1, p2 (n, D).
+
+    Not an official indicator (the official per-token cosine is :func:`es_token_cosine`, over
+    all pairs). Kept, under its own name, because it is sensitive to token order, which the
+    all-pairs mean is not: it is 1 for identical prompts and drops when one prompt's tokens are
+    permuted, so it tells whether two prompts agree position by position."""
     a, b = _pair(p1, p2)
     return float(F.cosine_similarity(a, b, dim=1).mean())  # (n,) -> scalar
 
 
 def es_euclidean(p1: torch.Tensor, p2: torch.Tensor) -> float:
-    """1 / (1 + ||vec p1 - vec p2||_2), p1, p2 (n, D): 1 for identical prompts, -> 0 apart."""
+    """1 / (1 + ||vec p1 - vec p2||_2), p1, p2 (n, D), as the official ``EuclideanDistances``:
+    1 for identical prompts, -> 0 apart."""
     a, b = _pair(p1, p2)
     return float(1.0 / (1.0 + torch.linalg.vector_norm(a - b)))
 
 
+def es_token_euclidean(p1: torch.Tensor, p2: torch.Tensor) -> float:
+    """1 / (1 + mean over ALL n x n token pairs of ||p1[i] - p2[j]||_2), p1, p2 (n, D), as the
+    official ``EuclideanDistances_per_token``. Like :func:`es_token_cosine` it ignores token
+    order; it is 1 only when all 2n tokens are equal."""
+    a, b = _pair(p1, p2)
+    # exact differences (not the matmul shortcut, which leaves ~1e-8 between equal tokens)
+    dist = torch.cdist(a, b, p=2, compute_mode="donot_use_mm_for_euclid_dist")  # (n, n)
+    return float(1.0 / (1.0 + dist.mean()))
+
+
+# name -> indicator: the official four (``caculate_metric_value_for_correlation.py``, 1.0) and
+# the aligned per-token cosine
 ES_INDICATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "es_cosine": es_cosine,
     "es_token_cosine": es_token_cosine,
     "es_euclidean": es_euclidean,
+    "es_token_euclidean": es_token_euclidean,
+    "es_token_cosine_aligned": es_token_cosine_aligned,
 }
 
 
@@ -169,20 +212,22 @@ def masking_ablation(
     seed: int = 0,
     batch_size: int = 64,
     bf16: bool = False,
+    on_position: OnPosition = DEFAULT_ON_POSITION,
 ) -> list[dict]:
     """The prompt's own-task accuracy with its top-k% activated FFN neurons zeroed, against
     the same number of random neurons, for each fraction k in ``fractions``.
 
-    The neurons are ranked by the prompt's ON activations (:meth:`Backbone.ffn_activations`,
-    (L, F)); the split is tokenised and the label scorer built once, unmasked (so an encoder
-    kind's label embeddings are not masked), then scored under :meth:`Backbone.masked_neurons`.
+    The neurons are ranked by the prompt's ON activations (:meth:`Backbone.ffn_activations`
+    with ``on_position``, (L, F)); the split is tokenised and the label scorer built once,
+    unmasked (so an encoder kind's label embeddings are not masked), then scored under
+    :meth:`Backbone.masked_neurons`.
     One row per fraction: ``fraction``, ``n_masked``, ``metric`` ("accuracy"), ``score``
     (unmasked), ``top_masked_score``, ``random_masked_score``, ``top_drop`` and ``random_drop``
     (score - masked score), ``n_examples``.
     """
     for fraction in fractions:  # every fraction valid before any forward pass
         _mask_count(1, fraction)
-    acts = backbone.ffn_activations(prompt)  # (L, F)
+    acts = backbone.ffn_activations(prompt, on_position)  # (L, F)
     split_data = EncodedSplit(backbone, task_data, split, max_length, max_examples, bf16=bf16)
 
     def accuracy() -> float:

@@ -55,6 +55,7 @@ class ModelFacts:
     folder: Path | None = None  # local folder or cache snapshot holding config.json
     hidden_size: int | None = None  # width of the input embeddings (= a prompt's d)
     max_positions: int | None = None
+    on_layers: int | None = None  # FFN layers the ON indicator reads (the decoder's for T5)
 
 
 @dataclass
@@ -142,6 +143,14 @@ def _embedding_size(config: Any) -> int | None:
     return None
 
 
+def _on_layers(kind: str, config: Any) -> int | None:
+    """How many FFN layers the ON indicator reads: the decoder's for ``seq2seq`` (the official
+    T5 code reads the first decoding step only), every layer otherwise."""
+    name = "num_decoder_layers" if kind == "seq2seq" else "num_hidden_layers"
+    value = getattr(config, name, None)
+    return value if isinstance(value, int) else None
+
+
 def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
     """Find a model's config without its weights: (facts, problems)."""
     where = f"models.{index}.model_id"
@@ -161,6 +170,7 @@ def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
     from prompt_core.backbones import config_positions
 
     facts.max_positions = config_positions(config)[0]  # usable: 512 for RoBERTa's 514
+    facts.on_layers = _on_layers(model.kind, config)
     return facts, []
 
 
@@ -283,12 +293,35 @@ def _check_stage_tasks(f: _Findings) -> None:
                 if s.model and s.model != m and (s.model, m) not in pairs:
                     f.problems.append(f"tpt.sources: {s.model}/{s.task} -> model {m!r} needs the "
                                       f"projector pair {s.model} -> {m} in cross_model.pairs")
+            for t in tpt.targets or names:  # a target is never its own source
+                if tpt.top_k is not None:
+                    left = [n for n in names if n != t]
+                else:
+                    left = [s for s in tpt.sources or [] if (s.model or m) != m or s.task != t]
+                if not left:
+                    f.problems.append(f"tpt: target {t!r} of model {m!r} has no source but "
+                                      "itself; add another source task (a target is never its "
+                                      "own source)")
+
+
+def _check_indicator_window(f: _Findings) -> None:
+    """``indicators.window`` fits the FFN layers ON reads in every model it is computed for."""
+    study = f.study
+    if "indicators" not in study.stages or study.indicators is None:
+        return
+    window = study.indicators.window
+    wanted = study.indicators.models or [m.name for m in study.models]
+    for m in f.models:
+        if m.name in wanted and m.on_layers is not None and window > m.on_layers:
+            f.problems.append(f"indicators.window {window} exceeds the {m.on_layers} FFN layers "
+                              f"ON reads in models.{m.index} ({m.name}); use at most "
+                              f"{m.on_layers}")
 
 
 # Cheap checks first; later checks read what earlier ones found (model facts, loaded tasks).
 CHECKS: tuple[Callable[[_Findings], None], ...] = (
     _check_models, _check_lengths, _check_init_prompt, _load_tasks, _check_duplicate_tasks,
-    _check_stage_tasks,
+    _check_stage_tasks, _check_indicator_window,
 )
 
 

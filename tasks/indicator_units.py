@@ -57,7 +57,13 @@ from tasks.units import (
     unit_task,
 )
 
-INDICATOR_VERSION = 1  # bump when an indicator's definition changes
+# bump when an indicator's definition changes. 2: the official all-pairs per-token ES
+# (es_token_cosine, es_token_euclidean; the aligned cosine renamed es_token_cosine_aligned), T5
+# ON on the decoder only and on what feeds ``wo``, the encoder kind's per-position ON rule
+INDICATOR_VERSION = 2
+# bump when the correlations table changes (2: the mean over targets with its bootstrap
+# interval and permutation p-value; no p-value for the pooled scope)
+CORRELATION_VERSION = 2
 
 
 @dataclass
@@ -71,11 +77,14 @@ class KeysOutcome:
     quarantined: list[str] = field(default_factory=list)
 
 
-def pair_key(model: ModelConfig, a: PromptRow, b: PromptRow, window: int) -> str:
+def pair_key(model: ModelConfig, a: PromptRow, b: PromptRow, window: int,
+             on_position: str) -> str:
     """Key of one unordered prompt pair's indicators: the two prompt keys (sorted), the
-    model's identity (ON runs the model) and the ON window."""
+    model's identity (ON runs the model), the ON window and ON's position rule
+    (``IndicatorsConfig.on_position``)."""
     return stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "model": model_identity(model),
-                        "pair": sorted([a.prompt_key, b.prompt_key]), "window": window})
+                        "pair": sorted([a.prompt_key, b.prompt_key]), "window": window,
+                        "on_position": on_position})
 
 
 def _stored_keys(storage: Storage, table: str, where: dict[str, str], key_column: str
@@ -94,7 +103,8 @@ def indicators_unit(ctx: RunContext, model: ModelConfig, seed: int, prompts: lis
     storage = ctx.storage()
     where = {"study": ctx.study, "model": model.name}
     rows_by_key = {r.prompt_key: r for r in prompts}
-    pairs = {pair_key(model, a, b, cfg.window): tuple(sorted((a.prompt_key, b.prompt_key)))
+    pairs = {pair_key(model, a, b, cfg.window, cfg.on_position):
+             tuple(sorted((a.prompt_key, b.prompt_key)))
              for a, b in combinations(prompts, 2)}
     keys = sorted(pairs)
 
@@ -121,7 +131,7 @@ def indicators_unit(ctx: RunContext, model: ModelConfig, seed: int, prompts: lis
         acts: dict[str, Any] = {}
         for k in sorted({p for key in missing for p in pairs[key]}):
             tensors[k] = _load_prompt(storage, rows_by_key[k], backbone.hidden_size)  # (n, D)
-            acts[k] = backbone.ffn_activations(tensors[k])  # (L, F)
+            acts[k] = backbone.ffn_activations(tensors[k], cfg.on_position)  # (L, F)
         now = now_utc()
         out = []
         for key in missing:
@@ -146,6 +156,7 @@ def ablation_key(model: ModelConfig, prompt: PromptRow, cfg: IndicatorsConfig,
     return stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION,
                         "model": model_identity(model), "prompt": prompt.prompt_key,
                         "fractions": cfg.ablation_fractions, "split": cfg.ablation_split,
+                        "on_position": cfg.on_position,
                         "max_examples": cfg.ablation_max_examples,
                         "max_length": evaluation.max_length})
 
@@ -178,7 +189,8 @@ def ablation_unit(ctx: RunContext, model: ModelConfig, info: NlpTaskInfo, prompt
         results = masking_ablation(backbone, task_data(ctx, info), p, cfg.ablation_fractions,
                                    split=cfg.ablation_split,
                                    max_examples=cfg.ablation_max_examples,
-                                   max_length=evaluation.max_length, seed=prompt.seed)
+                                   max_length=evaluation.max_length, seed=prompt.seed,
+                                   on_position=cfg.on_position)
         now = now_utc()
         n_layers, n_ffn = backbone.ffn_shape
         rows = [AblationRow(ablation_key=key, model=model.name, seed=prompt.seed,
@@ -251,8 +263,11 @@ def _correlation_rows(ctx: RunContext, model: str, key: str, table: pd.DataFrame
                            indicator=r.indicator, measure=r.measure, method=r.method,
                            rho=None if pd.isna(r.rho) else float(r.rho),
                            p_value=None if pd.isna(r.p_value) else float(r.p_value),
-                           n_pairs=int(r.n_pairs), study=ctx.study, run_id=ctx.run_id,
-                           created_at=now)
+                           n_pairs=int(r.n_pairs),
+                           low=None if pd.isna(r.low) else float(r.low),
+                           high=None if pd.isna(r.high) else float(r.high),
+                           n_targets=int(r.n_targets), p_method=r.p_method,
+                           study=ctx.study, run_id=ctx.run_id, created_at=now)
             for r in table.itertuples(index=False)]
 
 
@@ -260,12 +275,13 @@ def _correlation_rows(ctx: RunContext, model: str, key: str, table: pd.DataFrame
 def correlations_unit(ctx: RunContext, model: str, cell_keys: list[str],
                       pair_keys: list[str]) -> KeysOutcome:
     """Spearman and Kendall of every indicator with ``relative_score`` and ``transfer_gain``
-    over the run's cells of ``model`` (per target task and over all pairs)."""
+    over the run's cells of ``model`` (per target task, as the mean over targets with its
+    bootstrap interval and permutation p-value, and over all pairs pooled)."""
     from prompt_core.correlations import correlate, transfer_pairs
 
     storage = ctx.storage()
-    key = stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cells": sorted(cell_keys),
-                       "pairs": sorted(pair_keys)})
+    key = stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cv": CORRELATION_VERSION,
+                       "cells": sorted(cell_keys), "pairs": sorted(pair_keys)})
     where = {"study": ctx.study, "model": model}
     if storage.exists(part_path("correlations", where, key)):
         return KeysOutcome(model, [key], 0, 1)

@@ -24,8 +24,9 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from prompt_core.analysis import bootstrap_interval, tpt_metrics
+from prompt_core.analysis import tpt_metrics
 from prompt_core.backbones import resolve_device
+from prompt_core.cell_stats import cell_statistics
 from prompt_core.config import (
     EvalConfig,
     ModelConfig,
@@ -34,7 +35,7 @@ from prompt_core.config import (
     TrainConfig,
     stable_hash,
 )
-from prompt_core.evaluation import EncodedSplit, scores
+from prompt_core.evaluation import EncodedSplit
 from prompt_core.projectors import (
     OBJECTIVES,
     ProjectorFileError,
@@ -331,6 +332,9 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
                        target: NlpTaskInfo, own: dict[int, PromptRow],
                        todo: list[CrossModelCell], train_tasks: list[str],
                        evaluation: EvalConfig) -> None:
+    """Predict every missing cell (and the own prompt of each of their seeds) on the target
+    split and write their ``cross_model`` rows: the statistics are
+    :func:`prompt_core.cell_stats.cell_statistics` of those predictions."""
     _compute_threads(ctx)
     backbone = get_backbone(target_model, resolve_device(ctx.device))
     enc = EncodedSplit(backbone, task_data(ctx, target), evaluation.split,
@@ -350,18 +354,18 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
                                                          storage.uri(skey))
             prompt = project(projectors[pk], prompt, c.source.prompt_uri)  # (n, d_t)
         preds[c.source_id] = enc.predict(prompt, evaluation.batch_size)
-    own_scores = {seed: scores(enc.predict(_load_prompt(storage, r, backbone.hidden_size),
-                                           evaluation.batch_size), enc.labels, enc.n_labels)
-                  for seed, r in own.items() if any(c.source.seed == seed for c in todo)}
+    own_sources = {seed: ("own prompt", r.prompt_key) for seed, r in own.items()
+                   if any(c.source.seed == seed for c in todo)}
+    for seed, own_id in own_sources.items():
+        preds[own_id] = enc.predict(_load_prompt(storage, own[seed], backbone.hidden_size),
+                                    evaluation.batch_size)
+    stats = cell_statistics({c.source_id: c.source.seed for c in todo}, preds, enc.labels,
+                            enc.n_labels, own=own_sources, metrics=METRICS, n_boot=N_BOOT)
     now = now_utc()
     rows = []
     for c in todo:
-        pred = preds[c.source_id]
-        s = scores(pred, enc.labels, enc.n_labels)
         for metric in METRICS:
-            low, high = bootstrap_interval(pred, enc.labels, enc.n_labels, metric, N_BOOT,
-                                           seed=c.source.seed)
-            base = own_scores[c.source.seed][metric]
+            st = stats[c.source_id, metric]
             rows.append(CrossModelRow(
                 cell_key=c.key, source_model=c.source.model, target_model=target_model.name,
                 objective=c.objective,
@@ -370,10 +374,11 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
                 source_prompt_key=c.source.prompt_key, target_task=target.name,
                 target_task_type=target.type, target_prompt_key=own[c.source.seed].prompt_key,
                 held_out=c.source.task not in train_tasks and target.name not in train_tasks,
-                metric=metric, score=s[metric], score_low=low, score_high=high,
-                relative_score=s[metric] / base if base else None, own_score=base,
-                n_examples=len(enc), seed=c.source.seed, eval_split=evaluation.split,
-                study=ctx.study, run_id=ctx.run_id, created_at=now))
+                metric=metric, score=st.score, score_low=st.score_low,
+                score_high=st.score_high, relative_score=st.relative_score,
+                own_score=st.own_score, n_examples=len(enc), seed=c.source.seed,
+                eval_split=evaluation.split, study=ctx.study, run_id=ctx.run_id,
+                created_at=now))
     write_part(storage, "cross_model", rows, stable_hash(sorted(c.key for c in todo)))
 
 

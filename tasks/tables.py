@@ -515,6 +515,8 @@ for _view, _table, _model, _key, _part in (
     ("current_projectors", "projectors", "target_model", "projector_key", "t.projector_key"),
     ("current_cross_model", "cross_model", "target_model", "cell_key", "t.cell_key, t.metric"),
     ("current_tpt", "tpt", "model", "tpt_key", "t.tpt_key"),
+    ("current_tpt_rankings", "tpt_rankings", "model", "rank_key",
+     "t.rank_key, t.seed, t.source_prompt_key"),
     ("current_indicators", "indicators", "model", "pair_key", "t.pair_key, t.indicator"),
     ("current_ablations", "ablations", "model", "ablation_key", "t.ablation_key, t.fraction"),
     ("current_correlations", "correlations", "model", "correlation_key",
@@ -533,6 +535,7 @@ VIEW_TABLES = {"latest_runs": {"runs"}, "current_cross_task": {"cross_task"},
                "current_cross_task_predictions": {"cross_task_predictions"},
                "current_prompts": {"prompts"}, "current_projectors": {"projectors"},
                "current_cross_model": {"cross_model"}, "current_tpt": {"tpt"},
+               "current_tpt_rankings": {"tpt_rankings"},
                "current_indicators": {"indicators"}, "current_ablations": {"ablations"},
                "current_correlations": {"correlations"},
                "current_recommendations": {"recommendations"}}
@@ -812,6 +815,31 @@ class TptRow:
 
 
 @dataclass
+class TptRankRow:
+    """One candidate TPT source prompt scored on the target task's VALIDATION split, beside
+    the target's own prompt: how ``tpt.top_k`` ranks sources (model selection never reads a
+    test label). ``rank_key`` is shared by every row of one (model, target) ranking unit."""
+
+    rank_key: str
+    model: str
+    target_task: str
+    target_task_type: str
+    target_prompt_key: str  # the target's own prompt (the denominator), same seed
+    source_task: str
+    source_task_type: str
+    source_prompt_key: str
+    seed: int
+    split: str  # validation
+    n_examples: int
+    score: float  # accuracy of the source prompt on the target's validation examples
+    own_score: float  # accuracy of the target's own prompt on the same examples
+    relative_score: float | None  # score / own_score (None when own_score is 0)
+    study: str
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass
 class IndicatorRow:
     """One transferability indicator between two prompts of one model (an unordered pair,
     ``prompt_a`` < ``prompt_b`` by key); ``pair_key`` is shared by the pair's indicators."""
@@ -826,7 +854,7 @@ class IndicatorRow:
     task_type_a: str
     task_type_b: str
     same_type: bool
-    indicator: str  # es_cosine | es_token_cosine | es_euclidean | on | on_layers_<i>-<j>
+    indicator: str  # es_<...> (prompt_core.indicators.ES_INDICATORS) | on | on_layers_<i>-<j>
     value: float
     study: str
     run_id: str
@@ -862,7 +890,10 @@ class AblationRow:
 @dataclass
 class CorrelationRow:
     """Rank correlation of one indicator with one transfer measure over the prompt pairs of a
-    scope (``all``: every pair of the model, else one target task)."""
+    scope (``all``: every pair of the model pooled, rho descriptive and no p-value;
+    ``mean_over_targets``: the mean of the per-target rhos, with a bootstrap interval over
+    targets and a within-target permutation p-value; else one target task).
+    :func:`prompt_core.correlations.correlate` says how each is computed."""
 
     correlation_key: str
     model: str
@@ -871,8 +902,12 @@ class CorrelationRow:
     measure: str  # relative_score | transfer_gain
     method: str  # spearman | kendall
     rho: float | None
-    p_value: float | None
+    p_value: float | None  # None for scope all (pooled pairs are not independent)
     n_pairs: int
+    low: float | None  # 95% bootstrap interval over targets (scope mean_over_targets only)
+    high: float | None
+    n_targets: int | None  # targets behind rho (None in rows written before this column)
+    p_method: str | None  # scipy | none | permutation_within_target
     study: str
     run_id: str
     created_at: dt.datetime
@@ -960,6 +995,13 @@ TPT = register_table(TableSpec.from_row(
                 "random init (same budget): score after k steps, steps/seconds to a fraction "
                 "of the baseline's best, best score, speed-up."))
 
+TPT_RANKINGS = register_table(TableSpec.from_row(
+    "tpt_rankings", TptRankRow, partition_by=("study", "model", "target_task"),
+    key_column="rank_key", row_id=("seed", "source_prompt_key"),
+    description="How tpt.top_k chose its sources: each candidate source prompt's accuracy on "
+                "the target's validation split, beside the target's own prompt (relative "
+                "score). Never the test split."))
+
 INDICATORS = register_table(TableSpec.from_row(
     "indicators", IndicatorRow, partition_by=("study", "model"), key_column="pair_key",
     row_id=("indicator",),
@@ -976,9 +1018,10 @@ ABLATIONS = register_table(TableSpec.from_row(
 CORRELATIONS = register_table(TableSpec.from_row(
     "correlations", CorrelationRow, partition_by=("study", "model"),
     key_column="correlation_key", row_id=("scope", "indicator", "measure", "method"),
-    description="Spearman and Kendall correlation (p-value, number of pairs) of each "
-                "indicator with relative_score and transfer_gain, per target task and over "
-                "all pairs of a model."))
+    description="Spearman and Kendall correlation of each indicator with relative_score "
+                "and transfer_gain per target task (scipy p-value), as the mean over targets "
+                "(bootstrap interval over targets, within-target permutation p-value) and "
+                "over all pairs of a model pooled (descriptive: no p-value)."))
 
 RECOMMENDATIONS = register_table(TableSpec.from_row(
     "recommendations", RecommendationRow, partition_by=("study", "model"),

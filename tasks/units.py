@@ -28,8 +28,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_core.analysis import bootstrap_interval, transfer_gain
 from prompt_core.backbones import Backbone, cached_backbone, resolve_device
+from prompt_core.cell_stats import METRICS, N_BOOT, cell_statistics
 from prompt_core.config import (
     EvalConfig,
     ModelConfig,
@@ -62,8 +62,6 @@ from tasks.tables import (
 
 ROW_FIELDS = {f.name for f in dataclasses.fields(PromptRow)}
 KEY_VERSION = 2  # bump when the meaning of a key changes (2: content keys, target partitions)
-METRICS = ("accuracy", "macro_f1")
-N_BOOT = 1000  # bootstrap resamples of the test examples per score interval
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:
@@ -539,6 +537,17 @@ def evaluate_target_unit(
                                 rows_done, preds_done)
 
 
+def _stored_references(stored_df, cells: list[Cell], scored: dict, refs: set) -> dict:
+    """source id -> metric -> (score, score_low) from the stored rows of the reference cells
+    (``refs``: own prompts, no prompt) that were not scored now (``scored``)."""
+    out = {}
+    for c in cells:
+        if c.source_id in refs and c.source_id not in scored:
+            rows = stored_df[stored_df["cell_key"] == c.key].itertuples()
+            out[c.source_id] = {r.metric: (r.score, r.score_low) for r in rows}
+    return out
+
+
 def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                      target: NlpTaskInfo, own: dict[int, PromptRow], train: TrainConfig,
                      evaluation: EvalConfig, config_key: str, cells: list[Cell], stored_df,
@@ -547,7 +556,9 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
     """Score the missing cells of one target and write them: the predictions of those without
     a ``cross_task_predictions`` row as one part there, then the rows of those without
     ``cross_task`` rows as one part there (last: rows present mean the predictions are too;
-    a cell stored before predictions were kept is rescored for its predictions only)."""
+    a cell stored before predictions were kept is rescored for its predictions only). The
+    rows' statistics are :func:`prompt_core.cell_stats.cell_statistics` of the predictions
+    (reference cells not rescored: their stored rows)."""
     all_keys = [c.key for c in cells]
     _compute_threads(ctx)
     backbone = get_backbone(model, resolve_device(ctx.device))
@@ -571,47 +582,18 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
         scores[c.source_id], preds[c.source_id] = enc.evaluate(
             prompt, evaluation.batch_size, return_predictions=True)
 
-    def score_of(cell: Cell | None) -> dict[tuple[int, str], float]:
-        """(seed, metric) -> score of a reference cell (the own prompt, no prompt): scored
-        now, or its stored row."""
-        if cell is None:
-            return {}
-        if cell.source_id in scores:
-            return {(cell.seed, m): scores[cell.source_id][m] for m in METRICS}
-        rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
-        return {(cell.seed, r.metric): r.score for r in rows}
-
-    intervals: dict[tuple[tuple[str, int], str], tuple[float, float]] = {}
-
-    def interval(cell: Cell, metric: str) -> tuple[float, float]:
-        """The 95% bootstrap interval of a cell scored now (computed once per cell)."""
-        key = (cell.source_id, metric)
-        if key not in intervals:
-            intervals[key] = bootstrap_interval(preds[cell.source_id], enc.labels,
-                                                enc.n_labels, metric, N_BOOT, seed=cell.seed)
-        return intervals[key]
-
-    def low_of(cell: Cell) -> dict[tuple[int, str], float]:
-        """(seed, metric) -> the lower end of a cell's score interval: computed now from its
-        predictions, or its stored row's."""
-        if cell.source_id in scores:
-            return {(cell.seed, m): interval(cell, m)[0] for m in METRICS}
-        rows = stored_df[stored_df["cell_key"] == cell.key].itertuples()
-        return {(cell.seed, r.metric): r.score_low for r in rows}
-
-    # per (seed, metric): the own prompt's score (relative_score), its interval and no
-    # prompt's score (transfer_gain)
-    own_score: dict[tuple[int, str], float] = {}
-    own_low: dict[tuple[int, str], float] = {}  # lower end of the own score's 95% interval
-    none_score: dict[tuple[int, str], float] = {}
-    for seed, rec in own.items():
-        own_cell = next(c for c in cells if c.kind == "prompt" and c.source is not None
-                        and c.source.prompt_key == rec.prompt_key and c.seed == seed)
-        own_score.update(score_of(own_cell))
-        own_low.update(low_of(own_cell))
-        none_score.update(score_of(next(
-            (c for c in cells if c.kind == "none" and c.seed == seed), None)))
-
+    # each seed's references, as source ids: the own prompt (the denominator of
+    # relative_score) and no prompt (transfer_gain)
+    own_sources = {seed: next(c for c in cells if c.kind == "prompt" and c.source is not None
+                              and c.source.prompt_key == rec.prompt_key
+                              and c.seed == seed).source_id for seed, rec in own.items()}
+    none_sources = {c.seed: c.source_id for c in cells if c.kind == "none"}
+    stats = cell_statistics(
+        {c.source_id: c.seed for c in todo if c.key not in rows_done}, preds, enc.labels,
+        enc.n_labels, own=own_sources, none=none_sources, scores=scores,
+        stored=_stored_references(stored_df, cells, scores,
+                                  {*own_sources.values(), *none_sources.values()}),
+        metrics=METRICS, n_boot=N_BOOT)
     now = now_utc()
     rows = []
     for c in todo:
@@ -619,9 +601,7 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
             continue
         src = c.source
         for metric in METRICS:
-            score = scores[c.source_id][metric]
-            base = own_score.get((c.seed, metric))
-            low, high = interval(c, metric)
+            st = stats[c.source_id, metric]
             rows.append(CellRow(
                 cell_key=c.key, config_key=config_key, model=model.name,
                 source_task=src.task if src else None, source_kind=c.kind,
@@ -629,12 +609,10 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
                 source_task_type=src.task_type if src else None, target_task=target.name,
                 target_task_type=target.type, target_prompt_key=own[c.seed].prompt_key,
                 same_type=(src.task_type == target.type) if src else None, metric=metric,
-                score=score, relative_score=score / base if base else None,
-                n_examples=len(enc), seed=c.seed, eval_split=evaluation.split,
-                study=ctx.study, run_id=ctx.run_id, created_at=now, score_low=low,
-                score_high=high, transfer_gain=transfer_gain(
-                    score, none_score.get((c.seed, metric)), base,
-                    own_low=own_low.get((c.seed, metric))),
+                score=st.score, relative_score=st.relative_score, n_examples=len(enc),
+                seed=c.seed, eval_split=evaluation.split, study=ctx.study, run_id=ctx.run_id,
+                created_at=now, score_low=st.score_low, score_high=st.score_high,
+                transfer_gain=st.transfer_gain,
             ))
     need_preds = [c for c in todo if c.key not in preds_done]
     if need_preds:

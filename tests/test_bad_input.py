@@ -327,6 +327,29 @@ def _bad_eval_split(env: Env) -> tuple[Path, list[str]]:
     return env.study(evaluation={"split": "dev"}), ["evaluation.split"]
 
 
+def _tpt_score_at_step_past_steps(env: Env) -> tuple[Path, list[str]]:
+    def edit(d: dict) -> None:
+        d["stages"] = ["tpt"]
+        d["tasks"].append({"path": str(env.tasks_root / "pos_b"), "type": "sentiment"})
+        d["tpt"] = {"top_k": 1, "score_at_step": 9}
+    return env.study(edit), ["tpt.score_at_step 9", "beyond the 4 training steps"]
+
+
+def _tpt_target_only_itself(env: Env) -> tuple[Path, list[str]]:
+    def edit(d: dict) -> None:
+        d["stages"] = ["tpt"]
+        d["tasks"].append({"path": str(env.tasks_root / "pos_b"), "type": "sentiment"})
+        d["tpt"] = {"targets": ["pos_a"], "sources": [{"task": "pos_a"}]}
+    return env.study(edit), ["tpt: target 'pos_a'", "no source but itself"]
+
+
+def _indicator_window_past_layers(env: Env) -> tuple[Path, list[str]]:
+    def edit(d: dict) -> None:
+        d["stages"] = ["cross_task", "indicators"]
+        d["indicators"] = {"window": 3}  # the tiny encoder has 2 layers
+    return env.study(edit), ["indicators.window 3", "exceeds the 2 FFN layers", "(tiny)"]
+
+
 STUDY_CASES = [
     *study_case("study-missing-file", _missing_study),
     *study_case("study-is-a-folder", _study_is_dir),
@@ -353,6 +376,12 @@ STUDY_CASES = [
     *study_case("study-name-slash", _study_name_slash),
     *study_case("tasks-empty", _empty_tasks),
     *study_case("task-two-sources", _two_sources),
+    *study_case("tpt-score-at-step-past-steps", _tpt_score_at_step_past_steps,
+                why="method fidelity, item 8"),
+    *study_case("tpt-target-only-itself", _tpt_target_only_itself,
+                why="method fidelity, item 8"),
+    *study_case("indicators-window-past-layers", _indicator_window_past_layers,
+                why="method fidelity, item 8"),
 ]
 
 

@@ -9,7 +9,12 @@ import warnings
 import pandas as pd
 import pytest
 
-from prompt_core.correlations import correlate, indicator_table, transfer_pairs
+from prompt_core.correlations import (
+    CORRELATION_COLUMNS,
+    correlate,
+    indicator_table,
+    transfer_pairs,
+)
 
 TASKS = ("a", "b", "c", "d")
 PAIRS = list(itertools.combinations(TASKS, 2))  # ab ac ad bc bd cd
@@ -117,7 +122,20 @@ def test_monotone_reversed_and_constant_indicators(study):
     for method in ("spearman", "kendall"):
         r = _one(corr, model="m1", scope="all", indicator="mono", measure="relative_score",
                  method=method)
-        assert r["rho"] == pytest.approx(1.0) and r["n_pairs"] == 12 and r["p_value"] < 0.05
+        # pooled: the rho describes, there is no p-value (pooled pairs are not independent)
+        assert r["rho"] == pytest.approx(1.0) and r["n_pairs"] == 12
+        assert math.isnan(r["p_value"]) and r["p_method"] == "none" and r["n_targets"] == 4
+        assert math.isnan(r["low"]) and math.isnan(r["high"])
+        # each target ranks its 3 sources perfectly: mean 1, a degenerate interval, and a
+        # permutation p near the chance that all 4 targets land on +1 or all on -1 (2 / 6^4)
+        r = _one(corr, model="m1", scope="mean_over_targets", indicator="mono",
+                 measure="relative_score", method=method)
+        assert r["rho"] == pytest.approx(1.0) and r["low"] == r["high"] == pytest.approx(1.0)
+        assert r["p_method"] == "permutation_within_target"
+        assert r["n_targets"] == 4 and r["n_pairs"] == 12 and r["p_value"] < 0.005
+        r = _one(corr, model="m2", scope="mean_over_targets", indicator="mono",
+                 measure="relative_score", method=method)
+        assert r["rho"] == pytest.approx(-1.0) and r["p_value"] < 0.005  # two-sided
         r = _one(corr, model="m1", scope="all", indicator="rev", measure="relative_score",
                  method=method)
         assert r["rho"] == pytest.approx(-1.0) and r["n_pairs"] == 12
@@ -127,14 +145,25 @@ def test_monotone_reversed_and_constant_indicators(study):
         r = _one(corr, model="m1", scope="all", indicator="flat", measure="relative_score",
                  method=method)
         assert math.isnan(r["rho"]) and math.isnan(r["p_value"]) and r["n_pairs"] == 12
+        # a constant indicator has no rho in any target: the mean has no target at all
+        r = _one(corr, model="m1", scope="mean_over_targets", indicator="flat",
+                 measure="relative_score", method=method)
+        assert all(math.isnan(r[c]) for c in ("rho", "p_value", "low", "high"))
+        assert r["n_targets"] == 0 and r["n_pairs"] == 0
 
 
 def test_scopes_per_target_and_missing_measures(study):
     cells, ind = study
     corr = correlate(transfer_pairs(cells, ind))
-    assert set(corr["scope"]) == {"all", "a", "b", "c", "d"}
+    assert list(corr.columns) == list(CORRELATION_COLUMNS)
+    # per model: all, mean_over_targets, then the targets
+    assert list(dict.fromkeys(corr[corr["model"] == "m1"]["scope"])) == [
+        "all", "mean_over_targets", "a", "b", "c", "d"]
     # one row per model x scope x indicator x measure x method
-    assert len(corr) == 2 * 5 * 3 * 2 * 2
+    assert len(corr) == 2 * 6 * 3 * 2 * 2
+    per_target = corr[~corr["scope"].isin(["all", "mean_over_targets"])]
+    assert (per_target["p_method"] == "scipy").all() and (per_target["n_targets"] == 1).all()
+    assert per_target["low"].isna().all() and per_target["high"].isna().all()
     # target a: sources b, c, d with pair ranks 1, 2, 3 -> rho 1 on 3 pairs
     r = _one(corr, model="m1", scope="a", indicator="mono", measure="relative_score",
              method="kendall")
@@ -145,12 +174,34 @@ def test_scopes_per_target_and_missing_measures(study):
     assert r["n_pairs"] == 0 and math.isnan(r["rho"])
     r = _one(corr, model="m1", scope="all", indicator="mono", measure="transfer_gain",
              method="spearman")
-    assert r["n_pairs"] == 9 and r["rho"] == pytest.approx(1.0)
+    assert r["n_pairs"] == 9 and r["rho"] == pytest.approx(1.0) and r["n_targets"] == 3
+    # the mean leaves target d out (no pair): 3 targets of 3 pairs
+    r = _one(corr, model="m1", scope="mean_over_targets", indicator="mono",
+             measure="transfer_gain", method="spearman")
+    assert (r["n_targets"], r["n_pairs"]) == (3, 9) and r["rho"] == pytest.approx(1.0)
     # min_pairs above the per-target count: NaN, still with the count
     strict = correlate(transfer_pairs(cells, ind), min_pairs=4)
     r = _one(strict, model="m1", scope="a", indicator="mono", measure="relative_score",
              method="spearman")
     assert math.isnan(r["rho"]) and r["n_pairs"] == 3
+    r = _one(strict, model="m1", scope="mean_over_targets", indicator="mono",
+             measure="relative_score", method="spearman")
+    assert math.isnan(r["rho"]) and r["n_targets"] == 0
+
+
+def test_seeded_and_refuses_reserved_target_names(study):
+    cells, ind = study
+    pairs = transfer_pairs(cells, ind)
+    a = correlate(pairs, n_permutations=199, n_bootstrap=199)
+    pd.testing.assert_frame_equal(a, correlate(pairs, n_permutations=199, n_bootstrap=199))
+    b = correlate(pairs, n_permutations=199, n_bootstrap=199, seed=1)
+    mean = a["scope"] == "mean_over_targets"
+    assert not a[mean]["p_value"].equals(b[mean]["p_value"])  # the draws follow the seed
+    pd.testing.assert_frame_equal(a[~mean], b[~mean])  # nothing else is random
+    for name in ("all", "mean_over_targets"):
+        bad = pairs.assign(target_task=pairs["target_task"].replace("a", name))
+        with pytest.raises(ValueError, match="clash with the scope names"):
+            correlate(bad)
 
 
 def test_known_partial_correlation():

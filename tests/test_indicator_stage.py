@@ -63,16 +63,17 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
 
     prompts = read_table(st, "prompts").to_pandas().set_index("task")["prompt_key"]
     ind = read_table(st, "indicators").to_pandas()
-    # a tiny 2-layer model with window 1: ON over all layers and per layer, plus 3 ES
-    names = {"es_cosine", "es_token_cosine", "es_euclidean", "on", "on_layers_1-1",
-             "on_layers_2-2"}
+    # a tiny 2-layer model with window 1: ON over all layers and per layer, plus 5 ES
+    names = {"es_cosine", "es_token_cosine", "es_euclidean", "es_token_euclidean",
+             "es_token_cosine_aligned", "on", "on_layers_1-1", "on_layers_2-2"}
     assert set(ind["indicator"]) == names
     assert len(ind) == 3 * len(names)
     pairs = {frozenset((a, b)) for a, b in zip(ind["prompt_a"], ind["prompt_b"], strict=True)}
     assert pairs == {frozenset((prompts[a], prompts[b])) for a, b in combinations(TASKS, 2)}
     assert (ind["prompt_a"] < ind["prompt_b"]).all()  # an unordered pair, stored once
     # ON and the euclidean variant lie in [0, 1]; cosines in [-1, 1]
-    on_euc = ind[~ind["indicator"].isin(["es_cosine", "es_token_cosine"])]
+    on_euc = ind[~ind["indicator"].isin(["es_cosine", "es_token_cosine",
+                                         "es_token_cosine_aligned"])]
     assert on_euc["value"].between(0, 1).all() and ind["value"].between(-1, 1).all()
     assert (ind["same_type"] == (ind["task_type_a"] == ind["task_type_b"])).all()
 
@@ -84,10 +85,16 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     corr = read_table(st, "correlations").to_pandas()
     assert set(corr["method"]) == {"spearman", "kendall"}
     assert set(corr["measure"]) == {"relative_score", "transfer_gain"}
-    assert set(corr["scope"]) == {"all", *TASKS}
-    # over all pairs: 3 targets x 2 sources = 6 (source, target) pairs per indicator
+    assert set(corr["scope"]) == {"all", "mean_over_targets", *TASKS}
+    # over all pairs: 3 targets x 2 sources = 6 (source, target) pairs per indicator,
+    # pooled: a descriptive rho without a p-value
     allp = corr[(corr["scope"] == "all") & (corr["measure"] == "relative_score")]
     assert (allp["n_pairs"] == 6).all() and set(allp["indicator"]) == names
+    assert allp["p_value"].isna().all() and (allp["p_method"] == "none").all()
+    # 2 sources per target are under min_pairs (3): no per-target rho, so no mean either
+    mean = corr[corr["scope"] == "mean_over_targets"]
+    assert len(mean) == len(names) * 2 * 2 and (mean["n_targets"] == 0).all()
+    assert mean["rho"].isna().all() and (mean["p_method"] == "permutation_within_target").all()
 
     rec = read_table(st, "recommendations").to_pandas()
     assert set(rec["method"]) == {"probe", "same_type", "random", *names}
@@ -117,6 +124,9 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     assert {(g["indicator"], g["measure"], g["method"], g["n_pairs"]) for g in got} == {
         (c.indicator, c.measure, c.method, c.n_pairs)
         for c in corr[corr["scope"] == "all"].itertuples()}
+    assert {(g["indicator"], g["measure"], g["method"], g["n_targets"], g["mean_rho"])
+            for g in got} == {(c.indicator, c.measure, c.method, 0, None)
+                              for c in mean.itertuples()}
     want = ranking_tables(rec)[1].set_index("method")
     got = {g["method"]: g for g in _table(arts["recommender-tiny"])}
     assert set(got) == set(want.index)
@@ -125,6 +135,10 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
         assert g["regret"] == pytest.approx(want.loc[method, "regret"], abs=1e-4)
     summary = arts["transfer-matrix-summary"].data
     assert "## Transferability indicators" in summary
+    # the per-target mean is the figure with a test; the pooled rho only a description
+    assert "`tiny` Spearman with relative score, mean over targets [95% interval] " \
+           "(permutation p; pooled rho, descriptive): " in summary
+    assert "(p n/a, 0 targets; pooled " in summary
     assert f"`tiny` probe: top-1 {want.loc['probe', 'hit_at_1']:.2f}" in summary
 
     # the views: exactly the latest run's rows
@@ -163,6 +177,18 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     con = duckdb_connect(st)
     assert con.execute("select count(distinct pair_key) from current_indicators"
                        ).fetchone()[0] == 6
+    # 4 tasks: 3 sources per target, so the mean over targets is the mean of the stored
+    # per-target rhos (those not NaN), with its interval and permutation p
+    corr4 = con.execute("select * from current_correlations").df()
+    per = corr4[corr4["scope"].isin(four)]
+    for r in corr4[corr4["scope"] == "mean_over_targets"].itertuples():
+        rhos = per[(per["indicator"] == r.indicator) & (per["measure"] == r.measure)
+                   & (per["method"] == r.method)]["rho"].dropna()
+        assert r.n_targets == len(rhos) and r.n_pairs == 3 * len(rhos)
+        if len(rhos):
+            assert r.rho == pytest.approx(rhos.mean()) and 0 < r.p_value <= 1
+        if len(rhos) >= 2:
+            assert r.low <= r.rho <= r.high
 
     # the summary artifact names the stage's results; the recommend command ranks sources
     runner = CliRunner()

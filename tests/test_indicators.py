@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from prompt_core.backbones import load_backbone
+from prompt_core.backbones.base import POSITION_REDUCTIONS
 from prompt_core.indicators import (
     ES_INDICATORS,
     all_indicators,
@@ -17,6 +18,8 @@ from prompt_core.indicators import (
     es_cosine,
     es_euclidean,
     es_token_cosine,
+    es_token_cosine_aligned,
+    es_token_euclidean,
     masking_ablation,
     on_indicators,
     on_overlap,
@@ -35,36 +38,63 @@ def es_all(p1, p2):
 
 def test_es_registry_names():
     assert ES_INDICATORS == {"es_cosine": es_cosine, "es_token_cosine": es_token_cosine,
-                             "es_euclidean": es_euclidean}
+                             "es_euclidean": es_euclidean,
+                             "es_token_euclidean": es_token_euclidean,
+                             "es_token_cosine_aligned": es_token_cosine_aligned}
 
 
-def test_es_identical_prompts_are_one():
+def test_es_identical_prompts():
+    """Identical prompts: 1 for the flattened and aligned ones; the all-pairs per-token ones
+    (official) also compare distinct tokens of the same prompt, so they stay below 1."""
     p = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
-    assert es_all(p, p.clone()) == pytest.approx(
-        {"es_cosine": 1.0, "es_token_cosine": 1.0, "es_euclidean": 1.0})
+    out = es_all(p, p.clone())
+    assert {k: out[k] for k in ("es_cosine", "es_euclidean", "es_token_cosine_aligned")} == (
+        pytest.approx({"es_cosine": 1.0, "es_euclidean": 1.0, "es_token_cosine_aligned": 1.0}))
+    assert out["es_token_cosine"] < 0.9 and out["es_token_euclidean"] < 0.9
+    same = p[:1].expand(3, -1)  # one token repeated: every pair is the same token
+    assert es_all(same, same.clone()) == pytest.approx({name: 1.0 for name in ES_INDICATORS})
 
 
 def test_es_orthogonal_prompts():
     e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])  # unit vectors, n = 1
+    r2 = 1 / (1 + math.sqrt(2))
     assert es_all(e1, e2) == pytest.approx(
-        {"es_cosine": 0.0, "es_token_cosine": 0.0, "es_euclidean": 1 / (1 + math.sqrt(2))})
+        {"es_cosine": 0.0, "es_token_cosine": 0.0, "es_euclidean": r2,
+         "es_token_euclidean": r2, "es_token_cosine_aligned": 0.0})
     p1 = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     p2 = torch.tensor([[0, 0, 1.0, 0], [0, 0, 0, 1.0]])  # distance sqrt(4) = 2
     assert es_all(p1, p2) == pytest.approx(
-        {"es_cosine": 0.0, "es_token_cosine": 0.0, "es_euclidean": 1 / 3})
+        {"es_cosine": 0.0, "es_token_cosine": 0.0, "es_euclidean": 1 / 3,
+         "es_token_euclidean": r2,  # every token pair sqrt(2) apart
+         "es_token_cosine_aligned": 0.0})
 
 
 def test_es_scaled_prompt():
     p = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # |p| = 5
+    # token distances: 3, sqrt(3^2 + 8^2), sqrt(4^2 + 6^2), 4
+    mean_dist = (3 + math.sqrt(73) + math.sqrt(52) + 4) / 4
     assert es_all(p, 2 * p) == pytest.approx(
-        {"es_cosine": 1.0, "es_token_cosine": 1.0, "es_euclidean": 1 / 6})
+        {"es_cosine": 1.0, "es_token_cosine": 0.5,  # cosines [[1, 0], [0, 1]]
+         "es_euclidean": 1 / 6, "es_token_euclidean": 1 / (1 + mean_dist),
+         "es_token_cosine_aligned": 1.0})
 
 
-def test_es_token_cosine_differs_from_flattened_cosine():
+def test_es_token_cosines_differ_from_flattened_cosine():
     p1 = torch.tensor([[1.0, 0.0], [10.0, 0.0]])
     p2 = torch.tensor([[1.0, 0.0], [0.0, 10.0]])
     assert es_cosine(p1, p2) == pytest.approx(1 / 101)  # dot 1, norms sqrt(101) each
-    assert es_token_cosine(p1, p2) == pytest.approx(0.5)  # token pairs: cos 1 and cos 0
+    assert es_token_cosine_aligned(p1, p2) == pytest.approx(0.5)  # aligned: cos 1 and cos 0
+    assert es_token_cosine(p1, p2) == pytest.approx(0.5)  # all pairs: [[1, 0], [1, 0]]
+
+
+def test_es_token_indicators_ignore_token_order_the_aligned_one_does_not():
+    p1 = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    p2 = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
+    perm = torch.tensor([2, 0, 3, 1])
+    for fn in (es_token_cosine, es_token_euclidean):
+        assert fn(p1, p2[perm]) == pytest.approx(fn(p1, p2))
+        assert fn(p1[perm], p2) == pytest.approx(fn(p1, p2))
+    assert es_token_cosine_aligned(p1, p1[perm]) < 0.9  # permuted: not the same prompt
 
 
 @pytest.mark.parametrize("fn", list(ES_INDICATORS.values()))
@@ -123,8 +153,7 @@ def test_on_bad_input():
 def test_all_indicators_has_es_and_on():
     p = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
     out = all_indicators(p, 2 * p, ACT_A, ACT_B, window=2)
-    assert set(out) == {"es_cosine", "es_token_cosine", "es_euclidean", "on",
-                        "on_layers_1-2", "on_layers_3-3"}
+    assert set(out) == {*ES_INDICATORS, "on", "on_layers_1-2", "on_layers_3-3"}
     assert out["es_euclidean"] == pytest.approx(1 / 6)
     assert out["on"] == pytest.approx(3 / math.sqrt(20))
 
@@ -174,7 +203,7 @@ EXPECTED = {
     "encoder": ((2, 64), [[3, 4]] * 2),  # [P] [CLS] [SEP]: mean over the text positions
     "mlm": ((2, 64), [[4]] * 2),  # [P] [CLS] [MASK] [SEP]: the mask
     "causal": ((2, 128), None),  # [P] cue: the last position (cue length from the tokenizer)
-    "seq2seq": ((4, 64), [[3]] * 2 + [[0]] * 2),  # encoder [P] </s>: last; decoder: step 0
+    "seq2seq": ((2, 64), [[0]] * 2),  # the decoder's 2 layers at step 0
 }
 KINDS = list(EXPECTED)
 LABEL_WORDS = ("terrible", "excellent")
@@ -191,17 +220,18 @@ def prompt_for(bb, seed=0, n=N_TOKENS):
 
 
 def no_hooks_left(bb) -> bool:
-    return all(not m._forward_hooks for m in bb.model.modules())
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in bb.model.modules())
 
 
 def test_ffn_modules_are_the_kinds_intermediate_activation(encoder, mlm, causal, seq2seq):
     assert [type(m).__name__ for m in encoder.ffn_modules()] == ["BertIntermediate"] * 2
     assert [type(m).__name__ for m in mlm.ffn_modules()] == ["BertIntermediate"] * 2
-    gpt_mlps = [block.mlp.act for block in causal.model.transformer.h]
-    assert causal.ffn_modules() == gpt_mlps
-    names = [name for name, _ in seq2seq.ffn_named_modules()]
-    assert names == [f"{part}.block.{i}.layer.{j}.DenseReluDense.act"
-                     for part, j in (("encoder", 1), ("decoder", 2)) for i in range(2)]
+    # GPT-2: the input of each MLP's output linear, c_proj (read with a pre-hook)
+    gpt_mlps = [block.mlp.c_proj for block in causal.model.transformer.h]
+    assert causal.ffn_modules() == gpt_mlps and causal.ffn_read == "input"
+    names = [name for name, _ in seq2seq.ffn_named_modules()]  # T5: the decoder's wo inputs
+    assert names == [f"decoder.block.{i}.layer.2.DenseReluDense.wo" for i in range(2)]
+    assert seq2seq.ffn_read == "input"
 
 
 def test_ffn_modules_missing_is_a_clear_error(encoder, monkeypatch):
@@ -226,11 +256,11 @@ def test_ffn_activations_shape_positions_and_hooks(bb):
 
 
 def test_ffn_activations_match_the_scoring_forward(bb):
-    """The stimulus is the kind's scoring layout: the FFN outputs seen during ``logits`` on the
-    empty input, read at the stimulus positions, are exactly ``ffn_activations``."""
+    """The stimulus is the kind's scoring layout: the FFN activations seen during ``logits`` on
+    the empty input, read at the stimulus positions, are exactly ``ffn_activations``."""
     prompt = prompt_for(bb)
     seen = {}
-    handles = [m.register_forward_hook(lambda _m, _i, out, layer=layer: seen.update({layer: out}))
+    handles = [bb.hook_ffn(m, lambda acts, layer=layer: seen.update({layer: acts}))
                for layer, m in enumerate(bb.ffn_modules())]
     try:
         with torch.no_grad():
@@ -238,8 +268,10 @@ def test_ffn_activations_match_the_scoring_forward(bb):
     finally:
         for h in handles:
             h.remove()
-    positions = bb.stimulus(prompt).positions
-    expected = torch.stack([seen[layer][0, pos].mean(0) for layer, pos in enumerate(positions)])
+    stim = bb.stimulus(prompt)
+    reduce = POSITION_REDUCTIONS[stim.reduce]
+    expected = torch.stack([reduce(seen[layer][0, pos])
+                            for layer, pos in enumerate(stim.positions)])
     torch.testing.assert_close(bb.ffn_activations(prompt), expected)
 
 
@@ -338,3 +370,47 @@ def test_masking_ablation_rows(encoder):
     torch.testing.assert_close(encoder.ffn_activations(prompt), unmasked, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         masking_ablation(encoder, task, prompt, fractions=(0.1, 1.5))
+
+
+# --- ON's position rule (IndicatorsConfig.on_position) ----------------------------------------
+
+
+def test_on_position_choices_and_errors(encoder, mlm):
+    from typing import get_args
+
+    from prompt_core.backbones.encoder import ON_POSITIONS
+    from prompt_core.config import OnPosition
+
+    assert list(ON_POSITIONS) == list(get_args(OnPosition))  # every configurable choice
+    prompt = prompt_for(encoder)
+    pooled = [N_TOKENS, N_TOKENS + 1]  # [CLS] [SEP]
+    expected = {"any": (pooled, "max"), "first": ([N_TOKENS], "max"),
+                "prompt": (list(range(N_TOKENS)), "max"), "mean": (pooled, "mean")}
+    for choice, (positions, reduce) in expected.items():
+        stim = encoder.stimulus(prompt, choice)
+        assert (stim.positions, stim.reduce) == ([positions] * 2, reduce)
+    with pytest.raises(ValueError, match="on_position must be one of"):
+        encoder.stimulus(prompt, "last")
+    with pytest.raises(ValueError, match="needs a prompt"):
+        encoder.ffn_activations(None, "prompt")
+    # a kind that reads one position: the choice changes nothing
+    one = mlm.ffn_activations(prompt_for(mlm))
+    for choice in expected:
+        assert torch.equal(mlm.ffn_activations(prompt_for(mlm), choice), one)
+
+
+def test_on_position_enters_the_unit_keys():
+    from types import SimpleNamespace
+
+    from prompt_core.config import EvalConfig, IndicatorsConfig, ModelConfig
+    from tasks.indicator_units import ablation_key, pair_key
+
+    assert IndicatorsConfig().on_position == "any"
+    model = ModelConfig(kind="encoder", name="m", model_id="some/model")
+    a, b = SimpleNamespace(prompt_key="ka"), SimpleNamespace(prompt_key="kb")
+    keys = {c: pair_key(model, a, b, 3, c) for c in ("any", "first", "prompt", "mean")}
+    assert len(set(keys.values())) == 4
+    assert pair_key(model, b, a, 3, "any") == keys["any"]  # unordered pair
+    abl = {c: ablation_key(model, a, IndicatorsConfig(on_position=c), EvalConfig())
+           for c in ("any", "mean")}
+    assert abl["any"] != abl["mean"]

@@ -192,10 +192,33 @@ def test_summary_lines_give_the_difference_with_its_interval_and_the_seed_spread
     assert gain_line.startswith("- mean transfer gain: same-type pairs 0.800, different-type "
                                 "0.200; difference 0.600 (95% bootstrap interval [")
     assert f"[{gain['low']:.3f}, {gain['high']:.3f}]" in gain_line
+    # the transfer gain interval always says how many resamples were undefined
+    assert gain_line.endswith(f"test examples; {gain['n_undefined']} of 1000 resamples "
+                              "undefined (no same-type or no different-type cell, or a cell's "
+                              "own prompt not above no prompt on the resample))")
     o = over_seeds(cells)
     assert seeds_line.startswith("- over 2 seeds (mean ± std [min, max]): same-type rel "
                                  f"{o.loc['same_type_rel', 'mean']:.3f} ± ")
     one = cells[cells["seed"] == 0]
     assert len(transfer_lines(one, preds)) == 2  # one seed: no spread line
     assert "(no interval: per-example predictions not stored)" in transfer_lines(cells, None)[0]
+
+
+def test_summary_lines_count_the_undefined_transfer_gain_resamples():
+    """A target whose own prompt beats no prompt by one example: the resamples that miss it
+    have no gain there and are counted beside the interval."""
+    from flows.publish import transfer_lines
+    from prompt_core.analysis import same_minus_diff_interval
+    from tests.test_reference_stats import TYPES, _known_targets, _tables
+
+    cells, preds = _tables(_known_targets("a1", "copy"), dict.fromkeys(TYPES, True))
+    gain = same_minus_diff_interval(cells, preds, value="transfer_gain")
+    assert 0 < gain["n_undefined"] < 1000
+    rel_line, gain_line = transfer_lines(cells, preds)
+    assert gain_line == (
+        "- mean transfer gain: same-type pairs 1.000, different-type 0.000; difference 1.000 "
+        "(95% bootstrap interval [1.000, 1.000], 1000 resamples of target tasks and their "
+        f"test examples; {gain['n_undefined']} of 1000 resamples undefined (no same-type or no "
+        "different-type cell, or a cell's own prompt not above no prompt on the resample))")
+    assert "undefined" not in rel_line  # no own score is 0 on any resample
     assert "not stored" in transfer_lines(cells, preds.iloc[2:])[0]

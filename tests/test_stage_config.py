@@ -31,6 +31,7 @@ def test_model_pairs_default_to_every_ordered_pair():
 def test_tpt_budget_defaults_to_the_training_config():
     s = study(stages=["cross_task", "tpt"], tpt={"top_k": 2})
     assert s.tpt.train_config(s.training) == s.training
+    assert study(stages=["tpt"], tpt={"top_k": 2}).tpt.rank_max_examples == 300  # validation
     s = study(stages=["tpt"], tpt={"sources": [{"task": "snli"}], "steps": 7})
     assert s.tpt.train_config(s.training) == TrainConfig(steps=7)
 
@@ -40,7 +41,10 @@ def test_tpt_budget_defaults_to_the_training_config():
     ({"stages": ["tpt"]}, "stage 'tpt' needs its options section"),
     ({"stages": ["cross_task", "cross_task"]}, "stages repeat"),
     ({"stages": ["everything"]}, "stages.0"),
-    ({"stages": ["tpt"], "tpt": {"top_k": 1}}, "add stage 'cross_task'"),
+    ({"stages": ["tpt"], "tpt": {"top_k": 1, "score_at_step": 301}},
+     "tpt.score_at_step 301 is beyond the 300 training steps"),
+    ({"stages": ["tpt"], "tpt": {"top_k": 1, "steps": 10, "score_at_step": 11}},
+     "tpt.score_at_step 11 is beyond the 10 training steps"),
     ({"stages": ["tpt"], "tpt": {"top_k": 1, "sources": [{"task": "x"}]}},
      "exactly one of sources"),
     ({"stages": ["tpt"], "tpt": {}}, "exactly one of sources"),

@@ -174,22 +174,34 @@ def test_stages_write_their_tables_and_compute_only_new_units(
 
 def test_tpt_top_k_and_its_own_budget(prefect_harness, tiny_models, tasks_root, tmp_path,
                                       counted):
-    """top_k sources come from the run's cross-task matrix; a TPT budget other than the
+    """top_k sources are ranked on the target's VALIDATION split (table tpt_rankings), never
+    by the test-split matrix, and need no cross_task stage; a TPT budget other than the
     training's trains random-init baselines with that budget."""
     store = tmp_path / "store"
     d = study_dict(tasks_root, ["pos_a", "pos_b", "pair_c"], str(store), tiny_models["encoder"])
-    d["stages"] = ["cross_task", "tpt"]
+    d["stages"] = ["tpt"]
     d["tpt"] = {"top_k": 1, "targets": ["pos_a"], "steps": 6, "eval_every": 3,
-                "score_at_step": 4}
-    r = run_study(parse_study(d))
+                "score_at_step": 4, "rank_max_examples": 10}
+    study = parse_study(d)
+    before = study_status(study)
+    assert [(s.done, s.total) for s in before.stages if s.stage == "tpt_rank"] == [(0, 1)]
+    r = run_study(study)
     st = open_storage(str(store))
     assert r.n_prompts_trained == 3 + 1  # the study's prompts + the target's TPT baseline
+    assert r.stage_counts["tpt_rank"] == {"computed": 1, "stored": 0}
     tpt = read_table(st, "tpt").to_pandas()
-    cells = read_table(st, "cross_task").to_pandas()
-    acc = cells[(cells["metric"] == "accuracy") & (cells["source_kind"] == "prompt")
-                & (cells["target_task"] == "pos_a") & (cells["source_task"] != "pos_a")]
-    best = acc.sort_values(["relative_score", "source_task"], ascending=[False, True])
+    ranks = read_table(st, "tpt_rankings").to_pandas()
+    assert set(ranks["split"]) == {"validation"} and set(ranks["n_examples"]) == {10}
+    assert sorted(ranks["source_task"]) == ["pair_c", "pos_b"]  # every other task, not itself
+    assert (ranks["relative_score"] == ranks["score"] / ranks["own_score"]).all()
+    best = ranks.sort_values(["relative_score", "source_task"], ascending=[False, True])
     assert tpt["source_task"].tolist() == [best["source_task"].iloc[0]]
+    status = study_status(study)
+    assert status.complete
+    assert [(s.done, s.total) for s in status.stages if s.stage == "tpt_rank"] == [(1, 1)]
+    r2 = run_study(study)  # the ranking is stored: read, not scored again
+    assert r2.stage_counts["tpt_rank"] == {"computed": 0, "stored": 1}
+    assert r2.stage_counts["tpt"] == {"computed": 0, "stored": 1}
     prompts = read_table(st, "prompts").to_pandas()
     base = prompts[prompts["prompt_key"] == tpt["baseline_prompt_key"].iloc[0]].iloc[0]
     assert (base["task"], base["steps"]) == ("pos_a", 6)

@@ -11,9 +11,10 @@ only ever call four things:
 so a new kind (seq2seq, causal) slots in by implementing these and registering itself.
 
 For the transferability indicators (METHOD.md "model stimulation similarity", ON) every kind also
-exposes its FFN neurons: :meth:`Backbone.ffn_modules` (the modules whose output is the FFN
-intermediate activation, found by a module-name suffix per kind), :meth:`Backbone.stimulus` (the
-prompt + the kind's empty-input layout, and the position(s) scoring reads),
+exposes its FFN neurons: :meth:`Backbone.ffn_modules` (the modules that carry the FFN
+intermediate activation, found by a module-name suffix per kind: as their forward output, or as
+the input of the FFN's output linear layer, see :data:`FFN_HOOKS`), :meth:`Backbone.stimulus`
+(the prompt + the kind's empty-input layout, and the position(s) scoring reads),
 :meth:`Backbone.ffn_activations` ((L, F) at those positions) and :meth:`Backbone.masked_neurons`
 (zero chosen neurons during any forward pass inside the block).
 
@@ -27,17 +28,19 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from prompt_core.backbones.device import autocast, resolve_device
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
 
 
@@ -64,6 +67,16 @@ class Encoded:
     token_type_ids: list[int]
 
 
+Reduce = Literal["max", "mean"]
+
+# how the activations (P, F) of the P positions a stimulus reads become one row (F,): "max" (a
+# neuron activated, > 0, at any of them reads > 0, with its largest value) or "mean"
+POSITION_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "max": lambda acts: acts.amax(dim=0),  # (P, F) -> (F,)
+    "mean": lambda acts: acts.mean(dim=0),  # (P, F) -> (F,)
+}
+
+
 @dataclass
 class Stimulus:
     """The ON input of one prompt (METHOD.md): the prompt + the kind's empty-input layout.
@@ -71,11 +84,42 @@ class Stimulus:
     ``model_kwargs``: keyword arguments for one forward of ``backbone.model`` on a batch of one
     (e.g. ``inputs_embeds`` (1, n+T, D), ``attention_mask`` (1, n+T)); ``positions``: for each FFN
     layer, in :meth:`Backbone.ffn_modules` order (L lists), the positions of that layer's
-    sequence whose activations are read; several positions are averaged.
+    sequence whose activations are read; ``reduce``: how several positions combine
+    (:data:`POSITION_REDUCTIONS`; one position reads the same under both).
     """
 
     model_kwargs: dict[str, Any]
     positions: list[list[int]]
+    reduce: Reduce = "max"
+
+
+FfnRead = Literal["output", "input"]
+
+
+def _hook_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
+                 ) -> RemovableHandle:
+    """``fn`` sees the module's forward output (B, T, F); a tensor it returns replaces it."""
+    return module.register_forward_hook(lambda _module, _args, output: fn(output))
+
+
+def _hook_input(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
+                ) -> RemovableHandle:
+    """``fn`` sees the module's first positional input (B, T, F) before the module runs (a
+    forward pre-hook); a tensor it returns replaces that input."""
+    def pre(_module, args):
+        new = fn(args[0])
+        return None if new is None else (new, *args[1:])
+    return module.register_forward_pre_hook(pre)
+
+
+# where a kind's FFN modules carry the intermediate activation: "output", the forward output of
+# the activation module (BERT's ``intermediate``); "input", the input of the FFN's output linear
+# layer (T5's ``DenseReluDense.wo``, GPT-2's ``mlp.c_proj``, Llama's ``mlp.down_proj``), which
+# in a gated FFN is the product act(gate x) * (up x), not the gate alone
+FFN_HOOKS: dict[str, Callable[..., RemovableHandle]] = {
+    "output": _hook_output,
+    "input": _hook_input,
+}
 
 
 def prepend_prompt(
@@ -178,10 +222,12 @@ class Backbone(ABC):
     layout_words: ClassVar[str] = "special tokens"  # what layout_tokens counts, for messages
     # the kind's forward pass is known to be sound under bf16 autocast (BERT-style encoders)
     supports_bf16: ClassVar[bool] = False
-    # name suffix of the modules whose forward output is the FFN intermediate activation (after
-    # the first FFN linear layer and the activation), (B, T, F): BERT/RoBERTa's
-    # ``layer.N.intermediate``; kinds with other architectures override it
-    ffn_module_suffix: ClassVar[str] = "intermediate"
+    # name suffix of the modules that carry the FFN intermediate activation (after the first FFN
+    # linear layer and the activation), (B, T, F), read as ffn_read says (FFN_HOOKS):
+    # BERT/RoBERTa's ``layer.N.intermediate``, whose output it is; kinds with other architectures
+    # override both. A tuple: alternatives for several architectures, the first that matches
+    ffn_module_suffix: ClassVar[str | tuple[str, ...]] = "intermediate"
+    ffn_read: ClassVar[FfnRead] = "output"
 
     def __init__(self, model: nn.Module, tokenizer: Any, model_id: str, device: str = "cpu"):
         device = resolve_device(device)  # "auto" -> cuda/cpu; a missing GPU is an InputError
@@ -308,19 +354,32 @@ class Backbone(ABC):
 
     # --- FFN neurons (transferability indicator ON, neuron masking) ---------------------------
 
+    def ffn_scope(self) -> tuple[str, nn.Module]:
+        """(name, module) of the part of the model whose FFN layers ON reads: the whole model;
+        an encoder-decoder kind narrows it (T5: the decoder)."""
+        return "", self.model
+
     def ffn_named_modules(self) -> list[tuple[str, nn.Module]]:
-        """(name, module) of every module named ``*.{ffn_module_suffix}``, in layer order (the
-        model's registration order: for an encoder-decoder, encoder layers then decoder layers).
+        """(name, module) of every module named ``*.{suffix}`` in :meth:`ffn_scope` (the first
+        of ``ffn_module_suffix`` that matches), in layer order (the model's registration order).
 
         Raises ValueError when there is none, or when one module serves several layers (hooks on
         it could not tell the layers apart).
         """
-        suffix = self.ffn_module_suffix
-        found = [(name, m) for name, m in self.model.named_modules(remove_duplicate=False)
-                 if name == suffix or name.endswith("." + suffix)]
+        suffixes = self.ffn_module_suffix
+        suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
+        prefix, scope = self.ffn_scope()
+        named = list(scope.named_modules(prefix=prefix, remove_duplicate=False))
+        found: list[tuple[str, nn.Module]] = []
+        for suffix in suffixes:
+            found = [(name, m) for name, m in named
+                     if name == suffix or name.endswith("." + suffix)]
+            if found:
+                break
         if not found:
+            names = " or ".join(f"'*.{s}'" for s in suffixes)
             raise ValueError(
-                f"{self.model_id}: no FFN activation module named '*.{suffix}' in "
+                f"{self.model_id}: no FFN activation module named {names} in "
                 f"{type(self.model).__name__} (backbone kind {self.kind!r}); the FFN indicators "
                 "need this kind's architecture (set ffn_module_suffix for others)"
             )
@@ -330,13 +389,23 @@ class Backbone(ABC):
         return found
 
     def ffn_modules(self) -> list[nn.Module]:
-        """The L modules, in layer order, whose forward output is the FFN intermediate
-        activation (B, T, F) (see :meth:`ffn_named_modules`)."""
+        """The L modules, in layer order, that carry the FFN intermediate activation (B, T, F)
+        (see :meth:`ffn_named_modules`; read through :meth:`hook_ffn`)."""
         return [m for _, m in self.ffn_named_modules()]
 
-    def stimulus(self, prompt: torch.Tensor | None) -> Stimulus:
+    def hook_ffn(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
+                 ) -> RemovableHandle:
+        """Hook ``fn`` on one of :meth:`ffn_modules` so that it sees that layer's FFN
+        intermediate activation (B, T, F) in every forward pass, where this kind carries it
+        (``ffn_read``, :data:`FFN_HOOKS`); a tensor ``fn`` returns replaces the activation."""
+        return FFN_HOOKS[self.ffn_read](module, fn)
+
+    def stimulus(self, prompt: torch.Tensor | None,
+                 on_position: OnPosition = DEFAULT_ON_POSITION) -> Stimulus:
         """The ON input for ``prompt`` (n, D) (None: no prompt): prompt + this kind's empty-input
-        layout (no task text) and the positions scoring reads (see :class:`Stimulus`)."""
+        layout (no task text) and the positions scoring reads (see :class:`Stimulus`).
+        ``on_position`` (``IndicatorsConfig.on_position``) picks them where a kind reads several
+        (the encoder kind); kinds that read one position ignore it."""
         raise NotImplementedError(f"backbone kind {self.kind!r} defines no ON stimulus")
 
     def _stimulus_prompt(self, prompt: torch.Tensor | None) -> torch.Tensor | None:
@@ -353,16 +422,18 @@ class Backbone(ABC):
         """The empty text (no task text) in this kind's layout, collated: tensors (1, T)."""
         return self.collate([self.encode("", None, self.layout_tokens + 32)])
 
-    def ffn_activations(self, prompt: torch.Tensor | None) -> torch.Tensor:
+    def ffn_activations(self, prompt: torch.Tensor | None,
+                        on_position: OnPosition = DEFAULT_ON_POSITION) -> torch.Tensor:
         """FFN intermediate activations of the ON stimulus of ``prompt`` (n, D): (L, F) float32
-        on the CPU, row l = layer l's activations at the scored position(s) (mean when several).
+        on the CPU, row l = layer l's activations at the stimulus position(s) (several combined
+        by the stimulus's ``reduce``); ``on_position`` picks them (:meth:`stimulus`).
 
-        One forward pass under ``torch.no_grad`` with forward hooks on :meth:`ffn_modules`
-        (always removed; they ignore forward passes of other threads sharing the backbone).
-        Hooks already on those modules run first, so inside :meth:`masked_neurons` the masked
-        neurons read 0.
+        One forward pass under ``torch.no_grad`` with hooks (:meth:`hook_ffn`) on
+        :meth:`ffn_modules` (always removed; they ignore forward passes of other threads sharing
+        the backbone). Hooks already on those modules run first, so inside
+        :meth:`masked_neurons` the masked neurons read 0.
         """
-        stim = self.stimulus(prompt)
+        stim = self.stimulus(prompt, on_position)
         modules = self.ffn_modules()
         if len(stim.positions) != len(modules):
             raise RuntimeError(f"{self.kind} stimulus gives positions for {len(stim.positions)} "
@@ -372,15 +443,15 @@ class Backbone(ABC):
         owner = threading.get_ident()
 
         def keeper(layer: int):
-            def hook(_module, _inputs, output):
+            def keep(acts: torch.Tensor) -> None:  # (1, S, F)
                 if threading.get_ident() == owner:
-                    outputs[layer] = output.detach()
-            return hook
+                    outputs[layer] = acts.detach()
+            return keep
 
         handles = []
         try:
             for layer, module in enumerate(modules):
-                handles.append(module.register_forward_hook(keeper(layer)))
+                handles.append(self.hook_ffn(module, keeper(layer)))
             with torch.no_grad():
                 self.model(**stim.model_kwargs)
         finally:
@@ -389,7 +460,8 @@ class Backbone(ABC):
         missing = [i for i, out in enumerate(outputs) if out is None]
         if missing:
             raise RuntimeError(f"{self.model_id}: FFN layer(s) {missing} did not run")
-        rows = [out[0, pos].float().mean(dim=0)  # (F,)
+        reduce = POSITION_REDUCTIONS[stim.reduce]
+        rows = [reduce(out[0, pos].float())  # (P, F) -> (F,)
                 for out, pos in zip(outputs, stim.positions, strict=True)]
         return torch.stack(rows).cpu()  # (L, F)
 
@@ -406,8 +478,10 @@ class Backbone(ABC):
     @contextmanager
     def masked_neurons(self, mask: torch.Tensor) -> Iterator[None]:
         """Zero the neurons where ``mask`` (L, F) bool is True, at every position, in every
-        forward pass of this backbone's model inside the block (forward hooks on
-        :meth:`ffn_modules`, removed on exit), so the usual scoring code scores with them masked.
+        forward pass of this backbone's model inside the block (hooks on :meth:`ffn_modules`,
+        :meth:`hook_ffn`, removed on exit), so the usual scoring code scores with them masked.
+        Where the kind reads the input of the FFN's output linear layer, that input is masked:
+        the layer sees 0 for those neurons.
 
         Only forward passes run by the thread that opened the block are masked: threads share
         one backbone (:func:`~prompt_core.backbones.cached_backbone`), and the hooks are on its
@@ -426,16 +500,16 @@ class Backbone(ABC):
         owner = threading.get_ident()
 
         def zeroer(layer: int):
-            def hook(_module, _inputs, output):
+            def zero(acts: torch.Tensor) -> torch.Tensor | None:  # (B, T, F)
                 if threading.get_ident() != owner:
                     return None  # another thread's forward pass: unchanged
-                return output.masked_fill(rows[layer], 0)  # (F,) broadcast over (B, T, F)
-            return hook
+                return acts.masked_fill(rows[layer], 0)  # (F,) broadcast over (B, T, F)
+            return zero
 
         handles = []
         try:
             for layer, module in enumerate(self.ffn_modules()):
-                handles.append(module.register_forward_hook(zeroer(layer)))
+                handles.append(self.hook_ffn(module, zeroer(layer)))
             yield
         finally:
             for h in handles:

@@ -33,6 +33,7 @@ from prompt_core.backbones.base import (
     Stimulus,
     prepend_prompt,
 )
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
 
 
@@ -46,7 +47,11 @@ class CausalBackbone(Backbone):
     default_lr = 1e-3  # METHOD.md gives no GPT LR; RoBERTa-base's 1e-3 (override with cfg.lr)
     layout_words = "separator + verbalizer cue"
     supports_bf16 = False
-    ffn_module_suffix = "mlp.act"  # GPT-2: act(c_fc(x)) inside each block's GPT2MLP
+    # the input of each block's MLP output linear (a forward pre-hook): GPT-2's ``mlp.c_proj``
+    # (act(c_fc x), the act output), Llama-style gated MLPs' ``mlp.down_proj`` (SmolLM2:
+    # act(gate_proj x) * up_proj x, not the gate alone)
+    ffn_module_suffix = ("mlp.c_proj", "mlp.down_proj")
+    ffn_read = "input"
 
     def __init__(self, model, tokenizer, model_id, device="cpu", separator: str = "\n",
                  cue: str = "\nAnswer:"):
@@ -157,10 +162,11 @@ class CausalBackbone(Backbone):
             at_last = self.model(**kw).logits[rows, last]  # (B, V)
         return at_last.float()[:, scorer.to(at_last.device)]  # (B, K) float32
 
-    def stimulus(self, prompt):
+    def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input: ``[P] cue`` (the empty text in :meth:`encode`'s layout; with ``cue=""``
         the prompt alone), read at the last position, the one whose next-token logits score the
-        labels, in every FFN layer. Positions ``0..n+T-1`` as in :meth:`logits`."""
+        labels, in every FFN layer. Positions ``0..n+T-1`` as in :meth:`logits`. One position:
+        ``on_position`` does not change it."""
         p = self._stimulus_prompt(prompt)
         n = 0 if p is None else p.shape[0]
         if not self._cue_ids and not n:

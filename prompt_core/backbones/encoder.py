@@ -6,15 +6,27 @@ same frozen model (no prompt), and use cosine similarity / temperature as the cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from prompt_core.backbones.base import Backbone, Encoded, Stimulus
+from prompt_core.backbones.base import Backbone, Encoded, Reduce, Stimulus
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 Pool = Literal["text", "all"]  # what the sentence embedding averages (see logits)
+
+# IndicatorsConfig.on_position -> (the stimulus positions read, from the pooled positions and
+# the prompt length n; how they combine, POSITION_REDUCTIONS). A neuron is activated (> 0) at a
+# position: "max" keeps a neuron that is > 0 at any position read > 0
+ON_POSITIONS: dict[str, tuple[Callable[[list[int], int], list[int]], Reduce]] = {
+    "any": (lambda pooled, n: pooled, "max"),  # any pooled position: what the score reads
+    "first": (lambda pooled, n: [n], "max"),  # the first text position, [CLS]
+    "prompt": (lambda pooled, n: list(range(n)), "max"),  # any prompt position
+    "mean": (lambda pooled, n: pooled, "mean"),  # legacy: the mean over the pooled positions
+}
 
 
 def resolve_model_path(model_id: str) -> str:
@@ -92,19 +104,32 @@ class EncoderBackbone(Backbone):
             emb = F.normalize(mean_pool(hidden.float(), mask), dim=-1)  # (B, D)
             return emb @ scorer.float().T / self.temperature  # (B, K) float32
 
-    def stimulus(self, prompt):
-        """ON input: ``[P] [CLS] [SEP]`` (the empty text in :meth:`encode`'s layout), read at
-        the POOLED positions, averaged, in every FFN layer.
+    def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
+        """ON input: ``[P] [CLS] [SEP]`` (the empty text in :meth:`encode`'s layout), read in
+        every FFN layer at the positions ``on_position`` picks (:data:`ON_POSITIONS`).
 
         This kind has no mask token: the class logits are cosines of the sentence embedding,
         the mean of the last hidden states over the pooled positions (``pool="text"``: the text
         positions ``[CLS] [SEP]`` only, the prompt acting through attention; ``"all"``: the
-        prompt too). Those positions are what "the scored position" means here, so each layer's
-        activation is their mean, like the embedding that scores the labels.
+        prompt too). Those positions are what "the scored position" means here. A neuron is
+        activated (> 0) at one position, so by default (``"any"``) a layer's row is the max
+        over the pooled positions: > 0 exactly when the neuron is activated at one of them.
+        ``"first"`` reads ``[CLS]``, ``"prompt"`` the prompt positions (max), and ``"mean"``
+        (legacy) the mean over the pooled positions, which can be <= 0 for a neuron activated
+        at one of them.
         """
+        try:
+            select, reduce = ON_POSITIONS[on_position]
+        except KeyError:
+            raise ValueError(f"on_position must be one of {sorted(ON_POSITIONS)}, got "
+                             f"{on_position!r}") from None
         p = self._stimulus_prompt(prompt)
         kw = self.embed_with_prompt(p, self._empty_input())  # (1, n+T, D)
         n = 0 if p is None else p.shape[0]
         first = n if self.pool == "text" else 0
         pooled = list(range(first, kw["attention_mask"].shape[1]))
-        return Stimulus(kw, [pooled] * len(self.ffn_modules()))
+        positions = select(pooled, n)
+        if not positions:
+            raise ValueError(f"on_position {on_position!r} reads the prompt positions: it needs "
+                             "a prompt")
+        return Stimulus(kw, [positions] * len(self.ffn_modules()), reduce)

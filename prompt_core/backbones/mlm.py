@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from prompt_core.backbones.base import Backbone, Encoded, EncodeError, Stimulus
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
 
 
@@ -137,9 +138,10 @@ class MLMBackbone(Backbone):
         at_mask = at_mask.float()  # (B, V) float32: bf16 under autocast
         return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)
 
-    def stimulus(self, prompt):
+    def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input (METHOD.md): ``[P] <cls> <mask> <sep>`` (the empty text in :meth:`encode`'s
-        layout), read at the mask position in every FFN layer."""
+        layout), read at the mask position in every FFN layer (one position: ``on_position``
+        does not change it)."""
         p = self._stimulus_prompt(prompt)
         batch = self._empty_input()  # (1, T)
         kw = self.embed_with_prompt(p, batch)  # (1, n+T, D)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from prompt_core.backbones.base import Backbone, Encoded, Stimulus, prepend_prompt
+from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 
 
 @dataclass
@@ -50,8 +51,12 @@ class Seq2SeqBackbone(Backbone):
     default_lr = 5e-3  # T5-small/base in the paper's code (METHOD.md)
     # T5 overflows in half precision (fp16) and has not been checked under bf16 autocast here
     supports_bf16 = False
-    # T5: act(wi(x)) in each block's T5DenseActDense (gated variants: the gate act(wi_0(x)))
-    ffn_module_suffix = "DenseReluDense.act"
+    # T5: the input of each block's FFN output linear ``DenseReluDense.wo`` (a forward
+    # pre-hook): act(wi x) in T5DenseActDense (the act output, dropout being off in eval),
+    # act(wi_0 x) * wi_1 x in the gated T5DenseGatedActDense (v1.1 / Flan), not the gate alone.
+    # Decoder layers only (ffn_scope), as the official T5 ON code reads them
+    ffn_module_suffix = "DenseReluDense.wo"
+    ffn_read = "input"
 
     def __init__(self, model, tokenizer, model_id, device="cpu", **options: Any):
         if options:
@@ -129,11 +134,16 @@ class Seq2SeqBackbone(Backbone):
         tok = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, K, L)
         return (tok * scorer.mask.to(tok.dtype)).sum(dim=-1)  # (B, K)
 
-    def stimulus(self, prompt):
+    def ffn_scope(self):
+        """The decoder: the official T5 ON code (Prompt-Transferability 1.0) reads the
+        decoder's FFN neurons at the first decoding step only, so L = decoder layers."""
+        return "decoder", self.model.get_decoder()
+
+    def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input: encoder ``[P] </s>`` (the empty text in :meth:`encode`'s layout), decoder
-        the start token alone. Encoder FFN layers are read at the last encoder position,
-        decoder FFN layers at the first decoder step (the one that scores a label's first
-        token)."""
+        the start token alone; every decoder FFN layer (:meth:`ffn_scope`) is read at the first
+        decoder step (the one that scores a label's first token). One position: ``on_position``
+        does not change it."""
         p = self._stimulus_prompt(prompt)
         batch = self._empty_input()  # (1, T)
         embeds, mask = prepend_prompt(self.input_embeddings(batch["input_ids"]),
@@ -142,7 +152,4 @@ class Seq2SeqBackbone(Backbone):
                            device=self.device)
         kw = {"inputs_embeds": embeds, "attention_mask": mask, "decoder_input_ids": start,
               "use_cache": False}
-        in_encoder = {id(m) for m in self.model.get_encoder().modules()}
-        last = mask.shape[1] - 1
-        positions = [[last] if id(m) in in_encoder else [0] for m in self.ffn_modules()]
-        return Stimulus(kw, positions)
+        return Stimulus(kw, [[0]] * len(self.ffn_modules()))

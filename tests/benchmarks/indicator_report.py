@@ -3,8 +3,11 @@
     .venv/bin/python tests/benchmarks/indicator_report.py [--study shared-tasks] [--storage URI]
 
 Per model, from the ``current_*`` views (exactly the rows of the study's latest completed run):
-Spearman and Kendall of every indicator with the relative score and the transfer gain over all
-(source, target) pairs, with p-values and the number of pairs; the recommender (``probe``)
+Spearman and Kendall of every indicator with the relative score and the transfer gain, as the
+mean over target tasks of each target's rho with its 95% bootstrap interval over targets and
+its within-target permutation p-value (the test), beside the rho over all (source, target)
+pairs pooled (descriptive only: no p-value, the pairs of one target are not independent) and
+the per-target rhos' range; the recommender (``probe``)
 against its baselines, leave-one-task-out (expected top-1 / top-3 hit rate of the true best
 source and mean regret in accuracy); the neuron-masking ablation (mean accuracy drop, top-k%
 vs random k%).
@@ -16,7 +19,8 @@ import argparse
 
 import pandas as pd
 
-from flows.publish_indicators import ranking_tables
+from flows.publish_indicators import correlation_summary, ranking_tables
+from prompt_core.correlations import RESERVED_SCOPES
 from tasks.storage import open_storage
 from tasks.tables import duckdb_connect
 
@@ -39,20 +43,24 @@ def main() -> None:
                          f"under {st.root}")
     pd.set_option("display.width", 200)
     for model in sorted(corr["model"].unique()):
-        print(f"== study {args.study}, model {model}: indicators vs transfer, all pairs")
-        c = corr[(corr["model"] == model) & (corr["scope"] == "all")]
-        wide = c.pivot_table(index="indicator", columns=["measure", "method"],
-                             values=["rho", "p_value"]).round(3)
-        n = c.groupby("indicator")["n_pairs"].max()
-        wide[("n_pairs", "", "")] = n
-        print(wide.sort_values(("rho", "relative_score", "spearman"), ascending=False)
-              .to_string())
-        per_target = corr[(corr["model"] == model) & (corr["scope"] != "all")
-                              & (corr["method"] == "spearman")
-                              & (corr["measure"] == "relative_score")]
+        c = correlation_summary(corr[corr["model"] == model])
+        for measure, m in c.groupby("measure", sort=False):
+            print(f"== study {args.study}, model {model}: indicators vs {measure}; mean_rho = "
+                  "mean over targets of each target's rho, [low, high] its 95% bootstrap "
+                  "interval over targets, p_perm = within-target permutation p-value; "
+                  "pooled_rho over all pairs is descriptive only (no p-value)")
+            figures = ["mean_rho", "low", "high", "p_permutation", "pooled_rho"]
+            wide = m.pivot_table(index="indicator", columns="method", dropna=False,
+                                 values=figures)[figures].round(3)
+            wide[("n_targets", "")] = m.groupby("indicator")["n_targets"].max()
+            wide[("n_pairs", "")] = m.groupby("indicator")["n_pairs"].max()
+            print(wide.sort_values(("mean_rho", "spearman"), ascending=False).to_string())
+        per_target = corr[(corr["model"] == model) & ~corr["scope"].isin(RESERVED_SCOPES)
+                          & (corr["method"] == "spearman")
+                          & (corr["measure"] == "relative_score")]
         if not per_target.empty:
             print("per target (spearman with relative score; n pairs each "
-                  f"{int(per_target['n_pairs'].max())}): mean rho by indicator")
+                  f"{int(per_target['n_pairs'].max())}): rho by indicator over the targets")
             print(per_target.groupby("indicator")["rho"].agg(["mean", "min", "max"]).round(3)
                   .sort_values("mean", ascending=False).to_string())
         r = rec[rec["model"] == model]

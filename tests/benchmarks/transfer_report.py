@@ -67,7 +67,7 @@ def main() -> None:
                   f"[{iv['low']:.3f}, {iv['high']:.3f}] ({iv['n_boot']} resamples of "
                   f"{iv['n_targets']} targets and their test examples; "
                   f"{iv['n_same_type_cells']} same-type vs {iv['n_diff_type_cells']} "
-                  f"different-type cells)")
+                  f"different-type cells; {iv['n_undefined']} resamples undefined)")
         print("side by side, off-diagonal means (same type vs different type):")
         print(pd.DataFrame({"same_type": [s["same_type_rel"], s["same_type_gain"]],
                             "diff_type": [s["diff_type_rel"], s["diff_type_gain"]]},
