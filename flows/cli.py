@@ -12,38 +12,41 @@ a failed run or query.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import signal
-import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from flows.cli_derive import derive_app
+from flows.cli_support import (
+    DebugOpt,
+    StageBars,
+    StorageOpt,
+    cell_text,
+    console,
+    debugging,
+    error_line,
+    fail,
+    open_tables_root,
+    out,
+    reported,
+    set_global_debug,
+    warning_line,
+)
+from flows.runtime import (
+    prefect_defaults,
+    quiet_prefect_errors,
+    sigterm_interrupts,
+    start_ephemeral_api,
+)
 from prompt_core.errors import InputError
-from tasks.storage import Storage, StorageError, StorageTimeoutError, open_storage
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from tasks.storage import StorageError, StorageTimeoutError, open_storage
 
 app = typer.Typer(
     help="Measure soft-prompt transfer between NLP tasks (Su et al., NAACL 2022) with Prefect "
@@ -51,208 +54,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True, log_path=False)  # progress lines: time + text, no source path
-out = Console()
-
-StorageOpt = Annotated[
-    str | None,
-    typer.Option("--storage", "-s", help="Storage root URI (local path or s3://bucket/prefix). "
-                 "Default: $PROMPT_TRANSFER_STORAGE, else ./results."),
-]
-DebugOpt = Annotated[
-    bool,
-    typer.Option("--debug", envvar="PROMPT_TRANSFER_DEBUG",
-                 help="On an error, show the traceback and Prefect's own error logs."),
-]
-_global = {"debug": False}  # set by `prompt-transfer --debug <command>`
+app.add_typer(derive_app, name="derive-model")
 
 
 @app.callback()
 def _main(debug: DebugOpt = False) -> None:
-    _global["debug"] = debug
-
-
-# -- errors: one clear line, the traceback only with --debug ----------------------------------
-
-
-def _error_line(msg: str) -> None:
-    """Print ``error: msg`` on stderr. The line is never wrapped nor cropped by rich (a
-    terminal may still wrap it visually), and ``msg`` is text, not rich markup."""
-    console.print(Text.assemble(("error:", "bold red"), " ", msg), soft_wrap=True)
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    _error_line(msg)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _reported(action: str, debug: bool) -> Iterator[None]:
-    """Turn any exception into one line and an exit code: bad input (InputError) and unusable
-    storage (StorageError) exit 2, anything else is ``<action> failed`` with exit 1."""
-    try:
-        yield
-    except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-        raise
-    except BaseException as e:
-        if isinstance(e, SystemExit | GeneratorExit):
-            raise
-        if debug or _global["debug"]:
-            sys.stderr.write(traceback.format_exc())
-        if isinstance(e, InputError):
-            _fail(f"invalid input: {e}", 2)
-        if isinstance(e, StorageError):
-            _fail(str(e), 2)
-        if isinstance(e, KeyboardInterrupt):
-            signum = getattr(e, "signum", signal.SIGINT)
-            _fail(f"{action} stopped by {signal.Signals(signum).name}", 128 + signum)
-        if isinstance(e, Exception):
-            _fail(f"{action} failed: {type(e).__name__}: {e}", 1)
-        # Prefect's TerminationSignal (SIGTERM) and other BaseExceptions
-        _fail(f"{action} stopped: {type(e).__name__}", 1)
-
-
-# Prefect reports a failed task or flow run at ERROR level with its traceback, through the
-# loggers below, to the console handler of the root logger (and to its API handler, for the UI).
-PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine",
-                       "prefect.flow_engine", "prefect.task_engine")
-
-
-class _DropRunErrors(logging.Filter):
-    """Drop Prefect's own reports of failed runs from the console: the CLI prints one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and record.name.startswith(PREFECT_RUN_LOGGERS))
-
-
-@contextlib.contextmanager
-def _quiet_prefect_errors(enabled: bool) -> Iterator[None]:
-    """While the flow runs, keep Prefect's ERROR logs and tracebacks off the console handlers
-    (the Prefect API and UI still get them)."""
-    if not enabled:
-        yield
-        return
-    filt = _DropRunErrors()
-    handlers = list(logging.getLogger().handlers)
-    for h in handlers:
-        h.addFilter(filt)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(filt)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C: the flow marks the run failed and writes its runs row."""
-
-    signum = signal.SIGTERM
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While the flow runs, SIGTERM stops it as Ctrl-C does (by default it killed the process
-    on the spot: no runs row, no clean exit). Only on the main thread, where handlers live."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Stopped()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# -- the ephemeral Prefect API: a child that dies with the CLI --------------------------------
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent_fn():
-    """A ``preexec_fn`` for Popen that asks the kernel to SIGKILL the child when the thread that
-    spawned it exits (so spawn from the main thread: that is when the process exits, even by
-    SIGKILL). None where this cannot be done (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-def start_ephemeral_api() -> None:
-    """Start Prefect's ephemeral API server now, on this (the main) thread, tied to this process.
-
-    Without PREFECT_API_URL, Prefect starts a uvicorn subprocess on first use (from whichever
-    thread needs it) and stops it at exit; a CLI killed by SIGKILL left it running for good.
-    Started here, the server is registered as Prefect's default instance (as Prefect's own test
-    harness does), so Prefect reuses it, and on Linux the kernel kills it when this process
-    dies. Nothing happens when an API URL is set, ephemeral mode is off or a server exists.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
-
-    preexec = _die_with_parent_fn()
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
-        return
-    from prefect.server.api import server as prefect_server
-
-    if None in prefect_server.SubprocessASGIServer._instances or preexec is None:
-        return
-
-    class _Subprocess:
-        """The ``subprocess`` module as Prefect's server module sees it: Popen with preexec."""
-
-        def __getattr__(self, name: str):
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
-            return subprocess.Popen(*args, preexec_fn=preexec, **kwargs)
-
-    class TiedServer(prefect_server.SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen:
-            prefect_server.subprocess = _Subprocess()
-            try:
-                return super()._run_uvicorn_command()
-            finally:
-                prefect_server.subprocess = subprocess
-
-    TiedServer().start()
-
-
-class StageBars:
-    """Progress bars, one per stage, fed by the flow from its futures (so they move whether
-    the units run in threads, processes or on Dask). Off a terminal (CI, nohup) bars do not
-    redraw, so each finished unit is also logged as a line."""
-
-    def __init__(self, progress: Progress):
-        self.p = progress
-        self.bars: dict[str, TaskID] = {}
-        self.lines = not progress.console.is_terminal
-
-    def __call__(self, stage: str, done: int, total: int, label: str | None) -> None:
-        if stage not in self.bars:
-            self.bars[stage] = self.p.add_task(f"[bold]{stage}", total=total)
-        self.p.update(self.bars[stage], completed=done, total=total)
-        if label is not None and self.lines:
-            self.p.console.log(f"{stage}: {done}/{total} done ({escape(label)})")
+    set_global_debug(debug)
+    prefect_defaults()
 
 
 @app.command()
@@ -284,10 +92,9 @@ def run(
     failed run, 2 on invalid input (study file, options, storage, task data or prompt files),
     which is checked before any training and before anything is written.
     """
-    debug = debug or _global["debug"]
-    if not (verbose or debug):
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    with _reported("run", debug):
+    debug = debugging(debug)
+    prefect_defaults(log_level=None if verbose or debug else "WARNING")
+    with reported("run", debug):
         _run(study_file, storage, dict(task_runner=runner, workers=workers,
                                        dask_address=dask_address, device=device),
              prefect_errors=verbose or debug)
@@ -300,7 +107,7 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     from prompt_core.preflight import check_study
 
     study = load_study(study_file)
-    from flows.transfer_matrix import observe_progress, run_study, with_overrides
+    from flows.transfer_matrix import run_study, with_overrides
     from tasks.units import get_nlp_task
 
     try:
@@ -318,9 +125,8 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     start_ephemeral_api()
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
-    with (_sigterm_interrupts(), _quiet_prefect_errors(not prefect_errors), bars,
-          observe_progress(StageBars(bars))):
-        result = run_study(study, storage=root.root)
+    with sigterm_interrupts(), quiet_prefect_errors(not prefect_errors), bars:
+        result = run_study(study, storage=root.root, observer=StageBars(bars), checked=True)
     t = Table(title=f"study {result.study} ({result.seconds:.0f}s)")
     for col in ("model", "own>none", "same-type rel", "diff-type rel", "random rel", "heatmap"):
         t.add_column(col)
@@ -340,21 +146,6 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
               markup=False, highlight=False, soft_wrap=True)
 
 
-def open_tables_root(uri: str | None) -> Storage:
-    """The storage root of ``query``/``tables``; StorageError (exit 2) when it holds no tables,
-    rather than an empty answer from a mistyped path or bucket."""
-    st = open_storage(uri)
-    try:  # a silent endpoint fails within the probe deadline, naming the endpoint
-        st.check_readable()  # local: no folder; s3: no bucket, or nothing under the prefix
-    except StorageTimeoutError:
-        raise
-    except StorageError as exc:
-        raise StorageError(f"{exc} (no tables there)") from exc
-    if not st.exists("tables"):
-        raise StorageError(f"storage root {st.root} has no tables/ (no study has run there)")
-    return st
-
-
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL for DuckDB; every table is a view (runs, "
@@ -371,8 +162,8 @@ def query(
 ) -> None:
     """Query the result tables with DuckDB (local or s3 storage)."""
     if fmt not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, not {fmt!r}", 2)
-    with _reported("query", debug):
+        fail(f"--format must be table, csv or json, not {fmt!r}", 2)
+    with reported("query", debug):
         from tasks.tables import duckdb_connect
 
         df = duckdb_connect(open_tables_root(storage)).execute(sql).df()
@@ -385,19 +176,10 @@ def query(
         for c in df.columns:
             t.add_column(str(c))
         for row in df.head(max_rows).itertuples(index=False):
-            t.add_row(*[_fmt(v) for v in row])
+            t.add_row(*[cell_text(v) for v in row])
         out.print(t)
         if len(df) > max_rows:
             out.print(f"... {len(df) - max_rows} more rows")
-
-
-def _fmt(v) -> str:
-    """Cell text: floats to 4 places, SQL NULL (None, or NaN after pandas) as empty."""
-    if v is None or (isinstance(v, float) and v != v):
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return escape(str(v))
 
 
 @app.command()
@@ -408,7 +190,7 @@ def tables(storage: StorageOpt = None, debug: DebugOpt = False) -> None:
     the listing, and the exit code is 1.
     """
     broken: list[str] = []
-    with _reported("tables", debug):
+    with reported("tables", debug):
         from tasks.tables import TABLES, duckdb_connect
 
         st = open_tables_root(storage)
@@ -420,14 +202,14 @@ def tables(storage: StorageOpt = None, debug: DebugOpt = False) -> None:
             try:
                 n = str(con.execute(f'select count(*) from "{name}"').fetchone()[0])
             except Exception as e:  # noqa: BLE001 - duckdb/arrow raise many types; reported
-                if debug or _global["debug"]:
+                if debugging(debug):
                     sys.stderr.write(traceback.format_exc())
                 n = "unreadable"
                 broken.append(f"table {name}: {type(e).__name__}: {e}")
             t.add_row(name, n, "/".join(spec.partition_by), escape(spec.description))
     out.print(t)
     for msg in broken:
-        _error_line(msg)
+        error_line(msg)
     if broken:
         console.print("(`prompt-transfer verify` lists every damaged file)", markup=False,
                       soft_wrap=True)
@@ -441,7 +223,7 @@ def validate(study_file: Annotated[Path, typer.Argument(help="Study YAML file.")
 
     Everything `run` checks before compute is checked here; exit 2 lists every problem.
     """
-    with _reported("validate", debug):
+    with reported("validate", debug):
         from prompt_core.config import load_study
         from prompt_core.preflight import check_study
 
@@ -468,7 +250,7 @@ def verify(
     Exit 0 when nothing is damaged (or everything damaged was quarantined), 1 when damage was
     found and left in place, 2 when the root is unusable.
     """
-    with _reported("verify", debug):
+    with reported("verify", debug):
         from tasks import integrity
 
         st = open_storage(storage)
@@ -516,7 +298,7 @@ def status(
 
     Exit 0 whatever the completion; 2 for a bad study file or a storage root without tables.
     """
-    with _reported("status", debug):
+    with reported("status", debug):
         import json
 
         from flows.status import study_status
@@ -558,7 +340,7 @@ def status(
         for f in run.failures:
             out.print(f"  {f.unit}: {f.error}", markup=False, highlight=False, soft_wrap=True)
     for p in st.problems:
-        console.print(Text.assemble(("warning:", "bold yellow"), " ", p), soft_wrap=True)
+        warning_line(p)
 
 
 @app.command()
@@ -589,8 +371,8 @@ def recommend(
     ``probe``). Trains and writes nothing.
     """
     if examples is not None and examples < 1:
-        _fail("--examples must be at least 1", 2)
-    with _reported("recommend", debug):
+        fail("--examples must be at least 1", 2)
+    with reported("recommend", debug):
         from flows.recommend import recommend as rank
         from prompt_core.config import load_study
 
@@ -634,7 +416,7 @@ def export_peft_cmd(
     to the input embeddings as prompt_core does; for BERT text pairs PEFT drops
     token_type_ids, so scores on pair tasks can differ slightly from the study's.
     """
-    with _reported("export-peft", debug):
+    with reported("export-peft", debug):
         from prompt_core.peft_io import export_peft
         from prompt_core.prompts import prompt_from_bytes
         from tasks.units import read_prompt_bytes
@@ -665,8 +447,8 @@ def import_peft_cmd(
 ) -> None:
     """Import a PEFT prompt-tuning adapter as a prompt file."""
     if out_file.exists() and not force:
-        _fail(f"{out_file} exists; --force replaces it", 2)
-    with _reported("import-peft", debug):
+        fail(f"{out_file} exists; --force replaces it", 2)
+    with reported("import-peft", debug):
         from prompt_core.peft_io import import_peft
         from prompt_core.prompts import save_prompt_file
 
@@ -692,8 +474,8 @@ def ddl(
     schemas (partition columns as strings). Then load the partitions: Athena `MSCK REPAIR
     TABLE <table>`, Trino `CALL hive.system.sync_partition_metadata(...)`."""
     if dialect not in ("athena", "trino"):
-        _fail(f"--dialect must be athena or trino, not {dialect!r}", 2)
-    with _reported("ddl", debug):
+        fail(f"--dialect must be athena or trino, not {dialect!r}", 2)
+    with reported("ddl", debug):
         from tasks.tables import TABLES, athena_ddl, get_table, trino_ddl
 
         try:
@@ -703,101 +485,6 @@ def ddl(
         except ValueError as exc:
             raise InputError(str(exc)) from exc
     sys.stdout.write(text + "\n")
-
-
-# -- derive-model: a second (third) real model, offline ---------------------------------------
-
-derive_app = typer.Typer(
-    help="Derive a model from the shipped all-MiniLM-L6-v2, offline and reproducibly; the "
-    "output folder's derivation.json records how (and the command that recreates it). A study "
-    "names the folder as an encoder model: {kind: encoder, model_id: models/minilm-l3}.",
-    no_args_is_help=True,
-)
-app.add_typer(derive_app, name="derive-model")
-
-OutOpt = Annotated[Path, typer.Option(
-    "--out", "-o", help="Output folder, e.g. models/minilm-l3; refused when it exists and is "
-    "not empty, unless --force.")]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Replace a non-empty output folder (swapped in only once the new model is "
-    "complete).")]
-SourceOpt = Annotated[str | None, typer.Option(
-    "--source", help="Source model: a local BERT-family folder with model.safetensors; "
-    "default: the shipped all-MiniLM-L6-v2.")]
-
-
-def _derived(path: Path) -> None:
-    """One summary line of a finished derivation, from its derivation.json."""
-    import json
-
-    rec = json.loads((path / "derivation.json").read_text())
-    o, agree = rec["output"], rec["agreement"]["spearman_pairwise_cosine"]
-    out.print(f"derived {path} ({rec['method']}: {o['num_hidden_layers']} layer(s), hidden "
-              f"{o['hidden_size']}, {o['n_parameters'] / 1e6:.1f}M parameters) in "
-              f"{rec['seconds']:.0f}s; agreement with the source on held-out texts "
-              f"(Spearman of pairwise cosines) {agree:.3f}; see {path / 'derivation.json'}",
-              markup=False, highlight=False, soft_wrap=True)
-
-
-@derive_app.command("layer-drop")
-def derive_layer_drop(
-    out_dir: OutOpt,
-    keep: Annotated[str, typer.Option(
-        "--keep", help="Layers kept: a count N (N evenly spaced layers, always the first and "
-        "the last: 3 -> 0,3,5 of MiniLM's 6) or comma-separated indices (0,4,5).")] = "3",
-    force: ForceOpt = False,
-    source: SourceOpt = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Keep some encoder layers of the source: a shallower model, same hidden size.
-
-    The tokenizer and every kept weight are unchanged (MiniLM: hidden 384). Deterministic; a
-    few seconds.
-    """
-    with _reported("derive-model", debug):
-        from prompt_core.derive import MINILM_ID, layer_drop
-
-        path = layer_drop(out_dir, keep, source or MINILM_ID, force=force)
-    _derived(path)
-
-
-@derive_app.command("distill")
-def derive_distill(  # defaults = prompt_core.derive.distill's (a test checks)
-    out_dir: OutOpt,
-    hidden: Annotated[int, typer.Option(help="Student hidden size (at most the source's).")
-                      ] = 256,
-    layers: Annotated[int, typer.Option(help="Student encoder layers.")] = 4,
-    heads: Annotated[int, typer.Option(help="Attention heads (must divide --hidden).")] = 4,
-    intermediate: Annotated[int, typer.Option(help="Feed-forward size.")] = 1024,
-    steps: Annotated[int, typer.Option(help="AdamW steps.")] = 600,
-    batch_size: Annotated[int, typer.Option(help="Texts per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, cosine decay).")
-                  ] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the init and the batches.")] = 0,
-    sim_weight: Annotated[float, typer.Option(
-        help="Weight of the cosine-matrix loss against the alignment loss.")] = 10.0,
-    texts: Annotated[list[Path] | None, typer.Option(
-        "--texts", metavar="FILE", help="Extra training texts: a UTF-8 file, one text per "
-        "line (repeatable); the built-in demo tasks' train texts are always used.")] = None,
-    force: ForceOpt = False,
-    source: SourceOpt = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Distil the source into a narrower BERT student: a different hidden size.
-
-    The student (hidden 256 by default, MiniLM's tokenizer) learns to reproduce the source's
-    mean-pooled sentence-embedding geometry on the demo task texts. Same seed and thread
-    count, same weights. About 3 minutes on 2 CPU cores.
-    """
-    with _reported("derive-model", debug):
-        from prompt_core.derive import MINILM_ID, distill
-
-        path = distill(out_dir, hidden=hidden, layers=layers, heads=heads,
-                       intermediate=intermediate, steps=steps, batch_size=batch_size, lr=lr,
-                       seed=seed, texts=texts, source=source or MINILM_ID,
-                       sim_weight=sim_weight, force=force,
-                       log=lambda msg: console.log(msg, markup=False, highlight=False))
-    _derived(path)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.transfer_matrix import torch_threads_per_unit
+from flows.runtime import torch_threads_per_unit
 from prompt_core.config import ModelConfig, StudyConfig, stable_hash
 from prompt_core.errors import InputError
 from tasks.storage import Storage, open_storage
@@ -42,11 +42,11 @@ from tasks.units import (
     NlpTaskInfo,
     RunContext,
     TrainOutcome,
-    _prompt_file_ok,
-    _stored_prompt_row,
+    intact_prompt_meta,
     prompt_key,
     prompt_storage_key,
     read_init_prompt,
+    stored_prompt_row,
     train_config_key,
     train_prompt_unit,
 )
@@ -177,9 +177,9 @@ def _stored_outcome(storage: Storage, ctx: RunContext, model: ModelConfig, info:
     """A prompt's outcome if its file and this study's row are stored (checked as the training
     unit checks them); ``trained`` when this run's flow runs trained it."""
     skey = prompt_storage_key(model.name, info.name, key)
-    if _prompt_file_ok(storage, skey, key, n_tokens) is None:
+    if intact_prompt_meta(storage, skey, key, n_tokens) is None:
         return None
-    row = _stored_prompt_row(storage, ctx, model.name, key)
+    row = stored_prompt_row(storage, ctx, model.name, key)
     if row is None:
         return None
     return TrainOutcome(row, skey, trained=row.run_id == ctx.run_id)

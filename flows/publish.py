@@ -55,7 +55,7 @@ from tasks.tables import read_table
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the CLI
     from matplotlib.figure import Figure
 
-    from flows.transfer_matrix import StudyResult
+    from flows.stage_api import StudyResult
 
 HEATMAP_DPI = 100  # a 10 x 12 matrix: a PNG of about 32 KB, 43 KB as a data URI
 TITLE_FONTSIZE = 11.0
@@ -249,25 +249,19 @@ def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[s
 
 
 def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: StudyResult,
-                cells_by_model: dict[str, list[str]], stages: dict | None = None) -> None:
+                cells_by_model: dict[str, list[str]], stage_runs: list | None = None) -> None:
     """Publish the run's artifacts (see the module docstring), computed from exactly the
     cells this run covered (not every row of the partition: older configurations stay out);
     fills ``result.summaries`` and ``result.heatmaps`` (model -> PNG URI in storage).
 
-    ``stages``: the later stages' rows of this run (``cross_model``: its ``cross_model`` rows;
-    ``tpt`` and ``tpt_curves``: its ``tpt`` rows and their dev curves; ``indicators``: table
-    -> its rows of indicators, ablations, correlations and recommendations), published by
-    :func:`publish_cross_model`, :func:`publish_tpt` and
-    :func:`flows.publish_indicators.publish_indicators` and summarised in the summary."""
-    stages = stages or {}
-    names = [m.name for m in study.models]
-    if stages.get("cross_model") is not None:
-        result.heatmaps.update({f"cross-model {k}": v for k, v in publish_cross_model(
-            storage, study.name, run_id, stages["cross_model"], model_names=names).items()})
-    if stages.get("tpt") is not None and len(stages["tpt"]):
-        result.heatmaps.update({f"tpt {k}": v for k, v in publish_tpt(
-            storage, study.name, run_id, stages["tpt"], stages["tpt_curves"],
-            model_names=names).items()})
+    ``stage_runs``: (stage, the flow's state) of each plug-in stage the run ran
+    (:mod:`flows.stage_api`): each publishes its own artifacts from this run's rows
+    (:meth:`~flows.stage_api.Stage.publish`) and adds its section to the summary."""
+    sections: list[str] = []
+    for stage, state in stage_runs or []:
+        lines, uris = stage.publish(state, state.results[stage.name])
+        result.heatmaps.update(uris)
+        sections += lines
     keys = artifact_keys(m.name for m in study.models)
     lines = [f"# Transfer matrix: study `{study.name}`", "",
              f"run `{run_id}`, storage `{storage.root}`", "",
@@ -319,19 +313,7 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
                   f"`relative-score-{key}`", "",
                   "accuracy (rows: source prompt, columns: target)",
                   "", "```", score.round(3).to_string(), "```", ""]
-    later = stage_summary_markdown(stages.get("cross_model"), stages.get("tpt"),
-                                   model_names=names)
-    if later:
-        lines += [later]
-    if stages.get("indicators"):
-        from flows.publish_indicators import indicator_summary_lines, publish_indicators
-
-        cells = {m: run_cells(storage, study.name, m, keys)
-                 for m, keys in cells_by_model.items() if keys}
-        result.heatmaps.update({f"indicators {k}": v for k, v in publish_indicators(
-            storage, study.name, run_id, stages["indicators"], cells, model_names=names
-        ).items()})
-        lines += indicator_summary_lines(stages["indicators"], model_names=names)
+    lines += sections
     create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY,
                              description=f"study {study.name}")
 
@@ -356,7 +338,7 @@ TPT_COLUMNS = 3
 TPT_PNG_COLOURS = 64  # lines on white: 10 targets x 3 sources x 2 seeds, a PNG of ~45 KB
 
 
-def _model_keys(names: Iterable[str], model_names: Iterable[str] | None) -> dict[str, str]:
+def model_keys(names: Iterable[str], model_names: Iterable[str] | None) -> dict[str, str]:
     """:func:`artifact_keys` of ``model_names`` (the study's models, for keys equal to
     :func:`publish_run`'s) plus any of ``names`` it lacks; default: ``names``."""
     names = sorted(set(names))
@@ -364,7 +346,7 @@ def _model_keys(names: Iterable[str], model_names: Iterable[str] | None) -> dict
     return artifact_keys(given + [n for n in names if n not in given])
 
 
-def _png(fig: Figure, dpi: int = HEATMAP_DPI, colors: int = 256) -> bytes:
+def palette_png(fig: Figure, dpi: int = HEATMAP_DPI, colors: int = 256) -> bytes:
     """A figure as a palette PNG of ``colors`` colours (small enough to embed in a Prefect
     artifact)."""
     from PIL import Image
@@ -379,7 +361,7 @@ def _png(fig: Figure, dpi: int = HEATMAP_DPI, colors: int = 256) -> bytes:
     return out.getvalue()
 
 
-def _data_uri(png: bytes) -> str:
+def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -396,7 +378,7 @@ def _rounded(v):
     return v
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
+def artifact_records(df: pd.DataFrame) -> list[dict]:
     return [{c: _rounded(v) for c, v in row.items()} for row in df.to_dict("records")]
 
 
@@ -440,7 +422,7 @@ def publish_cross_model(storage: Storage, study_name: str, run_id: str, rows: pd
     acc = rows[rows["metric"] == "accuracy"]
     if acc.empty:
         return {}
-    keys = _model_keys([*acc["source_model"], *acc["target_model"]], model_names)
+    keys = model_keys([*acc["source_model"], *acc["target_model"]], model_names)
     uris: dict[str, str] = {}
     for src, tgt in sorted(set(zip(acc["source_model"], acc["target_model"], strict=True))):
         pair = acc[(acc["source_model"] == src) & (acc["target_model"] == tgt)]
@@ -457,12 +439,12 @@ def publish_cross_model(storage: Storage, study_name: str, run_id: str, rows: pd
         caption = (f"Study `{study_name}`, run `{run_id}`, prompts of `{src}` in `{tgt}`: "
                    f"{CROSS_MODEL_COLOUR}.{held}")
         create_markdown_artifact(
-            f"{caption}\n\n![relative accuracy heatmap, {src} -> {tgt}]({_data_uri(png)})\n\n"
+            f"{caption}\n\n![relative accuracy heatmap, {src} -> {tgt}]({png_data_uri(png)})\n\n"
             f"PNG in storage: `{uri}`\n",
             key=key, description=f"cross-model relative accuracy, study {study_name}, "
                                  f"{src} -> {tgt}")
     create_table_artifact(
-        _records(summary), key=CROSS_MODEL_SUMMARY_KEY,
+        artifact_records(summary), key=CROSS_MODEL_SUMMARY_KEY,
         description=f"cross-model transfer per model pair and objective: mean relative "
                     f"accuracy of held-out diagonal cells (diag_rel, n_diag) and of all "
                     f"held-out cells; study {study_name}")
@@ -579,14 +561,14 @@ def publish_tpt(storage: Storage, study_name: str, run_id: str, rows: pd.DataFra
     if rows.empty:
         return {}
     tpt_summary(rows)  # raises on mixed configurations
-    keys = _model_keys(rows["model"], model_names)
+    keys = model_keys(rows["model"], model_names)
     uris: dict[str, str] = {}
     for model in sorted(rows["model"].unique()):
         r = rows[rows["model"] == model]
         by_key = _indexed_curves(curves, set(r["tpt_prompt_key"]) | set(r["baseline_prompt_key"]))
         fig = tpt_figure(r, by_key, f"{study_name} / {model}: transferable prompt tuning, "
                                     f"dev accuracy vs step")
-        png = _png(fig, colors=TPT_PNG_COLOURS)
+        png = palette_png(fig, colors=TPT_PNG_COLOURS)
         uri = storage.write_bytes(f"artifacts/{run_id}/tpt_curves_{model}.png", png)
         uris[model] = uri
         fractions = ", ".join(f"{f:g}" for f in sorted(r["fraction"].unique()))
@@ -597,12 +579,12 @@ def publish_tpt(storage: Storage, study_name: str, run_id: str, rows: pd.DataFra
                    f"another model), every seed; dashed: the target score, {fractions} x the "
                    f"baseline's best dev accuracy. Step 0 is the init.")
         create_markdown_artifact(
-            f"{caption}\n\n![TPT curves, {model}]({_data_uri(png)})\n\nPNG in storage: "
+            f"{caption}\n\n![TPT curves, {model}]({png_data_uri(png)})\n\nPNG in storage: "
             f"`{uri}`\n",
             key=f"tpt-curves-{keys[model]}",
             description=f"TPT dev-accuracy curves, study {study_name}, model {model}")
         create_table_artifact(
-            _records(tpt_table(r)), key=f"tpt-{keys[model]}",
+            artifact_records(tpt_table(r)), key=f"tpt-{keys[model]}",
             description=f"TPT vs random init per target, source and seed: score after "
                         f"score_at_step steps, best score, steps/seconds to the target score "
                         f"and speed-up (baseline / TPT; empty: never reached); study "
@@ -624,7 +606,7 @@ def stage_summary_markdown(cross_model: pd.DataFrame | None, tpt: pd.DataFrame |
     if cross_model is not None and not cross_model.empty:
         s = cross_model_summary(cross_model)
         acc = cross_model[cross_model["metric"] == "accuracy"]
-        keys = _model_keys([*acc["source_model"], *acc["target_model"]], model_names)
+        keys = model_keys([*acc["source_model"], *acc["target_model"]], model_names)
         lines += ["## Cross-model transfer", "",
                   "mean relative accuracy (the target model's own prompt = 1) of held-out "
                   "tasks: diagonal (a task's projected prompt on that task) and all held-out "
@@ -640,7 +622,7 @@ def stage_summary_markdown(cross_model: pd.DataFrame | None, tpt: pd.DataFrame |
                   f"- table: artifact `{CROSS_MODEL_SUMMARY_KEY}`", ""]
     if tpt is not None and not tpt.empty:
         s = tpt_summary(tpt)
-        keys = _model_keys(tpt["model"], model_names)
+        keys = model_keys(tpt["model"], model_names)
         k = ", ".join(str(int(v)) for v in sorted(tpt["score_at_step"].unique()))
         lines += ["## Transferable prompt tuning", "",
                   f"TPT vs random init with the same budget; speed-up = baseline's steps to "

@@ -103,20 +103,20 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
     ``cells``: model -> the run's cross_task rows). Returns ``{model: scatter PNG URI}``."""
     import matplotlib.pyplot as plt
 
-    from flows.publish import _data_uri, _model_keys, _png, _records
+    from flows.publish import artifact_records, model_keys, palette_png, png_data_uri
     from prompt_core.correlations import LEVEL, transfer_pairs
 
     ind, corr, rec = rows["indicators"], rows["correlations"], rows["recommendations"]
     if ind.empty:
         return {}
-    keys = _model_keys(ind["model"], model_names)
+    keys = model_keys(ind["model"], model_names)
     per_model = ranking_tables(rec)[1] if not rec.empty else pd.DataFrame()
     uris = {}
     for model in sorted(ind["model"].unique()):
         pairs = transfer_pairs(cells[model], ind[ind["model"] == model])
         if not pairs.empty:
             fig = scatter_figure(pairs, f"{study_name} / {model}: indicator vs relative score")
-            png = _png(fig, colors=64)
+            png = palette_png(fig, colors=64)
             plt.close(fig)
             uri = storage.write_bytes(f"artifacts/{run_id}/indicators_{model}.png", png)
             uris[model] = uri
@@ -125,13 +125,13 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
                 f"(source prompt, target task) pair; x = the indicator between the source "
                 f"prompt and the target's own prompt, y = the source prompt's accuracy on the "
                 f"target / the own prompt's. Orange: same task type.\n\n"
-                f"![indicators vs transfer, {model}]({_data_uri(png)})\n\nPNG in storage: "
+                f"![indicators vs transfer, {model}]({png_data_uri(png)})\n\nPNG in storage: "
                 f"`{uri}`\n", key=f"indicators-{keys[model]}",
                 description=f"indicators vs relative score, study {study_name}, model {model}")
         c = correlation_summary(corr[corr["model"] == model])
         if not c.empty:
             create_table_artifact(
-                _records(c.sort_values(["measure", "method", "indicator"])[
+                artifact_records(c.sort_values(["measure", "method", "indicator"])[
                     ["indicator", "measure", "method", "mean_rho", "low", "high",
                      "p_permutation", "n_targets", "pooled_rho", "n_pairs"]]),
                 key=f"correlations-{keys[model]}",
@@ -144,7 +144,7 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
                             f"{study_name}, model {model}")
         if not per_model.empty:
             create_table_artifact(
-                _records(per_model[per_model["model"] == model]),
+                artifact_records(per_model[per_model["model"] == model]),
                 key=f"recommender-{keys[model]}",
                 description=f"source recommender (probe) vs baselines, leave-one-task-out: "
                             f"expected top-1/top-3 hit rate of the true best source and mean "
@@ -155,14 +155,14 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
 def indicator_summary_lines(rows: dict[str, pd.DataFrame], *,
                             model_names: Iterable[str] | None = None) -> list[str]:
     """The run summary's section on the indicators stage, from exactly the run's rows."""
-    from flows.publish import _model_keys
+    from flows.publish import model_keys
     from prompt_core.correlations import LEVEL, N_PERMUTATIONS
 
     ind = rows.get("indicators")
     if ind is None or ind.empty:
         return []
     corr, rec, abl = rows["correlations"], rows["recommendations"], rows["ablations"]
-    keys = _model_keys(ind["model"], model_names)
+    keys = model_keys(ind["model"], model_names)
     lines = ["## Transferability indicators", "",
              "Spearman of each indicator (source prompt vs the target's own prompt) with the "
              "relative score: the mean over target tasks of each target's rho, with its "

@@ -64,8 +64,8 @@ def recommend(study: StudyConfig, storage: Storage, task: str, model: str | None
     (default: the first) for ``task``, best first. Returns (the new task's name, ranking)."""
     from prompt_core.backbones import resolve_device
     from prompt_core.recommend import probe_scores, rank_sources
-    from tasks.stage_units import _load_prompt
     from tasks.tables import PromptRow, duckdb_connect
+    from tasks.units import load_stored_prompt
 
     m = pick_model(study, model)
     seed = study.seeds[0] if seed is None else seed
@@ -84,7 +84,7 @@ def recommend(study: StudyConfig, storage: Storage, task: str, model: str | None
     fields = PromptRow.__dataclass_fields__
     rows = [PromptRow(**{k: v for k, v in r.items() if k in fields})
             for r in df.to_dict("records")]
-    prompts = {r.prompt_key: _load_prompt(storage, r, backbone.hidden_size) for r in rows}
+    prompts = {r.prompt_key: load_stored_prompt(storage, r, backbone.hidden_size) for r in rows}
     n = n_examples or (study.indicators.probe_examples if study.indicators else 64)
     scores = probe_scores(backbone, data, prompts, n, seed=seed,
                           max_length=study.evaluation.max_length)

@@ -22,40 +22,31 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is short
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+import prefect
+from prefect import flow, tags
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
 
-import pandas as pd  # noqa: E402
-import prefect  # noqa: E402
-from prefect import flow, tags  # noqa: E402
-from prefect.artifacts import create_progress_artifact, update_progress_artifact  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from prefect.task_runners import (  # noqa: E402
-    ProcessPoolTaskRunner,
-    TaskRunner,
-    ThreadPoolTaskRunner,
-)
-
-from flows import stages  # noqa: E402
-from flows.indicator_stage import n_indicator_units, run_indicators  # noqa: E402
-from flows.publish import publish_run  # noqa: E402
-from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes  # noqa: E402
-from prompt_core.errors import InputError  # noqa: E402
-from prompt_core.preflight import check_study  # noqa: E402
-from tasks.storage import open_storage  # noqa: E402
-from tasks.tables import RunKeyRow, RunRow, now_utc, write_part  # noqa: E402
-from tasks.units import (  # noqa: E402
+from flows.publish import publish_run
+from flows.runtime import make_task_runner, runner_environment, torch_threads_per_unit
+from flows.stage_api import FlowState, StudyResult, ordered_stages
+from flows.stage_tpt import tpt_models, tpt_targets, tpt_train_config
+from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes
+from prompt_core.errors import InputError
+from prompt_core.preflight import check_study
+from tasks.storage import open_storage
+from tasks.tables import RunKeyRow, RunRow, now_utc, write_part
+from tasks.units import (
     EvalOutcome,
     NlpTaskInfo,
     RunContext,
@@ -67,26 +58,6 @@ from tasks.units import (  # noqa: E402
 )
 
 RunnerKind = Literal["threads", "processes", "dask"]
-
-
-@dataclass
-class StudyResult:
-    """What a run did and where its outputs are."""
-
-    run_id: str
-    study: str
-    storage: str
-    status: str = "completed"
-    n_prompts_trained: int = 0
-    n_prompts_cached: int = 0
-    n_cells_evaluated: int = 0
-    n_cells_cached: int = 0
-    seconds: float = 0.0
-    summaries: dict[str, dict] = field(default_factory=dict)  # model -> transfer_summary
-    heatmaps: dict[str, str] = field(default_factory=dict)  # model -> uri
-    # per later stage: units computed now vs found stored ("project", "cross_model", "tpt")
-    stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    failures: list[dict] = field(default_factory=list)  # {unit, stage, model, error}
 
 
 def _package_version() -> str:
@@ -102,25 +73,21 @@ ProgressObserver = Callable[[str, int, int, str | None], None]
 """Called in the flow's process as ``(stage, done, total, finished unit label or None)``:
 ``None`` announces a stage."""
 
-_observers: list[ProgressObserver] = []
+# the observer of the run_study call in progress (its caller's, e.g. the CLI's bars): scoped
+# to that call and its thread, where the flow runs, never a process-wide list
+_observer: ContextVar[ProgressObserver | None] = ContextVar("progress_observer", default=None)
 
 
-@contextlib.contextmanager
-def observe_progress(fn: ProgressObserver) -> Iterator[None]:
-    """Have ``fn`` called on every stage start and finished unit of the flows run inside (the
-    CLI's progress bars). It runs in the flow's process, fed by the flow's futures, so it
-    works the same whether the units run in threads, processes or on a Dask cluster."""
-    _observers.append(fn)
-    try:
-        yield
-    finally:
-        _observers.remove(fn)
+def current_observer() -> ProgressObserver | None:
+    """The observer of the run_study call this flow runs in (None: nobody watches)."""
+    return _observer.get()
 
 
 class RunProgress:
     """Units done over all stages: one Prefect progress artifact (0-100) plus the observers."""
 
-    def __init__(self, totals: dict[str, int]):
+    def __init__(self, totals: dict[str, int], observer: ProgressObserver | None = None):
+        self.observers = [observer] if observer is not None else []
         self.totals = totals
         self.done = dict.fromkeys(totals, 0)
         self.all = max(sum(totals.values()), 1)
@@ -130,10 +97,11 @@ class RunProgress:
     def set_total(self, stage: str, total: int) -> None:
         """A stage's unit count once it is known (after the tasks are prepared)."""
         self.totals[stage] = total
+        self.done.setdefault(stage, 0)
         self.all = max(sum(self.totals.values()), 1)
 
     def stage(self, name: str) -> None:
-        for fn in list(_observers):
+        for fn in self.observers:
             fn(name, self.done[name], self.totals[name], None)
 
     def unit_done(self, stage: str, label: str) -> None:
@@ -142,7 +110,7 @@ class RunProgress:
         update_progress_artifact(self.artifact_id, 100.0 * n / self.all,
                                  description=f"{n}/{self.all} units ({stage}: "
                                              f"{self.done[stage]}/{self.totals[stage]})")
-        for fn in list(_observers):
+        for fn in self.observers:
             fn(stage, self.done[stage], self.totals[stage], label)
 
 
@@ -239,8 +207,10 @@ def _run_name() -> str:
 
 
 @flow(name="transfer-matrix", flow_run_name=_run_name, log_prints=True)
-def transfer_matrix(study: StudyConfig) -> StudyResult:
-    """Cross-task transfer matrix for every model in the study (see module docstring)."""
+def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
+    """Cross-task transfer matrix for every model in the study (see module docstring).
+    ``checked``: the caller ran :func:`check_study` on this very study already (the CLI, before
+    it starts the API), so it is not checked twice."""
     t0 = time.perf_counter()
     started = now_utc()
     fr_id = flow_run.get_id()
@@ -248,32 +218,24 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
     # validate: everything knowable before compute (models, lengths, init prompt, task data,
     # duplicate names), all problems in one InputError, before anything is written. The
     # tasks stay loaded (per-process cache) for the prepare stage.
-    check_study(study, load_task=get_nlp_task)
+    if not checked:
+        check_study(study, load_task=get_nlp_task)
     storage = open_storage(study.storage)
     storage.check_writable()
     result = StudyResult(run_id, study.name, storage.root)
     ctx = RunContext(storage.root, study.name, run_id, study.runner.device, study.runner.bf16,
                      study.runner.trainings_per_gpu, torch_threads_per_unit(study.runner))
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
-    tpt_train = stages.tpt_train_config(study)  # None: TPT's baselines are the train stage's
+    tpt_train = tpt_train_config(study)  # None: TPT's baselines are the train stage's
     n_baselines = 0  # TPT's random-init baselines trained with TPT's own budget, if it has one
     if tpt_train is not None:
         n_targets = len(study.tpt.targets) if study.tpt.targets is not None else n_tasks
-        n_baselines = len(stages.tpt_models(study)) * n_targets * n_seeds
+        n_baselines = len(tpt_models(study)) * n_targets * n_seeds
     totals = {"prepare": n_tasks, "train": n_models * n_tasks * n_seeds + n_baselines}
     if "cross_task" in study.stages:
         totals["evaluate"] = n_models * n_tasks
-    if "cross_model" in study.stages:
-        totals["project"] = (len(study.model_pairs()) * len(study.cross_model.objectives)
-                             * n_seeds)
-        totals["cross_model"] = 0  # known after prepare (held-out tasks by name)
-    if "tpt" in study.stages:
-        if study.tpt.top_k is not None:
-            totals["tpt_rank"] = 0  # known after prepare (the targets)
-        totals["tpt"] = 0
-    if "indicators" in study.stages:
-        totals["indicators"] = 0
-    progress = RunProgress(totals)
+    plugins = ordered_stages(study)  # the stages after the matrix, in dependency order
+    progress = RunProgress(totals, current_observer())
     train_futures: list = []
     eval_futures: list = []
     later = StageKeys()
@@ -291,15 +253,9 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         infos: list[NlpTaskInfo] = _gather(prep, [f"prepare {c.label()}" for c in study.tasks],
                                            "prepare", [None] * n_tasks, progress,
                                            result.failures)
-        if "cross_model" in study.stages:
-            progress.set_total("cross_model", stages.n_cross_model_units(study, infos))
-        if "tpt" in study.stages:
-            if study.tpt.top_k is not None:
-                progress.set_total("tpt_rank", len(stages.tpt_models(study))
-                                   * len(stages.tpt_targets(study, infos)))
-            progress.set_total("tpt", stages.n_tpt_units(study, infos))
-        if "indicators" in study.stages:
-            progress.set_total("indicators", n_indicator_units(study, len(infos)))
+        for stage in plugins:  # each part's unit count, known once the tasks are prepared
+            for part, n in stage.unit_counts(study, infos).items():
+                progress.set_total(part, n)
 
         # train: fan out per model x task x seed (or one flow run per model x task)
         progress.stage("train")
@@ -332,8 +288,8 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         baselines: list[TrainOutcome] = []
         if tpt_train is not None:  # TPT's random-init baselines with TPT's budget
             labels, models, futures = [], [], []
-            for m in stages.tpt_models(study):
-                for info in stages.tpt_targets(study, infos):
+            for m in tpt_models(study):
+                for info in tpt_targets(study, infos):
                     for seed in study.seeds:
                         with tags(*_unit_tags("train", m.name, info.name)):
                             futures.append(train_prompt_unit.submit(ctx, m, info, tpt_train,
@@ -363,11 +319,16 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
         cells = {}
         for e in evaluated:
             cells.setdefault(e.model, []).extend(e.cell_keys)
-        extra = _later_stages(ctx, study, storage, infos, prompts, baselines, cells, progress,
-                              gather, result, later)
+        state = FlowState(ctx, study, storage, infos, prompts, baselines, cells, gather)
+        for stage in plugins:
+            run = state.results[stage.name] = stage.run(state)
+            result.stage_counts.update(run.counts)
+            for (model, table), keys in run.keys.items():
+                later.add(model, table, keys)
         _count_work(result, trained, evaluated)
         _write_run_keys(storage, ctx, _stage_keys(trained, evaluated, later))
-        publish_run(study, storage, run_id, result, cells, extra)
+        publish_run(study, storage, run_id, result, cells,
+                    [(stage, state) for stage in plugins])
     except BaseException:
         result.status = "failed"
         with contextlib.suppress(Exception):  # what finished before the failure, best effort
@@ -387,156 +348,6 @@ def transfer_matrix(study: StudyConfig) -> StudyResult:
             failures=json.dumps(result.failures), stage_counts=json.dumps(result.stage_counts),
         )], run_id)
     return result
-
-
-def _later_stages(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpTaskInfo],
-                  prompts: list, baselines: list[TrainOutcome], cells: dict[str, list[str]],
-                  progress: RunProgress, gather, result: StudyResult, later: StageKeys
-                  ) -> dict:
-    """The stages after the cross-task matrix: projectors and cross-model cells, then TPT.
-    Returns what :func:`flows.publish.publish_run` publishes for them."""
-    index = stages.index_prompts(prompts)
-    projector_rows: list = []
-    published: dict = {}
-
-    def count(stage: str, computed: int, stored: int) -> None:
-        result.stage_counts[stage] = {"computed": computed, "stored": stored}
-
-    if "cross_model" in study.stages:
-        progress.stage("project")
-        outs = stages.run_projectors(ctx, study, stages.plan_projectors(study, infos, index),
-                                     gather("project"))
-        projector_rows = [o.row for o in outs]
-        count("project", sum(o.computed for o in outs), sum(not o.computed for o in outs))
-        for o in outs:
-            later.add(o.row.target_model, "projectors", [o.row.projector_key])
-        progress.stage("cross_model")
-        xm = stages.run_cross_model(ctx, study, infos, index, projector_rows,
-                                    gather("cross_model"))
-        count("cross_model", sum(o.n_cells_evaluated for o in xm),
-              sum(o.n_cells_cached for o in xm))
-        for o in xm:
-            later.add(o.target_model, "cross_model", o.cell_keys)
-        published["cross_model"] = stages.run_rows(storage, "cross_model", study.name,
-                                            [(o.target_model, o.cell_keys) for o in xm])
-    if "tpt" in study.stages:
-        progress.stage("tpt")
-        base = stages.index_prompts([o.row for o in baselines]) if baselines else index
-        rankings: dict = {}
-        if study.tpt.top_k is not None:  # top-k sources rank on validation data, never test
-            progress.stage("tpt_rank")
-            ranked = stages.run_rankings(ctx, study, stages.plan_rankings(study, infos, index),
-                                         gather("tpt_rank"))
-            count("tpt_rank", sum(o.computed for o in ranked),
-                  sum(not o.computed for o in ranked))
-            for o in ranked:
-                later.add(o.model, "tpt_rankings", [o.key])
-            rankings = stages.rankings_by_model(ranked)
-        jobs = stages.plan_tpt(study, infos, index, base, projector_rows, rankings)
-        outs = stages.run_tpt(ctx, study, jobs, gather("tpt"))
-        count("tpt", sum(o.computed for o in outs), sum(not o.computed for o in outs))
-        for o in outs:
-            later.add(o.row.model, "tpt", [o.row.tpt_key])
-        rows = pd.DataFrame([asdict(o.row) for o in outs])
-        published["tpt"] = rows
-        published["tpt_curves"] = stages.tpt_curves(storage, study.name, [o.row for o in outs],
-                                             {p.prompt_key: p for p in [*prompts,
-                                              *(b.row for b in baselines)]})
-    if "indicators" in study.stages:
-        progress.stage("indicators")
-        ir = run_indicators(ctx, study, storage, infos, prompts, cells, gather("indicators"))
-        for part, c in ir.counts.items():
-            count(part, c["computed"], c["stored"])
-        for (model, table), keys in ir.keys.items():
-            later.add(model, table, keys)
-        published["indicators"] = ir.rows
-    return published
-
-
-# --- task runners ---------------------------------------------------------------------------
-
-
-def _one_torch_thread_each(n_threads: int) -> None:  # pragma: no cover - runs in workers
-    import torch
-
-    torch.set_num_threads(n_threads)
-
-
-def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
-    """The Prefect task runner a study's ``runner`` section asks for. Worker processes split
-    the machine's cores between them (:func:`torch_threads_per_unit`)."""
-    threads = torch_threads_per_unit(cfg)
-    if cfg.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
-    if cfg.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=cfg.max_workers,
-                                     initializer=_one_torch_thread_each, initargs=(threads,))
-    from prefect_dask import DaskTaskRunner
-
-    if cfg.dask_address:
-        return DaskTaskRunner(address=cfg.dask_address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
-        "host": "127.0.0.1", "dashboard_address": None,
-    })
-
-
-def _api_url() -> str | None:
-    """The API this process talks to: the configured URL, else the ephemeral server's."""
-    url = prefect.settings.get_current_settings().api.url
-    if url:
-        return str(url)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    if not server.running:
-        server.start()
-    return server.api_url
-
-
-def torch_threads_per_unit(cfg: RunnerConfig) -> int | None:
-    """Torch threads each unit computes with: ``runner.torch_threads``, else this machine's
-    cores shared by the concurrent units; on an existing Dask cluster (other machines) the
-    workers' own setting unless ``torch_threads`` is given. The same rule on every runner, so
-    threads, processes and Dask give identical scores (float reductions depend on the thread
-    count; a different count changes the last bits, and training can amplify them)."""
-    if cfg.torch_threads or cfg.dask_address:
-        return cfg.torch_threads
-    return max(1, (os.cpu_count() or 1) // cfg.max_workers)
-
-
-@contextlib.contextmanager
-def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
-    """What the chosen runner needs around the flow, restored afterwards.
-
-    threads: this process computes with :func:`torch_threads_per_unit` torch threads.
-    processes / local Dask: the worker processes started inside report to this run's Prefect
-    API, not an ephemeral server each (its URL goes into the environment they inherit), and
-    compute with the same thread count. An existing Dask cluster is configured by whoever
-    started it."""
-    threads = torch_threads_per_unit(cfg)
-    if cfg.task_runner == "threads":
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-        return
-    if cfg.dask_address:
-        yield
-        return
-    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    env = {k: v for k, v in env.items() if v and k not in os.environ}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
 
 
 def with_overrides(study: StudyConfig, storage: str | None = None,
@@ -565,19 +376,30 @@ def run_study(
     dask_address: str | None = None,
     device: str | None = None,
     train_deployment: str | None = None,
+    observer: ProgressObserver | None = None,
+    checked: bool = False,
 ) -> StudyResult:
-    """Validate (if given a path) and run a study; the task runner is chosen here."""
+    """Validate (if given a path) and run a study; the task runner is chosen here.
+    ``observer``: called on every stage start and finished unit (the CLI's progress bars), in
+    this process, fed by the flow's futures, so it works the same whether the units run in
+    threads, processes or on a Dask cluster. ``checked``: the study (with these overrides)
+    passed :func:`check_study` already."""
     if not isinstance(study, StudyConfig):
         study = load_study(study)
     study = with_overrides(study, storage, task_runner, max_workers, dask_address, device,
                            train_deployment)
-    return _run_matrix(study)
+    token = _observer.set(observer)
+    try:
+        return _run_matrix(study, checked)
+    finally:
+        _observer.reset(token)
 
 
-def _run_matrix(study: StudyConfig) -> StudyResult:
+def _run_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
     """The transfer-matrix flow on the task runner the study's ``runner`` section asks for."""
     with runner_environment(study.runner):
-        return transfer_matrix.with_options(task_runner=make_task_runner(study.runner))(study)
+        return transfer_matrix.with_options(task_runner=make_task_runner(study.runner))(
+            study, checked=checked)
 
 
 def read_study(study: str) -> StudyConfig:

@@ -20,16 +20,18 @@ What needs the data, the models' configs or a prompt file is checked by
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -41,6 +43,13 @@ from pydantic import (
     model_validator,
 )
 
+from prompt_core.backbone_kinds import (
+    DEFAULT_ON_POSITION,
+    MINILM_ID,
+    NO_DEFAULT,
+    OnPosition,
+    kind_spec,
+)
 from prompt_core.errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -79,43 +88,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _params(fn: Any) -> dict[str, inspect.Parameter]:
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {n: p for n, p in inspect.signature(fn).parameters.items()
-            if n not in ("self", "cls") and p.kind in kinds}
-
-
 def backbone_options(kind: str) -> dict[str, Any]:
     """Options a backbone kind accepts, name -> type (``Any`` when unannotated): the keyword
-    parameters its ``from_pretrained`` and constructor add to those every backbone takes."""
-    from prompt_core.backbones import Backbone, backbone_class
-
-    cls = backbone_class(kind)
-    common = {*_params(Backbone.__init__), *_params(Backbone.from_pretrained)}
-    options: dict[str, Any] = {}
-    for fn in (cls.from_pretrained, cls.__init__):
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # noqa: BLE001 - an unresolvable annotation only skips the type check
-            hints = {}
-        for name in _params(fn):
-            if name not in common:
-                options.setdefault(name, hints.get(name, Any))
-    return options
+    parameters its class's ``from_pretrained`` and constructor add to those every backbone
+    takes, as declared in :mod:`prompt_core.backbone_kinds`."""
+    return {name: typ for name, (typ, _) in kind_spec(kind).options.items()}
 
 
 def backbone_option_defaults(kind: str) -> dict[str, Any]:
     """The default value of each option of a backbone kind that has one (name -> value)."""
-    from prompt_core.backbones import backbone_class
-
-    cls = backbone_class(kind)
-    known = backbone_options(kind)
-    defaults: dict[str, Any] = {}
-    for fn in (cls.from_pretrained, cls.__init__):
-        for name, p in _params(fn).items():
-            if name in known and p.default is not inspect.Parameter.empty:
-                defaults.setdefault(name, p.default)
-    return defaults
+    return {name: default for name, (_, default) in kind_spec(kind).options.items()
+            if default is not NO_DEFAULT}
 
 
 def _option_problem(kind: str, name: str, value: Any, known: dict[str, Any]) -> str | None:
@@ -211,10 +194,7 @@ class ModelConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from prompt_core.backbones import BACKBONES
-
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone kind {v!r}; known kinds: {sorted(BACKBONES)}")
+        kind_spec(v)  # ValueError naming the known kinds
         return v
 
     @field_validator("options")
@@ -232,10 +212,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _defaults(self):
-        from prompt_core.backbones import MINILM_ID, backbone_class
-
         if self.model_id is None:
-            self.model_id = backbone_class(self.kind).default_model_id
+            self.model_id = kind_spec(self.kind).default_model_id
         elif self.model_id.startswith("~"):  # transformers does not expand the home folder
             self.model_id = os.path.expanduser(self.model_id)
         if self.name is None:
@@ -253,9 +231,7 @@ class ModelConfig(_Strict):
                 "options": dict(sorted(options.items()))}
 
     def learning_rate(self, train: TrainConfig) -> float:
-        from prompt_core.backbones import backbone_class
-
-        return self.lr or train.lr or backbone_class(self.kind).default_lr
+        return self.lr or train.lr or kind_spec(self.kind).default_lr
 
 
 class HFSourceConfig(_Strict):
@@ -341,8 +317,36 @@ class RunnerConfig(_Strict):
         return self
 
 
-STAGES = ("cross_task", "cross_model", "tpt")
-StageName = Literal["cross_task", "cross_model", "tpt", "indicators"]
+@dataclass(frozen=True)
+class StageSpec:
+    """The study-file side of a stage (the flow side is :class:`flows.stage_api.Stage`): its
+    name in ``stages:``, the model of its options section (a top-level key of the study named
+    after the stage; None: it has none), whether that section must be given (False: every
+    option has a default), the stages it needs in the same study, and its cross-checks
+    against the rest of the study (``check(study)`` raises ValueError)."""
+
+    name: str
+    options: type[BaseModel] | None = None
+    needs_section: bool = False
+    requires: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
+
+
+STAGE_SPECS: dict[str, StageSpec] = {}
+
+
+def register_stage_spec(spec: StageSpec) -> StageSpec:
+    """Make ``spec.name`` a stage a study may name (built-in ones below; a plug-in stage
+    registers its own, with its options model). Registering a name again replaces it."""
+    _check_name(spec.name, "stage name")
+    STAGE_SPECS[spec.name] = spec
+    return spec
+
+
+def _known_stage(name: str) -> str:
+    if name not in STAGE_SPECS:
+        raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGE_SPECS)}")
+    return name
 
 
 class ProjectorConfig(_Strict):
@@ -445,12 +449,6 @@ class TptConfig(_Strict):
         return training.model_copy(update=update) if update else training
 
 
-# which positions of the ON stimulus define "activated" where a kind reads several (the encoder
-# kind's pooled positions): see IndicatorsConfig.on_position
-OnPosition = Literal["any", "first", "prompt", "mean"]
-DEFAULT_ON_POSITION: OnPosition = "any"
-
-
 class IndicatorsConfig(_Strict):
     """Transferability indicators between every pair of one model's prompts (ES: prompt
     embedding similarity; ON: overlap of the FFN neurons the prompts activate), their
@@ -503,7 +501,7 @@ class StudyConfig(_Strict):
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    stages: list[StageName] = Field(
+    stages: list[Annotated[str, AfterValidator(_known_stage)]] = Field(
         default_factory=lambda: ["cross_task"], min_length=1,
         description="what the flow computes after training the prompts: cross_task (the "
         "zero-shot matrix per model), cross_model (projectors between models), tpt "
@@ -512,7 +510,30 @@ class StudyConfig(_Strict):
     cross_model: CrossModelConfig | None = Field(None, description="options of cross_model")
     tpt: TptConfig | None = Field(None, description="options of tpt")
     indicators: IndicatorsConfig | None = Field(None, description="options of indicators")
+    plugin_options: dict[str, Any] = Field(
+        default_factory=dict, exclude=True,
+        description="options sections of registered plug-in stages (their top-level keys), "
+        "validated by each stage's options model")
     _source: str = PrivateAttr("study")  # the file it came from, for error messages
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_sections(cls, data: Any) -> Any:
+        """A top-level key naming a registered plug-in stage is that stage's options."""
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields)
+        plugins = {k: data[k] for k in data if k not in own and k in STAGE_SPECS}
+        if not plugins:
+            return data
+        return {**{k: v for k, v in data.items() if k not in plugins},
+                "plugin_options": {**data.get("plugin_options", {}), **plugins}}
+
+    def stage_options(self, stage: str) -> Any:
+        """The options section of ``stage`` (its typed model), or None when it has none."""
+        if stage in type(self).model_fields and stage not in ("stages", "plugin_options"):
+            return getattr(self, stage)
+        return self.plugin_options.get(stage)
 
     @property
     def source(self) -> str:
@@ -538,11 +559,30 @@ class StudyConfig(_Strict):
     def _check_stages(self, models: set[str]) -> None:
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages repeat: {self.stages}")
-        if "indicators" in self.stages and self.indicators is None:
-            self.indicators = IndicatorsConfig()  # every option has a default
-        for stage in ("cross_model", "tpt"):
-            if stage in self.stages and getattr(self, stage) is None:
-                raise ValueError(f"stage {stage!r} needs its options section `{stage}:`")
+        for name, given in list(self.plugin_options.items()):
+            spec = STAGE_SPECS[name]
+            if spec.options is None:
+                raise ValueError(f"stage {name!r} takes no options section")
+            if not isinstance(given, spec.options):
+                self.plugin_options[name] = spec.options.model_validate(given or {})
+        for stage in self.stages:
+            spec = STAGE_SPECS[stage]
+            if spec.options is not None and self.stage_options(stage) is None:
+                if spec.needs_section:
+                    raise ValueError(f"stage {stage!r} needs its options section `{stage}:`")
+                default = spec.options()  # every option has a default
+                if stage in type(self).model_fields:
+                    setattr(self, stage, default)
+                else:
+                    self.plugin_options[stage] = default
+            for need in spec.requires:
+                if need not in self.stages:
+                    raise ValueError(f"stage {stage!r} needs stage {need!r}: add it to stages")
+            if spec.check is not None:
+                spec.check(self)
+
+    def _check_builtin_stages(self, models: set[str]) -> None:
+        """Cross-checks of the built-in stages' options (their StageSpec.check)."""
         if "cross_model" in self.stages:
             if len(models) < 2:
                 raise ValueError("stage 'cross_model' needs at least two models")
@@ -580,6 +620,7 @@ class StudyConfig(_Strict):
                 raise ValueError("indicators are correlated with the cross-task matrix: add "
                                  "stage 'cross_task'")
 
+
     def model_pairs(self) -> list[tuple[str, str]]:
         """The (source, target) model pairs of the cross_model stage."""
         if self.cross_model is None:
@@ -588,6 +629,18 @@ class StudyConfig(_Strict):
             return [(p.source, p.target) for p in self.cross_model.pairs]
         names = [m.name for m in self.models]
         return [(a, b) for a in names for b in names if a != b]
+
+
+def _builtin_check(study: StudyConfig) -> None:
+    study._check_builtin_stages({m.name for m in study.models})
+
+
+for _spec in (StageSpec("cross_task"),
+              StageSpec("cross_model", CrossModelConfig, needs_section=True,
+                        check=_builtin_check),
+              StageSpec("tpt", TptConfig, needs_section=True, check=_builtin_check),
+              StageSpec("indicators", IndicatorsConfig, check=_builtin_check)):
+    register_stage_spec(_spec)
 
 
 class StudyFileError(InputError):
@@ -707,38 +760,3 @@ def load_study(path: str | Path) -> StudyConfig:
     if not p.is_file():
         raise StudyFileError(f"study file {p} does not exist")
     return parse_study(_read_yaml(p), str(p), p.resolve().parent)
-
-
-def load_nlp_task(cfg: TaskConfig):
-    """Load the NLP task a study entry names (folder, built-in, catalogue or HF) as TaskData."""
-    from prompt_core import data
-
-    if cfg.path is not None:
-        td = data.load_task_folder(cfg.path)
-    elif cfg.builtin is not None:
-        td = data.load_builtin_task(cfg.builtin)
-    elif cfg.catalogue is not None:
-        if cfg.catalogue not in data.PAPER_TASKS:
-            raise data.TaskDataError(
-                f"no catalogue task {cfg.catalogue!r}; known: {sorted(data.PAPER_TASKS)}"
-            )
-        max_rows = {"train": cfg.max_train} if cfg.max_train else None
-        td = data.load_hf_task(cfg.catalogue, data.PAPER_TASKS[cfg.catalogue], max_rows=max_rows)
-    else:
-        h = cfg.hf
-        src = data.HFTaskSource(
-            h.path, h.name, h.type, h.text_a, h.text_b, h.label, tuple(h.label_names),
-            splits=tuple(h.splits.items()),
-        )
-        max_rows = {"train": cfg.max_train} if cfg.max_train else None
-        td = data.load_hf_task(cfg.label(), src, h.data_files, h.revision, max_rows=max_rows)
-    if cfg.name or cfg.type or cfg.label_words:
-        spec = data.make_spec(
-            cfg.name or td.spec.name, cfg.type or td.spec.type, td.spec.label_names,
-            cfg.label_words or td.spec.label_words, td.spec.description, td.source,
-        )
-        td = data.TaskData(spec, td.splits, td.source)
-    if cfg.max_train and len(td.splits["train"]) > cfg.max_train:
-        td = data.TaskData(td.spec, {**td.splits, "train": td.splits["train"].sample(
-            n=cfg.max_train, random_state=0).reset_index(drop=True)}, td.source)
-    return td

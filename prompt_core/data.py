@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prompt_core.config import format_error_line, name_problem
+from prompt_core.config import TaskConfig, format_error_line, name_problem
 from prompt_core.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -502,4 +502,40 @@ def task_from_parquet(data: bytes, source: str) -> TaskData:
     if td.fingerprint != spec["fingerprint"]:
         raise TaskDataError(f"{source}: task data does not match its fingerprint "
                             f"({td.fingerprint} != {spec['fingerprint']}): damaged")
+    return td
+
+
+# --- a study's task entry -------------------------------------------------------------------
+
+
+def load_nlp_task(cfg: TaskConfig) -> TaskData:
+    """Load the NLP task a study entry names (folder, built-in, catalogue or HF) as TaskData."""
+    if cfg.path is not None:
+        td = load_task_folder(cfg.path)
+    elif cfg.builtin is not None:
+        td = load_builtin_task(cfg.builtin)
+    elif cfg.catalogue is not None:
+        if cfg.catalogue not in PAPER_TASKS:
+            raise TaskDataError(
+                f"no catalogue task {cfg.catalogue!r}; known: {sorted(PAPER_TASKS)}"
+            )
+        max_rows = {"train": cfg.max_train} if cfg.max_train else None
+        td = load_hf_task(cfg.catalogue, PAPER_TASKS[cfg.catalogue], max_rows=max_rows)
+    else:
+        h = cfg.hf
+        src = HFTaskSource(
+            h.path, h.name, h.type, h.text_a, h.text_b, h.label, tuple(h.label_names),
+            splits=tuple(h.splits.items()),
+        )
+        max_rows = {"train": cfg.max_train} if cfg.max_train else None
+        td = load_hf_task(cfg.label(), src, h.data_files, h.revision, max_rows=max_rows)
+    if cfg.name or cfg.type or cfg.label_words:
+        spec = make_spec(
+            cfg.name or td.spec.name, cfg.type or td.spec.type, td.spec.label_names,
+            cfg.label_words or td.spec.label_words, td.spec.description, td.source,
+        )
+        td = TaskData(spec, td.splits, td.source)
+    if cfg.max_train and len(td.splits["train"]) > cfg.max_train:
+        td = TaskData(td.spec, {**td.splits, "train": td.splits["train"].sample(
+            n=cfg.max_train, random_state=0).reset_index(drop=True)}, td.source)
     return td

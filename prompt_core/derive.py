@@ -41,7 +41,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prompt_core.backbones.encoder import MINILM_ID, mean_pool, resolve_model_path
+from prompt_core.backbone_kinds import MINILM_ID, resolve_model_path
+from prompt_core.backbones.encoder import mean_pool
 from prompt_core.errors import InputError
 
 log_ = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def parse_keep(keep: int | str | Sequence[int], n_layers: int) -> list[int]:
     (index ``round(i * (L - 1) / (n - 1))``; 6 layers, n=3 -> [0, 3, 5]; n=1 -> the last).
     The last layer is the one MiniLM's sentence-embedding training shaped most directly; on
     the demo texts [0, 3, 5] agrees with MiniLM better than the first three or every other
-    layer (docs/readme_second_model.md). A string is an int or a comma list (``"0,2,5"``).
+    layer (docs/models.md). A string is an int or a comma list (``"0,2,5"``).
     """
     if isinstance(keep, str):
         s = keep.strip()

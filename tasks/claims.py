@@ -402,6 +402,18 @@ def _acquire(
         time.sleep(min(poll_s, deadline - now))
 
 
+def log_wait(label: str) -> Callable[[Lease], None]:
+    """An ``on_wait`` for :func:`unit_claim` that logs, to the current Prefect run, which run
+    computes the unit ``label`` and when its claim expires."""
+
+    def log(lease: Lease) -> None:
+        from prefect import get_run_logger
+
+        get_run_logger().info("%s: being computed by %s (claim expires in %.0f s); waiting",
+                              label, lease.owner, lease.remaining())
+    return log
+
+
 @contextmanager
 def unit_claim(
     storage: Storage,

@@ -29,8 +29,8 @@ from prefect import get_run_logger
 
 from prompt_core.backbones import resolve_device
 from prompt_core.config import EvalConfig, IndicatorsConfig, ModelConfig, stable_hash
-from tasks.claims import default_owner, unit_claim
-from tasks.stage_units import _load_prompt, _stored_row
+from tasks.claims import default_owner, log_wait, unit_claim
+from tasks.integrity import quarantine_key
 from tasks.storage import Storage, StorageError
 from tasks.tables import (
     AblationRow,
@@ -48,11 +48,10 @@ from tasks.units import (
     KEY_VERSION,
     NlpTaskInfo,
     RunContext,
-    _compute_threads,
-    _log_wait,
-    _quarantine,
     get_backbone,
+    load_stored_prompt,
     model_identity,
+    stored_row,
     task_data,
     unit_task,
 )
@@ -91,7 +90,7 @@ def _stored_keys(storage: Storage, table: str, where: dict[str, str], key_column
                  ) -> tuple[set[str], list[str]]:
     """Keys with rows in a partition (damaged parts quarantined and counted absent)."""
     stored, damaged = read_parts(storage, table, where)
-    quarantined = [_quarantine(storage, k, why) for k, why in damaged]
+    quarantined = [quarantine_key(storage, k, why) for k, why in damaged]
     return set(stored.column(key_column).to_pylist()) if stored.num_rows else set(), quarantined
 
 
@@ -118,19 +117,19 @@ def indicators_unit(ctx: RunContext, model: ModelConfig, seed: int, prompts: lis
     label = f"indicators {model.name} seed={seed}"
     with unit_claim(storage, f"indicators-{stable_hash([ctx.study, missing])}",
                     default_owner(ctx.run_id), is_done=lambda: not todo()[0], poll_s=2.0,
-                    on_wait=_log_wait(label)):
+                    on_wait=log_wait(label)):
         missing, more = todo()
         quarantined += more
         if not missing:
             return KeysOutcome(model.name, keys, 0, len(keys), quarantined)
         from prompt_core.indicators import all_indicators
 
-        _compute_threads(ctx)
+        ctx.use_torch_threads()
         backbone = get_backbone(model, resolve_device(ctx.device))
         tensors: dict[str, Any] = {}
         acts: dict[str, Any] = {}
         for k in sorted({p for key in missing for p in pairs[key]}):
-            tensors[k] = _load_prompt(storage, rows_by_key[k], backbone.hidden_size)  # (n, D)
+            tensors[k] = load_stored_prompt(storage, rows_by_key[k], backbone.hidden_size)  # (n, D)
             acts[k] = backbone.ffn_activations(tensors[k], cfg.on_position)  # (L, F)
         now = now_utc()
         out = []
@@ -171,21 +170,21 @@ def ablation_unit(ctx: RunContext, model: ModelConfig, info: NlpTaskInfo, prompt
     where = {"study": ctx.study, "model": model.name}
 
     def stored() -> bool:  # an intact part (a damaged one is quarantined)
-        return _stored_row(storage, "ablations", where, key, AblationRow,
+        return stored_row(storage, "ablations", where, key, AblationRow,
                            "ablation_key") is not None
 
     if stored():
         return KeysOutcome(model.name, [key], 0, 1)
     label = f"ablate {model.name}/{info.name} seed={prompt.seed}"
     with unit_claim(storage, f"ablations-{stable_hash([ctx.study, key])}",
-                    default_owner(ctx.run_id), is_done=stored, on_wait=_log_wait(label)):
+                    default_owner(ctx.run_id), is_done=stored, on_wait=log_wait(label)):
         if stored():
             return KeysOutcome(model.name, [key], 0, 1)
         from prompt_core.indicators import masking_ablation
 
-        _compute_threads(ctx)
+        ctx.use_torch_threads()
         backbone = get_backbone(model, resolve_device(ctx.device))
-        p = _load_prompt(storage, prompt, backbone.hidden_size)
+        p = load_stored_prompt(storage, prompt, backbone.hidden_size)
         results = masking_ablation(backbone, task_data(ctx, info), p, cfg.ablation_fractions,
                                    split=cfg.ablation_split,
                                    max_examples=cfg.ablation_max_examples,
@@ -242,9 +241,9 @@ def probe_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, seed: i
         pass
     from prompt_core.recommend import probe_scores
 
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     backbone = get_backbone(model, resolve_device(ctx.device))
-    prompts = {s.prompt_key: _load_prompt(storage, s, backbone.hidden_size) for s in sources}
+    prompts = {s.prompt_key: load_stored_prompt(storage, s, backbone.hidden_size) for s in sources}
     scores = probe_scores(backbone, task_data(ctx, target), prompts, cfg.probe_examples,
                           seed=seed, max_length=evaluation.max_length)
     storage.write_json(skey, {"target": target.name, "model": model.name, "seed": seed,

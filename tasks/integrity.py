@@ -203,3 +203,15 @@ def quarantine(storage: Storage, damage: Damage) -> str:
         storage.delete(key)
         moved[key] = storage.uri(dest)
     return moved[damage.key]
+
+
+def quarantine_key(storage: Storage, key: str, why: str) -> str:
+    """Move the unreadable object at ``key`` aside (:func:`quarantine`) and log it as a warning
+    of the current Prefect run; its new URI. A unit calls this on a stored result it cannot
+    read, then recomputes the result."""
+    from prefect import get_run_logger
+
+    uri = quarantine(storage, Damage(key, storage.uri(key), "unreadable", why))
+    get_run_logger().warning("damaged %s (%s): moved to %s, recomputing", storage.uri(key),
+                             why, uri)
+    return uri

@@ -43,10 +43,11 @@ from prompt_core.projectors import (
     projector_from_bytes,
     projector_to_bytes,
 )
-from prompt_core.prompts import PromptFileError, prompt_from_bytes, prompt_to_bytes
+from prompt_core.prompts import PromptFileError, prompt_to_bytes
 from prompt_core.training import train_prompt
-from tasks.claims import default_owner, unit_claim
+from tasks.claims import default_owner, log_wait, unit_claim
 from tasks.gpu import gpu_slot
+from tasks.integrity import quarantine_key
 from tasks.storage import Storage, StorageError
 from tasks.tables import (
     CrossModelRow,
@@ -66,12 +67,11 @@ from tasks.units import (
     N_BOOT,
     NlpTaskInfo,
     RunContext,
-    _compute_threads,
-    _log_wait,
-    _quarantine,
     get_backbone,
+    load_stored_prompt,
     model_identity,
     prompt_storage_key,
+    stored_row,
     task_data,
     train_config_key,
     unit_task,
@@ -100,21 +100,6 @@ class CrossModelOutcome:
 # --- shared helpers -------------------------------------------------------------------------
 
 
-def _stored_row(storage: Storage, table: str, values: dict[str, str], key: str, row_cls: type,
-                key_field: str) -> Any | None:
-    """The row of ``key`` from its own part of ``table``, if the part is intact (a damaged
-    part is quarantined and counts as absent)."""
-    part = part_path(table, values, key)
-    if not storage.exists(part):
-        return None
-    try:
-        rows = read_part(storage, table, part).to_pylist()
-        return row_cls(**next(r for r in rows if r[key_field] == key))
-    except (StorageError, StopIteration, TypeError) as exc:
-        _quarantine(storage, part, str(exc) or "no row with its key")
-        return None
-
-
 def _once(ctx: RunContext, storage: Storage, table: str, where: dict[str, str], key: str,
           label: str, find: Callable[[], Any], compute: Callable[[], Any]) -> KeyedOutcome:
     """A single-row unit: its stored row (``find``), else ``compute`` it under a claim; a
@@ -124,19 +109,11 @@ def _once(ctx: RunContext, storage: Storage, table: str, where: dict[str, str], 
         return KeyedOutcome(found, computed=False)
     with unit_claim(storage, f"{table}-{key}", default_owner(ctx.run_id),
                     is_done=lambda: storage.exists(part_path(table, where, key)),
-                    on_wait=_log_wait(label)):
+                    on_wait=log_wait(label)):
         found = find()  # stored by the run we waited for
         if found is not None:
             return KeyedOutcome(found, computed=False)
         return KeyedOutcome(compute(), computed=True)
-
-
-def _load_prompt(storage: Storage, row: PromptRow, hidden: int | None = None) -> Any:
-    """A stored prompt (n, D) by its ``prompts`` row."""
-    skey = prompt_storage_key(row.model, row.task, row.prompt_key)
-    prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey), hidden,
-                                  row.n_tokens)
-    return prompt
 
 
 def projector_storage_key(source_model: str, target_model: str, key: str) -> str:
@@ -182,14 +159,14 @@ def train_projector_unit(ctx: RunContext, source: ModelConfig, target: ModelConf
 
 def _stored_projector(storage: Storage, where: dict[str, str], key: str, source: str,
                       target: str) -> ProjectorRow | None:
-    row = _stored_row(storage, "projectors", where, key, ProjectorRow, "projector_key")
+    row = stored_row(storage, "projectors", where, key, ProjectorRow, "projector_key")
     skey = projector_storage_key(source, target, key)
     if row is None:
         return None
     try:
         projector_from_bytes(storage.read_bytes(skey), storage.uri(skey))
     except (ProjectorFileError, StorageError) as exc:
-        _quarantine(storage, skey, str(exc))
+        quarantine_key(storage, skey, str(exc))
         return None
     return row
 
@@ -199,10 +176,11 @@ def _train_projector(ctx: RunContext, storage: Storage, source: ModelConfig,
                      sources: list[PromptRow], targets: list[PromptRow],
                      infos: list[NlpTaskInfo], seed: int, key: str, label: str
                      ) -> ProjectorRow:
-    _compute_threads(ctx)
-    src_prompts = [_load_prompt(storage, r) for r in sources]  # each (n, d_s)
+    ctx.use_torch_threads()
+    src_prompts = [load_stored_prompt(storage, r) for r in sources]  # each (n, d_s)
     if objective == "distance":
-        pairs = [(p, _load_prompt(storage, r)) for p, r in zip(src_prompts, targets, strict=True)]
+        pairs = [(p, load_stored_prompt(storage, r))
+                 for p, r in zip(src_prompts, targets, strict=True)]
         result = OBJECTIVES["distance"](pairs, cfg, seed=seed)
         target_hidden = targets[0].hidden_size
     else:
@@ -302,7 +280,7 @@ def evaluate_cross_model_unit(ctx: RunContext, source: ModelConfig, target_model
 
     def todo() -> list[CrossModelCell]:
         stored, damaged = read_parts(storage, "cross_model", where)
-        quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
+        quarantined.extend(quarantine_key(storage, k, why) for k, why in damaged)
         df = stored.to_pandas()
         complete = df.groupby("cell_key")["metric"].nunique()
         done = set(complete[complete == len(METRICS)].index)
@@ -317,7 +295,7 @@ def evaluate_cross_model_unit(ctx: RunContext, source: ModelConfig, target_model
     label = f"cross-model {source.name}->{target_model.name} -> {target.name}"
     with unit_claim(storage, f"xm-{stable_hash([ctx.study, sorted(all_keys)])}",
                     default_owner(ctx.run_id), is_done=lambda: not todo(), poll_s=2.0,
-                    on_wait=_log_wait(label)):
+                    on_wait=log_wait(label)):
         missing = todo()
         if not missing:
             return outcome(0)
@@ -335,7 +313,7 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
     """Predict every missing cell (and the own prompt of each of their seeds) on the target
     split and write their ``cross_model`` rows: the statistics are
     :func:`prompt_core.cell_stats.cell_statistics` of those predictions."""
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     backbone = get_backbone(target_model, resolve_device(ctx.device))
     enc = EncodedSplit(backbone, task_data(ctx, target), evaluation.split,
                        evaluation.max_length, evaluation.max_examples, bf16=ctx.bf16)
@@ -344,7 +322,7 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
     for c in todo:
         if c.source_id in preds:
             continue
-        prompt = _load_prompt(storage, c.source)  # (n, d_s)
+        prompt = load_stored_prompt(storage, c.source)  # (n, d_s)
         if c.projector is not None:
             pk = c.projector.projector_key
             if pk not in projectors:
@@ -357,8 +335,8 @@ def _score_cross_model(ctx: RunContext, storage: Storage, target_model: ModelCon
     own_sources = {seed: ("own prompt", r.prompt_key) for seed, r in own.items()
                    if any(c.source.seed == seed for c in todo)}
     for seed, own_id in own_sources.items():
-        preds[own_id] = enc.predict(_load_prompt(storage, own[seed], backbone.hidden_size),
-                                    evaluation.batch_size)
+        own_prompt = load_stored_prompt(storage, own[seed], backbone.hidden_size)
+        preds[own_id] = enc.predict(own_prompt, evaluation.batch_size)
     stats = cell_statistics({c.source_id: c.source.seed for c in todo}, preds, enc.labels,
                             enc.n_labels, own=own_sources, metrics=METRICS, n_boot=N_BOOT)
     now = now_utc()
@@ -443,7 +421,7 @@ def tpt_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, source: P
     where = {"study": ctx.study, "model": model.name, "target_task": target.name}
     label = f"tpt {model.name}/{target.name} <- {source_label}"
     return _once(ctx, storage, "tpt", where, key, label,
-                 lambda: _stored_row(storage, "tpt", where, key, TptRow, "tpt_key"),
+                 lambda: stored_row(storage, "tpt", where, key, TptRow, "tpt_key"),
                  lambda: _train_tpt(ctx, storage, model, target, source, projector, baseline,
                                     train, tpt, seed, pkey, key, k, label))
 
@@ -452,10 +430,10 @@ def _train_tpt(ctx: RunContext, storage: Storage, model: ModelConfig, target: Nl
                source: PromptRow, projector: ProjectorRow | None, baseline: PromptRow,
                train: TrainConfig, tpt: TptConfig, seed: int, pkey: str, key: str, k: int,
                label: str) -> TptRow:
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     device = resolve_device(ctx.device)
     backbone = get_backbone(model, device)
-    init = _load_prompt(storage, source)  # (n, d_source)
+    init = load_stored_prompt(storage, source)  # (n, d_source)
     if projector is not None:
         skey = projector_storage_key(projector.source_model, projector.target_model,
                                      projector.projector_key)

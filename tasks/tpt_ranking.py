@@ -23,15 +23,13 @@ from prompt_core.backbones import resolve_device
 from prompt_core.config import EvalConfig, ModelConfig, TptConfig, stable_hash
 from prompt_core.evaluation import EncodedSplit
 from prompt_core.prompts import prompt_from_bytes
-from tasks.claims import default_owner, unit_claim
+from tasks.claims import default_owner, log_wait, unit_claim
+from tasks.integrity import quarantine_key
 from tasks.tables import PromptRow, TptRankRow, now_utc, read_parts, write_part
 from tasks.units import (
     KEY_VERSION,
     NlpTaskInfo,
     RunContext,
-    _compute_threads,
-    _log_wait,
-    _quarantine,
     get_backbone,
     model_identity,
     prompt_storage_key,
@@ -81,7 +79,7 @@ def rank_tpt_sources_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskIn
     def stored() -> list[TptRankRow] | None:
         table, damaged = read_parts(storage, "tpt_rankings", where)
         for part, why in damaged:
-            _quarantine(storage, part, why)
+            quarantine_key(storage, part, why)
         rows = [TptRankRow(**r) for r in table.to_pylist() if r["rank_key"] == key]
         return rows if len(rows) == n_rows else None
 
@@ -91,7 +89,7 @@ def rank_tpt_sources_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskIn
     label = f"rank tpt sources {model.name} -> {target.name}"
     with unit_claim(storage, f"tpt_rankings-{stable_hash([ctx.study, key])}",
                     default_owner(ctx.run_id), is_done=lambda: stored() is not None,
-                    on_wait=_log_wait(label)):
+                    on_wait=log_wait(label)):
         found = stored()
         if found is not None:
             return RankOutcome(model.name, target.name, key, found, computed=False)
@@ -106,7 +104,7 @@ def rank_tpt_sources_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskIn
 def _score_candidates(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo,
                       own: dict[int, PromptRow], candidates: list[PromptRow], tpt: TptConfig,
                       evaluation: EvalConfig, key: str) -> list[TptRankRow]:
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     storage = ctx.storage()
     backbone = get_backbone(model, resolve_device(ctx.device))
     enc = EncodedSplit(backbone, task_data(ctx, target), RANK_SPLIT, evaluation.max_length,

@@ -35,18 +35,23 @@ from prompt_core.config import (
     ModelConfig,
     TaskConfig,
     TrainConfig,
-    load_nlp_task,
     stable_hash,
 )
-from prompt_core.data import TaskData, TaskDataError, task_from_parquet, task_to_parquet
+from prompt_core.data import (
+    TaskData,
+    TaskDataError,
+    load_nlp_task,
+    task_from_parquet,
+    task_to_parquet,
+)
 from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
-from tasks.claims import Lease, default_owner, unit_claim
+from tasks.claims import default_owner, log_wait, unit_claim
 from tasks.gpu import gpu_slot
-from tasks.integrity import Damage, quarantine
+from tasks.integrity import quarantine_key
 from tasks.storage import Storage, StorageError, open_storage
 from tasks.tables import (
     CellRow,
@@ -166,14 +171,13 @@ class RunContext:
     def storage(self) -> Storage:
         return open_storage(self.storage_root)
 
+    def use_torch_threads(self) -> None:
+        """Compute with the run's torch thread count wherever the unit runs (a thread, a
+        process pool worker, a Dask worker): float reductions, hence scores, depend on it."""
+        import torch
 
-def _compute_threads(ctx: RunContext) -> None:
-    """Compute with the run's torch thread count wherever the unit runs (a thread, a process
-    pool worker, a Dask worker): float reductions, hence scores, depend on it."""
-    import torch
-
-    if ctx.torch_threads and torch.get_num_threads() != ctx.torch_threads:
-        torch.set_num_threads(ctx.torch_threads)
+        if self.torch_threads and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
 
 
 @dataclass
@@ -306,19 +310,12 @@ def prepare_nlp_task(ctx: RunContext, cfg: TaskConfig, cfg_label: str) -> NlpTas
             return dataclasses.replace(info, data_key=key)
         except (TaskDataError, StorageError) as exc:
             _stored_task_cached.cache_clear()
-            _quarantine(storage, key, str(exc))
+            quarantine_key(storage, key, str(exc))
     storage.write_bytes(key, task_to_parquet(get_nlp_task(cfg)))
     return dataclasses.replace(info, data_key=key)
 
 
-def _quarantine(storage: Storage, key: str, why: str) -> str:
-    uri = quarantine(storage, Damage(key, storage.uri(key), "unreadable", why))
-    get_run_logger().warning("damaged %s (%s): moved to %s, recomputing", storage.uri(key),
-                             why, uri)
-    return uri
-
-
-def _prompt_file_ok(storage: Storage, skey: str, key: str, n_tokens: int) -> dict | None:
+def intact_prompt_meta(storage: Storage, skey: str, key: str, n_tokens: int) -> dict | None:
     """The prompt file's metadata if it is complete, readable and the right one, else None
     (a damaged file is quarantined)."""
     if not storage.exists(skey):
@@ -329,23 +326,39 @@ def _prompt_file_ok(storage: Storage, skey: str, key: str, n_tokens: int) -> dic
             raise PromptFileError(f"holds prompt {meta.get('prompt_key')!r} of shape "
                                   f"{tuple(prompt.shape)}")
     except (PromptFileError, StorageError) as exc:
-        _quarantine(storage, skey, str(exc))
+        quarantine_key(storage, skey, str(exc))
         return None
     return meta
 
 
-def _stored_prompt_row(storage: Storage, ctx: RunContext, model: str, key: str
-                       ) -> PromptRow | None:
-    """This study's ``prompts`` row of ``key`` from its own part, if the part is intact."""
-    part = part_path("prompts", {"study": ctx.study, "model": model}, key)
+def stored_row(storage: Storage, table: str, values: dict[str, str], key: str, row_cls: type,
+               key_field: str) -> Any | None:
+    """The row of ``key`` from its own part of ``table``, if the part is intact (a damaged
+    part is quarantined and counts as absent)."""
+    part = part_path(table, values, key)
     if not storage.exists(part):
         return None
     try:
-        rows = read_part(storage, "prompts", part).to_pylist()
-        return next(PromptRow(**r) for r in rows if r["prompt_key"] == key)
+        rows = read_part(storage, table, part).to_pylist()
+        return row_cls(**next(r for r in rows if r[key_field] == key))
     except (StorageError, StopIteration, TypeError) as exc:
-        _quarantine(storage, part, str(exc) or "no row with its key")
+        quarantine_key(storage, part, str(exc) or "no row with its key")
         return None
+
+
+def stored_prompt_row(storage: Storage, ctx: RunContext, model: str, key: str
+                      ) -> PromptRow | None:
+    """This study's ``prompts`` row of ``key`` from its own part, if the part is intact."""
+    return stored_row(storage, "prompts", {"study": ctx.study, "model": model}, key, PromptRow,
+                      "prompt_key")
+
+
+def load_stored_prompt(storage: Storage, row: PromptRow, hidden: int | None = None) -> Any:
+    """A stored prompt (n, D) by its ``prompts`` row."""
+    skey = prompt_storage_key(row.model, row.task, row.prompt_key)
+    prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey), hidden,
+                                  row.n_tokens)
+    return prompt
 
 
 @unit_task(task_run_name="train {model.name}/{info.name} seed={seed}")
@@ -377,7 +390,7 @@ def train_prompt_unit(
     label = f"train {model.name}/{info.name} seed={seed}"
     part = part_path("prompts", {"study": ctx.study, "model": model.name}, key)
     with unit_claim(storage, f"prompt-{key}", default_owner(ctx.run_id),
-                    is_done=lambda: storage.exists(part), on_wait=_log_wait(label)):
+                    is_done=lambda: storage.exists(part), on_wait=log_wait(label)):
         found = _stored_prompt(storage, ctx, model.name, key, skey, train.n_tokens)
         if found is not None:  # stored by the run we waited for
             return found
@@ -385,19 +398,12 @@ def train_prompt_unit(
                                 init_bytes, init_sha)
 
 
-def _log_wait(label: str):
-    def log(lease: Lease) -> None:
-        get_run_logger().info("%s: being computed by %s (claim expires in %.0f s); waiting",
-                              label, lease.owner, lease.remaining())
-    return log
-
-
 def _stored_prompt(storage: Storage, ctx: RunContext, model: str, key: str, skey: str,
                    n_tokens: int) -> TrainOutcome | None:
     """The prompt if stored: this study's row and an intact file; or a file another study
     trained with the same content key, reused (only this study's row is written)."""
-    meta = _prompt_file_ok(storage, skey, key, n_tokens)
-    row = _stored_prompt_row(storage, ctx, model, key) if meta else None
+    meta = intact_prompt_meta(storage, skey, key, n_tokens)
+    row = stored_prompt_row(storage, ctx, model, key) if meta else None
     if row is not None:
         return TrainOutcome(row, skey, trained=False)
     if meta is not None and ROW_FIELDS <= meta.keys():  # another study's file: reuse it
@@ -414,7 +420,7 @@ def _train_and_store(ctx: RunContext, storage: Storage, model: ModelConfig, info
     """Train the prompt and write it: prompt file (+ JSON), curve, then the ``prompts`` part
     last, so its presence means complete."""
     logger = get_run_logger()
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     device = resolve_device(ctx.device)  # InputError (not retried) when the GPU is missing
     backbone = get_backbone(model, device)
     td = task_data(ctx, info)
@@ -509,9 +515,9 @@ def evaluate_target_unit(
         """(the partition's cross_task rows, the cells not done, the keys with rows of every
         metric, the keys with a predictions row): a cell is done when it has both."""
         stored, damaged = read_parts(storage, "cross_task", where)
-        quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
+        quarantined.extend(quarantine_key(storage, k, why) for k, why in damaged)
         preds, damaged = read_parts(storage, "cross_task_predictions", where)
-        quarantined.extend(_quarantine(storage, k, why) for k, why in damaged)
+        quarantined.extend(quarantine_key(storage, k, why) for k, why in damaged)
         df = stored.to_pandas()
         complete = df.groupby("cell_key")["metric"].nunique()
         rows_done = set(complete[complete == len(METRICS)].index)
@@ -527,7 +533,7 @@ def evaluate_target_unit(
     label = f"evaluate {model.name} -> {target.name}"
     with unit_claim(storage, f"cells-{stable_hash([ctx.study, sorted(all_keys)])}",
                     default_owner(ctx.run_id), is_done=lambda: not stored_cells()[1],
-                    poll_s=2.0, on_wait=_log_wait(label)):
+                    poll_s=2.0, on_wait=log_wait(label)):
         stored_df, todo, rows_done, preds_done = stored_cells()
         if not todo:
             return EvalOutcome(model.name, target.name, all_keys, 0, len(cells), None,
@@ -560,7 +566,7 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
     rows' statistics are :func:`prompt_core.cell_stats.cell_statistics` of the predictions
     (reference cells not rescored: their stored rows)."""
     all_keys = [c.key for c in cells]
-    _compute_threads(ctx)
+    ctx.use_torch_threads()
     backbone = get_backbone(model, resolve_device(ctx.device))
     backbone.check_lengths(train.n_tokens, evaluation.max_length)
     td = task_data(ctx, target)

@@ -293,7 +293,9 @@ def test_claim_whose_put_landed_but_was_reported_lost_is_ours(moto_store):
 
 # -- unit_claim --------------------------------------------------------------------------------
 def test_heartbeat_keeps_the_claim_past_its_ttl(store):
-    ttl = 0.6
+    # the heartbeat renews every ttl/3: a TTL long enough that a busy machine's stalls (a
+    # renewal late by under 2/3 of it) do not let the intruder in
+    ttl = 1.5
     with unit_claim(store, "hb", "holder", is_done=lambda: False, ttl_s=ttl, wait_s=0) as mine:
         assert mine is True
         first = claims.read_claim(store, "hb")
@@ -402,7 +404,9 @@ def test_superseded_holder_stops_renewing_and_leaves_the_new_claim(store):
         taker = Lease("s", "fast-clock-taker", uuid.uuid4().hex, time.time() + 30, held.token)
         assert store.create_bytes(taker.storage_key, taker.to_bytes())
         assert renew(store, held, ttl) is None and release(store, held) is False
-        time.sleep(ttl / 2)  # a renewal in flight when the taker came may still land
+        # a renewal in flight when the taker came may still land: a whole TTL (three
+        # heartbeat ticks) is a generous margin for it on a busy machine
+        time.sleep(ttl)
         head = store.read_bytes(claims.claim_key("s"))
         time.sleep(ttl)  # the heartbeat ticks every ttl/3: it must not write the head again
         assert store.read_bytes(claims.claim_key("s")) == head

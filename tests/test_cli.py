@@ -162,13 +162,13 @@ def test_cli_error_line_never_wrapped(monkeypatch, capsys):
     import typer
     from rich.console import Console
 
-    from flows import cli
+    from flows import cli_support
 
-    monkeypatch.setattr(cli, "console", Console(stderr=True, width=40))
+    monkeypatch.setattr(cli_support, "console", Console(stderr=True, width=40))
     msg = ("task 'x' split 'train' (/a/rather/long/path/to/the/task): 1 empty text_a "
            "value(s); first at row 0 [not markup]")
     with pytest.raises(typer.Exit):
-        cli._fail(msg, 2)
+        cli_support.fail(msg, 2)
     assert capsys.readouterr().err.splitlines() == [f"error: {msg}"]
 
 
@@ -197,14 +197,14 @@ def test_prefect_run_errors_kept_off_the_console():
     """While a run is reported by the CLI, Prefect's ERROR records of flow/task runs (with
     their tracebacks) do not reach the console handlers; other records do, and the filter is
     gone afterwards."""
-    from flows.cli import _quiet_prefect_errors
+    from flows.runtime import quiet_prefect_errors
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with _quiet_prefect_errors(True):
+        with quiet_prefect_errors(True):
             try:
                 raise ValueError("boom")
             except ValueError:

@@ -1,4 +1,4 @@
-"""prompt_core.config: study files, their error messages, TrainConfig, load_nlp_task."""
+"""prompt_core.config: study files, their error messages, TrainConfig; data.load_nlp_task."""
 
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ from prompt_core.config import (
     StudyFileError,
     TaskConfig,
     TrainConfig,
-    load_nlp_task,
     load_study,
     parse_study,
     stable_hash,
 )
-from prompt_core.data import SPLITS, TaskDataError, builtin_task_names, load_builtin_task
+from prompt_core.data import (
+    SPLITS,
+    TaskDataError,
+    builtin_task_names,
+    load_builtin_task,
+    load_nlp_task,
+)
 from prompt_core.errors import InputError
 from tests.core_helpers import write_task_folder
 
@@ -314,10 +319,27 @@ def test_backbone_options_are_validated_by_kind():
 
 
 def test_backbone_options_come_from_the_class_signatures():
-    from prompt_core.config import backbone_options
+    """A study's options of a kind are declared without torch (prompt_core.backbone_kinds) and
+    match the keyword parameters of the kind's class (checked when the class registers)."""
+    from prompt_core.backbone_kinds import KINDS
+    from prompt_core.backbones import BACKBONES, kind_spec_of, register_backbone
+    from prompt_core.config import backbone_option_defaults, backbone_options
 
     assert backbone_options("encoder") == {"temperature": float, "pool": Literal["text", "all"]}
+    assert backbone_option_defaults("encoder") == {"temperature": 0.05, "pool": "text"}
     assert backbone_options("mlm") == {}
+    assert set(BACKBONES) == set(KINDS)
+    for kind, cls in BACKBONES.items():
+        assert kind_spec_of(cls) == KINDS[kind]
+
+    class Drifted(BACKBONES["encoder"]):
+        def __init__(self, model, tokenizer, model_id, device="cpu", temperature: float = 0.1,
+                     pool="text"):
+            super().__init__(model, tokenizer, model_id, device, temperature, pool)
+
+    with pytest.raises(TypeError, match="does not match its kind 'encoder'"):
+        register_backbone(Drifted)
+    assert BACKBONES["encoder"] is not Drifted
 
 
 # --- names and numbers (issue 5, item 11) --------------------------------------------------

@@ -180,7 +180,7 @@ def test_cli_needs_out():
 
 
 def test_cli_distill_defaults_are_the_library_defaults():
-    from flows.cli import derive_distill
+    from flows.cli_derive import derive_distill
 
     lib = inspect.signature(derive.distill).parameters
     for name, p in inspect.signature(derive_distill).parameters.items():

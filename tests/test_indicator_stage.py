@@ -113,13 +113,13 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     # the UI: the scatter inline (equal to the PNG in storage), the correlation and
     # recommender tables from exactly these rows, the summary's section
     from flows.publish_indicators import ranking_tables
-    from tests.test_publish_stages import _artifacts, _inline_png, _table
+    from tests.artifact_helpers import flow_artifacts, inline_png, table_data
 
-    arts = _artifacts(r.run_id)
-    png, img = _inline_png(arts["indicators-tiny"].data)
+    arts = flow_artifacts(r.run_id)
+    png, img = inline_png(arts["indicators-tiny"].data)
     assert open(r.heatmaps["indicators tiny"].removeprefix("file://"), "rb").read() == png
     assert img[..., :3].std() > 0.05
-    got = _table(arts["correlations-tiny"])
+    got = table_data(arts["correlations-tiny"])
     assert len(got) == len(corr[corr["scope"] == "all"])
     assert {(g["indicator"], g["measure"], g["method"], g["n_pairs"]) for g in got} == {
         (c.indicator, c.measure, c.method, c.n_pairs)
@@ -128,7 +128,7 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
             for g in got} == {(c.indicator, c.measure, c.method, 0, None)
                               for c in mean.itertuples()}
     want = ranking_tables(rec)[1].set_index("method")
-    got = {g["method"]: g for g in _table(arts["recommender-tiny"])}
+    got = {g["method"]: g for g in table_data(arts["recommender-tiny"])}
     assert set(got) == set(want.index)
     for method, g in got.items():
         assert g["hit_at_1"] == pytest.approx(want.loc[method, "hit_at_1"], abs=1e-4)

@@ -282,3 +282,38 @@ def test_prompt_file_errors(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(PromptFileError, match=f"{bad}: not a valid safetensors file"):
         load_prompt_file(bad)
+
+
+def test_inspect_prompt_bytes_checks_a_file_as_prompt_from_bytes_does():
+    """prompt_file.inspect_prompt_bytes (numpy, for validating a study without torch) accepts
+    and refuses exactly what prompt_from_bytes does, with the same message."""
+    from prompt_core.prompt_file import inspect_prompt_bytes
+
+    nan = torch.tensor([[1.0, float("nan")]])
+    files = {
+        "ok": prompt_to_bytes(torch.ones(4, 8), {"a": 1}),
+        "bf16": st_save({TENSOR_NAME: torch.ones(4, 8, dtype=torch.bfloat16)}),
+        "bf16-nan": st_save({TENSOR_NAME: nan.to(torch.bfloat16)}),
+        "f16-inf": st_save({TENSOR_NAME: torch.tensor([[1.0, float("inf")]]).half()}),
+        "f64": st_save({TENSOR_NAME: torch.ones(2, 3, dtype=torch.float64)}),
+        "int": st_save({TENSOR_NAME: torch.ones(2, 3, dtype=torch.int64)}),
+        "bad-meta": st_save({TENSOR_NAME: torch.ones(2, 3)}, metadata={META_KEY: "{x"}),
+        "3-d": st_save({TENSOR_NAME: torch.ones(2, 3, 4)}),
+        "other-name": st_save({"weights": torch.ones(2, 3)}),
+        "junk": b"junk",
+    }
+
+    def outcome(read, data, name, **kw):
+        try:
+            return read(data, name, **kw)
+        except PromptFileError as e:
+            return str(e)
+
+    for name, data in files.items():
+        for kw in ({}, {"hidden_size": 8, "n_tokens": 4}):
+            torch_way = outcome(prompt_from_bytes, data, name, **kw)
+            numpy_way = outcome(inspect_prompt_bytes, data, name, **kw)
+            if isinstance(torch_way, tuple):
+                torch_way = (tuple(torch_way[0].shape), torch_way[1])
+            assert numpy_way == torch_way, (name, kw)
+    assert inspect_prompt_bytes(files["ok"], "ok")[1]["a"] == 1

@@ -178,7 +178,7 @@ def test_run_artifacts_read_back_through_the_api(prefect_harness, tiny_models, t
 def test_summary_lines_give_the_difference_with_its_interval_and_the_seed_spread():
     from flows.publish import transfer_lines
     from prompt_core.analysis import over_seeds, same_minus_diff_interval
-    from tests.test_seed_summaries import coin, four_tasks
+    from tests.stats_helpers import coin, four_tasks
 
     cells, preds = four_tasks(coin(0.9), coin(0.6, salt=1), n=40, seeds=(0, 1),
                               none_hit=coin(0.5, salt=2))
@@ -209,9 +209,9 @@ def test_summary_lines_count_the_undefined_transfer_gain_resamples():
     have no gain there and are counted beside the interval."""
     from flows.publish import transfer_lines
     from prompt_core.analysis import same_minus_diff_interval
-    from tests.test_reference_stats import TYPES, _known_targets, _tables
+    from tests.stats_helpers import TYPES, gain_tables, known_targets
 
-    cells, preds = _tables(_known_targets("a1", "copy"), dict.fromkeys(TYPES, True))
+    cells, preds = gain_tables(known_targets("a1", "copy"), dict.fromkeys(TYPES, True))
     gain = same_minus_diff_interval(cells, preds, value="transfer_gain")
     assert 0 < gain["n_undefined"] < 1000
     rel_line, gain_line = transfer_lines(cells, preds)

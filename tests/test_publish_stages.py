@@ -6,8 +6,6 @@ summary lines. Artifacts are read back through the Prefect API."""
 from __future__ import annotations
 
 import base64
-import io
-import json
 import re
 
 import numpy as np
@@ -16,39 +14,10 @@ import pytest
 
 from prompt_core.analysis import MixedCellsError, cross_model_summary, tpt_metrics
 from tasks.storage import open_storage
+from tests.artifact_helpers import decode_png, flow_artifacts, inline_png, table_data
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SRC, TGT = "MiniLM_v2", "bert.tiny"  # not key characters: keys minilm-v2, bert-tiny
 STUDY, RUN = "stage-study", "run-0001"
-
-
-def _decode(data_uri: str) -> tuple[bytes, np.ndarray]:
-    import matplotlib.image
-
-    assert data_uri.startswith("data:image/png;base64,")
-    png = base64.b64decode(data_uri.split(",", 1)[1], validate=True)
-    assert png[:8] == PNG_SIGNATURE
-    return png, matplotlib.image.imread(io.BytesIO(png), format="png")
-
-
-def _inline_png(markdown: str) -> tuple[bytes, np.ndarray]:
-    (uri,) = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", markdown)
-    return _decode(uri)
-
-
-def _artifacts(flow_run_id) -> dict[str, object]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in arts if a.key}
-
-
-def _table(artifact) -> list[dict]:
-    assert artifact.type == "table"
-    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
 
 
 def _in_flow(fn):
@@ -136,7 +105,7 @@ def test_cross_model_and_tpt_artifacts_read_back_through_the_api(prefect_harness
     flow_run_id, (xm_uris, tpt_uris) = _in_flow(lambda: (
         publish_cross_model(storage, STUDY, RUN, xm),
         publish_tpt(storage, STUDY, RUN, tpt, curves)))
-    arts = _artifacts(flow_run_id)
+    arts = flow_artifacts(flow_run_id)
     assert {"cross-model-minilm-v2-to-bert-tiny", "cross-model-bert-tiny-to-minilm-v2",
             "cross-model-summary", "tpt-curves-minilm-v2", "tpt-minilm-v2"} == set(arts)
 
@@ -148,7 +117,7 @@ def test_cross_model_and_tpt_artifacts_read_back_through_the_api(prefect_harness
         assert uri == storage.uri(f"artifacts/{RUN}/cross_model_{src}_to_{tgt}.png")
         md = arts[f"cross-model-{key}"]
         assert md.type == "markdown"
-        png, img = _inline_png(md.data)
+        png, img = inline_png(md.data)
         assert open(uri, "rb").read() == png
         assert img.shape[0] > 200 and img.shape[1] > 200 and img[..., :3].std() > 0.1
         caption = md.data.split("\n", 1)[0]
@@ -157,7 +126,7 @@ def test_cross_model_and_tpt_artifacts_read_back_through_the_api(prefect_harness
             assert part in caption, (part, caption)
         assert uri in md.data and "file://" not in md.data
     # the summary table: exactly cross_model_summary of the rows, rounded
-    got = _table(arts["cross-model-summary"])
+    got = table_data(arts["cross-model-summary"])
     want = cross_model_summary(xm).to_dict("records")
     assert len(got) == len(want) == 5  # 2 objectives one way, 3 the other
     for g, w in zip(got, want, strict=True):
@@ -168,12 +137,12 @@ def test_cross_model_and_tpt_artifacts_read_back_through_the_api(prefect_harness
     # TPT curves: inline PNG equal to the stored one; the table equals the rows
     assert tpt_uris == {SRC: storage.uri(f"artifacts/{RUN}/tpt_curves_{SRC}.png")}
     md = arts["tpt-curves-minilm-v2"]
-    png, img = _inline_png(md.data)
+    png, img = inline_png(md.data)
     assert open(tpt_uris[SRC], "rb").read() == png
     assert img[..., :3].std() > 0.1
     for part in (STUDY, SRC, RUN, "random-init", "dashed", "0.9 x"):
         assert part in md.data.split("\n", 1)[0], part
-    got = _table(arts["tpt-minilm-v2"])
+    got = table_data(arts["tpt-minilm-v2"])
     want = tpt_table(tpt)
     assert len(got) == len(tpt) == 20  # 4 targets x 2 seeds x (1 or 2 same-model + 1)
     assert {r["source"] for r in got} == {"t1", "t2", f"{TGT}/t3"}
@@ -188,7 +157,7 @@ def test_cross_model_and_tpt_artifacts_read_back_through_the_api(prefect_harness
 
 
 def test_tpt_figure_is_small_and_shows_every_curve():
-    from flows.publish import _indexed_curves, _png, tpt_figure
+    from flows.publish import _indexed_curves, palette_png, tpt_figure
 
     rows, curves = _tpt_inputs(targets=tuple(f"t{i}" for i in range(1, 11)))
     by_key = _indexed_curves(curves, set(rows["tpt_prompt_key"])
@@ -204,8 +173,8 @@ def test_tpt_figure_is_small_and_shows_every_curve():
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [
         "random init", f"{TGT}/t3", "t1", "t2", "target (0.9 x random-init best)"]
-    png = _png(fig)
-    _, img = _decode("data:image/png;base64," + base64.b64encode(png).decode())
+    png = palette_png(fig)
+    _, img = decode_png("data:image/png;base64," + base64.b64encode(png).decode())
     assert len(base64.b64encode(png)) < 100_000, len(png)
     assert 600 <= img.shape[1] <= 1100 and 600 <= img.shape[0] <= 1200, img.shape
 

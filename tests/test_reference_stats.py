@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 
@@ -21,6 +20,7 @@ from prompt_core.analysis import (
 )
 from prompt_core.cell_stats import cell_statistics
 from prompt_core.evaluation import accuracy, macro_f1
+from tests.stats_helpers import TYPES, gain_tables, hits_first, known_targets
 
 pytestmark = pytest.mark.reference
 
@@ -96,15 +96,11 @@ def test_macro_f1_by_hand():
 # -- relative score and transfer_gain's rule -----------------------------------------------
 
 
-def _hits(n: int, right: int, gold: np.ndarray) -> np.ndarray:
-    """Predictions right on the first ``right`` examples, wrong (the other label) after."""
-    return np.where(np.arange(n) < right, gold, 1 - gold)
-
-
 def test_relative_score_is_score_over_the_own_prompts_score():
     n = 20
     gold = np.arange(n) % 2
-    preds = {"src": _hits(n, 12, gold), "own": _hits(n, 16, gold), "zero": _hits(n, 0, gold)}
+    preds = {"src": hits_first(n, 12, gold), "own": hits_first(n, 16, gold),
+             "zero": hits_first(n, 0, gold)}
     out = cell_statistics({"src": 0}, preds, gold, 2, own={0: "own"}, n_boot=50)
     st = out["src", "accuracy"]
     assert (st.score, st.own_score) == (0.6, 0.8)
@@ -139,8 +135,8 @@ def test_cell_statistics_takes_own_low_from_the_own_prompts_interval():
     seed) as ``own_low``: a narrow own gain inside it gives None, a clear one the ratio."""
     n = 20
     gold = np.arange(n) % 2
-    preds = {"src": _hits(n, 20, gold), "barely": _hits(n, 11, gold),
-             "clear": _hits(n, 20, gold), "none": _hits(n, 10, gold)}
+    preds = {"src": hits_first(n, 20, gold), "barely": hits_first(n, 11, gold),
+             "clear": hits_first(n, 20, gold), "none": hits_first(n, 10, gold)}
     barely_low = bootstrap_interval(preds["barely"], gold, 2, "accuracy", 1000, seed=5)[0]
     assert barely_low < 0.5  # none (0.5) is inside the own prompt's interval
     got = cell_statistics({"src": 5}, preds, gold, 2, own={5: "barely"}, none={5: "none"})
@@ -154,61 +150,12 @@ def test_cell_statistics_takes_own_low_from_the_own_prompts_interval():
 
 # -- same_minus_diff_interval(value="transfer_gain") ---------------------------------------
 
-N = 20
-GOLD = np.arange(N) % 2
-TYPES = {"a1": "A", "a2": "A", "b1": "B", "b2": "B"}
-
-
-def _tables(hits: dict[tuple[str, str], np.ndarray], gain: dict[str, bool]
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cross_task rows, cross_task_predictions rows), seed 0, accuracy, from predictions
-    ``hits[(source, target)]`` (a source ``none`` is no prompt). The stored transfer_gain is
-    the rule's: with the own score's bootstrap interval where ``gain[target]`` is False (so
-    a narrow own gain gets None), without (the plain own > none rule) where it is True."""
-    acc = {k: accuracy(v, GOLD) for k, v in hits.items()}
-    cells, preds = [], []
-    for (src, tgt), pred in hits.items():
-        kind = "none" if src == "none" else "prompt"
-        key = f"{src}->{tgt}"
-        score, own, none = acc[src, tgt], acc[tgt, tgt], acc["none", tgt]
-        own_low = (None if gain[tgt] else
-                   bootstrap_interval(hits[tgt, tgt], GOLD, 2, "accuracy", 1000, seed=0)[0])
-        cells.append({"cell_key": key, "source_kind": kind,
-                      "source_task": src if kind == "prompt" else None, "target_task": tgt,
-                      "seed": 0, "metric": "accuracy", "score": score,
-                      "same_type": TYPES[src] == TYPES[tgt] if kind == "prompt" else None,
-                      "relative_score": score / own,
-                      "transfer_gain": transfer_gain(score, none, own, own_low=own_low)})
-        preds.append({"cell_key": key, "predicted": pred.tolist(), "gold": GOLD.tolist(),
-                      "n_labels": 2})
-    return pd.DataFrame(cells), pd.DataFrame(preds)
-
-
-def _known_targets(narrow: str, narrow_sources: str) -> dict[tuple[str, str], np.ndarray]:
-    """Every target but ``narrow``: own prompt all right, no prompt all wrong (own - none = 1
-    on every resample), same-type sources copy the own prompt's predictions (gain exactly 1
-    on every resample), different-type ones copy no prompt's (gain 0). ``narrow``: own right
-    on the first 11 examples, none on the first 10, so own - none = 1/20 and is 0 on a
-    resample that misses example 10; its sources copy the own prompt / no prompt as above
-    (``narrow_sources="copy"``) or are all right (``"right"``: gain (1 - 0.5) / 0.05 = 10)."""
-    hits = {}
-    for t in TYPES:
-        own, none = ((_hits(N, 11, GOLD), _hits(N, 10, GOLD)) if t == narrow
-                     else (_hits(N, N, GOLD), _hits(N, 0, GOLD)))
-        hits[t, t], hits["none", t] = own, none
-        for s in TYPES:
-            if s != t:
-                copy = own if TYPES[s] == TYPES[t] else none
-                hits[s, t] = copy if t != narrow or narrow_sources == "copy" else _hits(N, N, GOLD)
-    return hits
-
-
 def test_a_cell_without_a_stored_gain_never_enters_a_resample():
     """b1's own prompt beats no prompt by 1/20, inside its interval: its cells have no stored
     gain. Their ratio (10 on the full data, undefined when a resample misses example 10)
     must not reach any resample: every defined resample gives exactly 1 - 0, and no resample
     is undefined because of them."""
-    cells, preds = _tables(_known_targets("b1", "right"),
+    cells, preds = gain_tables(known_targets("b1", "right"),
                            {"a1": True, "a2": True, "b1": False, "b2": True})
     b1 = cells[(cells["target_task"] == "b1") & (cells["source_kind"] == "prompt")]
     assert b1["transfer_gain"].isna().all()  # the rule: none (0.5) >= the own interval's low
@@ -229,7 +176,7 @@ def test_resamples_where_a_gain_cells_own_minus_none_is_not_positive_are_undefin
     undefined (counted, not averaged without a1's cells). A draw of a1 misses it with
     probability q = (19/20)^20 = 0.358, and a resample draws a1 Binomial(4, 1/4) times, so
     about 1 - (1 - q/4)^4 = 31% of the resamples are undefined."""
-    cells, preds = _tables(_known_targets("a1", "copy"), dict.fromkeys(TYPES, True))
+    cells, preds = gain_tables(known_targets("a1", "copy"), dict.fromkeys(TYPES, True))
     assert cells[cells["source_kind"] == "prompt"]["transfer_gain"].notna().all()
     r = same_minus_diff_interval(cells, preds, value="transfer_gain", n_boot=1000, seed=2)
     s = transfer_summary(cells)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from flows.transfer_matrix import observe_progress, run_study
+from flows.transfer_matrix import run_study
 from prompt_core.config import parse_study
 from tasks.storage import open_storage
 from tasks.tables import read_table
@@ -57,12 +57,15 @@ def test_threads_processes_and_dask_give_identical_tables(prefect_harness, tiny_
     for kind in ("threads", "processes", "dask", "dask-address"):
         study = parse_study({**base, "storage": str(tmp_path / kind)})
         events: list = []
-        with observe_progress(lambda *e, ev=events: ev.append(e)):
-            if kind == "dask-address":
-                with _existing_dask_cluster(monkeypatch) as address:
-                    results[kind] = run_study(study, dask_address=address)
-            else:
-                results[kind] = run_study(study, task_runner=kind, max_workers=2)
+        def observer(*e, ev=events):
+            ev.append(e)
+
+        if kind == "dask-address":
+            with _existing_dask_cluster(monkeypatch) as address:
+                results[kind] = run_study(study, dask_address=address, observer=observer)
+        else:
+            results[kind] = run_study(study, task_runner=kind, max_workers=2,
+                                      observer=observer)
         seen[kind] = events
         assert os.environ.get("PREFECT_API_URL") == api_env  # the runner's env is restored
 
@@ -90,7 +93,7 @@ def test_runner_config_picks_the_task_runner():
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from flows.transfer_matrix import make_task_runner, torch_threads_per_unit
+    from flows.runtime import make_task_runner, torch_threads_per_unit
     from prompt_core.config import RunnerConfig
 
     assert isinstance(make_task_runner(RunnerConfig(max_workers=3)), ThreadPoolTaskRunner)

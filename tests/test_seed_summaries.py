@@ -18,70 +18,9 @@ from prompt_core.analysis import (
     over_seeds,
     same_minus_diff_interval,
     seed_summaries,
-    transfer_gain,
     transfer_summary,
 )
-
-TYPES = {"a1": "A", "a2": "A", "b1": "B", "b2": "B"}
-
-
-def tables(correct: dict[tuple[str, str, int], np.ndarray], types: dict[str, str] = TYPES
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cross_task rows, cross_task_predictions rows) from correctness patterns:
-    ``correct[(source, target, seed)]`` is a bool array over the target's examples; a source
-    ``none`` / ``random`` is that baseline. Gold labels alternate 0, 1; a wrong prediction is
-    the other label. Scores, relative scores (own prompt = ``(target, target, seed)``) and
-    transfer gains are computed as the evaluation unit does (accuracy only)."""
-    acc = {k: float(np.mean(v)) for k, v in correct.items()}
-    cells, preds = [], []
-    for (src, tgt, seed), hit in correct.items():
-        kind = src if src in ("none", "random") else "prompt"
-        key = f"{src}->{tgt}#{seed}"
-        gold = np.arange(len(hit)) % 2
-        score, own = acc[(src, tgt, seed)], acc.get((tgt, tgt, seed))
-        cells.append({
-            "cell_key": key, "source_kind": kind,
-            "source_task": src if kind == "prompt" else None, "target_task": tgt,
-            "seed": seed, "metric": "accuracy", "score": score,
-            "same_type": types[src] == types[tgt] if kind == "prompt" else None,
-            "relative_score": score / own if own else None,
-            "transfer_gain": transfer_gain(score, acc.get(("none", tgt, seed)), own)})
-        preds.append({"cell_key": key, "predicted": np.where(hit, gold, 1 - gold).tolist(),
-                      "gold": gold.tolist(), "n_labels": 2})
-    return pd.DataFrame(cells), pd.DataFrame(preds)
-
-
-def four_tasks(same_hit, diff_hit, n: int = 40, seeds=(0,), none_hit=None):
-    """Four targets (two per type): own prompts all correct; the same-type source on each
-    target gets ``same_hit(n, target, seed)``, each different-type source ``diff_hit``."""
-    correct = {}
-    for seed in seeds:
-        for t in TYPES:
-            correct[(t, t, seed)] = np.ones(n, bool)
-            for s in TYPES:
-                if s != t:
-                    f = same_hit if TYPES[s] == TYPES[t] else diff_hit
-                    correct[(s, t, seed)] = np.asarray(f(n, t, seed), bool)
-            if none_hit is not None:
-                correct[("none", t, seed)] = np.asarray(none_hit(n, t, seed), bool)
-    return tables(correct)
-
-
-def halves(first: bool):
-    """Correct on the first (or second) half of the examples: accuracy 0.5 either way, but
-    a resample's two halves move in opposite directions."""
-    return lambda n, t, s: (np.arange(n) < n // 2) == first
-
-
-def coin(p: float, salt: int = 0):
-    """Correct on a fixed pseudo-random fraction ``p`` of the examples."""
-    def hit(n, t, s):
-        rng = np.random.default_rng([sum(map(ord, t)), s, salt])
-        out = np.zeros(n, bool)
-        out[rng.choice(n, size=round(p * n), replace=False)] = True
-        return out
-    return hit
-
+from tests.stats_helpers import coin, four_tasks, halves, tables
 
 # -- the interval ---------------------------------------------------------------------------
 

@@ -121,9 +121,9 @@ def test_stages_write_their_tables_and_compute_only_new_units(
     assert (tpt["score_at_step"] == 2).all()  # eval_every
 
     # the UI shows each stage: the pair's heatmap and the TPT curves inline, from this run
-    from tests.test_publish_stages import _artifacts
+    from tests.artifact_helpers import flow_artifacts
 
-    arts = _artifacts(r.run_id)
+    arts = flow_artifacts(r.run_id)
     for key in ("cross-model-tiny-to-tiny48", "tpt-curves-tiny48"):
         assert "data:image/png;base64," in arts[key].data
     assert {"cross-model-summary", "tpt-tiny48"} <= set(arts)

@@ -53,7 +53,9 @@ def test_check_writable_silent_endpoint_overall_deadline(silent):
     err, took = timed(s.check_writable, deadline=1.5)
     assert isinstance(err, StorageTimeoutError)
     assert str(err) == f"S3 endpoint {silent} did not answer within 1.5 s (storage root s3://b/p)"
-    assert 1.4 < took < 4.5
+    # the lower bound proves the probe waited out its deadline; the upper one only that it
+    # stopped there and not at the 600 s per-request timeouts: generous for a busy machine
+    assert 1.4 < took < 30
 
 
 def test_operations_silent_endpoint_bounded_by_timeouts_and_attempts(silent):
@@ -83,7 +85,7 @@ def test_operation_deadline_cancels_long_retries(silent):
         assert isinstance(err, StorageTimeoutError)
         assert f"s3://b/p: S3 endpoint {silent} did not answer within 1 s" in str(err).replace(
             "s3://b/p/k", "s3://b/p")
-        assert took < 3
+        assert took < 20  # the 1 s deadline, not the 30 s read timeout (generous: busy machine)
 
 
 def test_timeouts_from_environment_reach_the_client(silent, s3_env):
@@ -96,7 +98,7 @@ def test_timeouts_from_environment_reach_the_client(silent, s3_env):
     assert s.deadline == 600
     err, took = timed(s.read_bytes, "k")
     assert "read timeout 0.3 s, 2 attempts" in str(err) and silent in str(err)
-    assert took < 6
+    assert took < 20  # not the default 30 s read timeout (generous: busy machine)
 
 
 def test_s3_defaults_are_bounded(s3_env):
@@ -133,7 +135,7 @@ def test_bad_max_attempts_named(s3_env, value):
 def test_check_readable(tmp_path, silent):
     err, took = timed(Storage("s3://b/p", {"endpoint_url": silent}).check_readable, deadline=1)
     assert str(err) == f"S3 endpoint {silent} did not answer within 1 s (storage root s3://b/p)"
-    assert took < 3
+    assert took < 20  # the 1 s deadline, not the 30 s read timeout (generous: busy machine)
     with pytest.raises(StorageError, match=f"storage root {tmp_path / 'absent'} does not exist"):
         Storage(str(tmp_path / "absent")).check_readable()
     Storage(str(tmp_path)).check_readable()

@@ -187,6 +187,10 @@ def test_registry_has_first_tables():
     assert TABLES["cross_task"].partition_by == ("study", "model", "target_task")
     assert TABLES["runs"].partition_by == ("study",)
     assert TABLES["cross_task"].schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    # the layout the views and run_keys read (tests/test_table_registry.py: what is derived)
+    assert TABLES["cross_task"].row_id == ("metric",) and TABLES["cross_task"].current_view
+    assert TABLES["projectors"].model_column == "target_model"
+    assert not TABLES["runs"].current_view and TABLES["runs"].model_column is None
     with pytest.raises(ValueError, match="already registered"):
         tables.register_table(
             tables.TableSpec("runs", pa.schema([("run_id", pa.string())]), (), "run_id", "x")

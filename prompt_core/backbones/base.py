@@ -39,9 +39,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from prompt_core.backbone_kinds import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.backbones.device import autocast, resolve_device
-from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
+from prompt_core.prompt_file import check_prompt_shape
 
 
 class LengthError(InputError):
@@ -412,8 +413,6 @@ class Backbone(ABC):
         """``prompt`` checked to be (n, D) for this model, as float32 on the device."""
         if prompt is None:
             return None
-        from prompt_core.prompts import check_prompt_shape  # prompts imports backbones
-
         check_prompt_shape(prompt.detach(), self.hidden_size,
                            where=f"soft prompt for {self.model_id}")
         return prompt.detach().to(self.device, torch.float32)

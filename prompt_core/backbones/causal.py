@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from prompt_core.backbone_kinds import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.backbones.base import (
     Backbone,
     Encoded,
@@ -33,8 +34,8 @@ from prompt_core.backbones.base import (
     Stimulus,
     prepend_prompt,
 )
-from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
+from prompt_core.prompt_file import PromptFileError
 
 
 class LabelWordError(InputError):
@@ -134,9 +135,6 @@ class CausalBackbone(Backbone):
         n = 0
         if prompt is not None:
             if prompt.ndim != 2 or prompt.shape[1] != self.hidden_size:
-                # imported here: prompt_core.prompts imports prompt_core.backbones
-                from prompt_core.prompts import PromptFileError
-
                 raise PromptFileError(
                     f"prompt: shape {tuple(prompt.shape)} does not fit {self.model_id}: expected "
                     f"(n_tokens, {self.hidden_size}) (hidden size {self.hidden_size})"

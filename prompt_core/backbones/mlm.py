@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from prompt_core.backbone_kinds import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.backbones.base import Backbone, Encoded, EncodeError, Stimulus
-from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.errors import InputError
 
 

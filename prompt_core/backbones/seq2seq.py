@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from prompt_core.backbone_kinds import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.backbones.base import Backbone, Encoded, Stimulus, prepend_prompt
-from prompt_core.config import DEFAULT_ON_POSITION, OnPosition
+from prompt_core.prompt_file import check_prompt_shape
 
 
 @dataclass
@@ -105,8 +106,6 @@ class Seq2SeqBackbone(Backbone):
     def _check_prompt(self, prompt: torch.Tensor | None) -> None:
         """A prompt that does not fit the model raises a PromptFileError with both shapes."""
         if prompt is not None and (prompt.ndim != 2 or prompt.shape[1] != self.hidden_size):
-            from prompt_core.prompts import check_prompt_shape  # prompts imports backbones
-
             check_prompt_shape(prompt.detach(), self.hidden_size,
                                where=f"soft prompt for {self.model_id}")
 

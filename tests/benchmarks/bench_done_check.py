@@ -33,9 +33,9 @@ from tasks.storage import Storage, open_storage
 from tasks.tables import CellRow, PromptRow, now_utc, read_parts, read_table, write_part
 from tasks.units import (
     RunContext,
-    _prompt_file_ok,
-    _stored_prompt_row,
+    intact_prompt_meta,
     prompt_storage_key,
+    stored_prompt_row,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.s3_server
@@ -117,8 +117,8 @@ def own_part(storage: Storage, rows: list[PromptRow]) -> int:
     done = 0
     for r in rows:
         skey = prompt_storage_key(MODEL, r.task, r.prompt_key)
-        ok = _prompt_file_ok(storage, skey, r.prompt_key, 4) is not None
-        done += int(ok and _stored_prompt_row(storage, ctx, MODEL, r.prompt_key) is not None)
+        ok = intact_prompt_meta(storage, skey, r.prompt_key, 4) is not None
+        done += int(ok and stored_prompt_row(storage, ctx, MODEL, r.prompt_key) is not None)
     for r in rows:
         table, damaged = read_parts(storage, "cross_task", {"study": STUDY, "model": MODEL,
                                                             "target_task": r.task})

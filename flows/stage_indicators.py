@@ -10,22 +10,31 @@ Per model (``indicators.models``, default all), after the cross-task matrix:
 4. ``correlate <model>`` and ``recommend <model>``: correlations of every indicator with the
    run's matrix, and the leave-one-task-out rankings of the recommender and its baselines.
 
-All are cached units; :func:`run_indicators` returns the run's rows for publishing.
+All are cached units; :func:`run_indicators` returns the run's rows for publishing, and
+:class:`IndicatorsStage` is the stage the flow runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
+from typing import ClassVar
 
 import pandas as pd
 from prefect import tags
 
-from prompt_core.config import ModelConfig, StudyConfig
+from flows.publish import run_cells
+from flows.publish_indicators import indicator_summary_lines, publish_indicators
+from flows.stage_api import FlowState, StageRun, StatusState, register_stage
+from flows.status import StageStatus, read_partition
+from prompt_core.config import STAGE_SPECS, ModelConfig, StudyConfig
 from tasks.indicator_units import (
     KeysOutcome,
+    ablation_key,
     ablation_unit,
     correlations_unit,
     indicators_unit,
+    pair_key,
     probe_unit,
 )
 from tasks.indicator_units import recommendations_unit as recommend_unit
@@ -150,3 +159,79 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
         parts = [(m, ks) for (m, t), ks in out.keys.items() if t == table]
         out.rows[table] = run_rows(storage, table, study.name, parts)
     return out
+
+
+class IndicatorsStage:
+    name: ClassVar[str] = STAGE
+    after: ClassVar[tuple[str, ...]] = ()
+    tables: ClassVar[tuple[str, ...]] = ("indicators", "ablations", "correlations",
+                                         "recommendations")
+
+    def unit_counts(self, study: StudyConfig, infos: list) -> dict[str, int]:
+        return {STAGE: n_indicator_units(study, len(infos))}
+
+    def run(self, state: FlowState) -> StageRun:
+        ir = run_indicators(state.ctx, state.study, state.storage, state.infos, state.prompts,
+                            state.cells, state.gather(STAGE))
+        out = StageRun(rows=ir.rows)
+        for part, c in ir.counts.items():
+            out.count(part, c["computed"], c["stored"])
+        for (model, table), keys in ir.keys.items():
+            out.add_keys(model, table, keys)
+        return out
+
+    def publish(self, state: FlowState, run: StageRun) -> tuple[list[str], dict[str, str]]:
+        if not run.rows:
+            return [], {}
+        study = state.study
+        names = [m.name for m in study.models]
+        cells = {m: run_cells(state.storage, study.name, m, keys)
+                 for m, keys in state.cells.items() if keys}
+        uris = {f"indicators {k}": v for k, v in publish_indicators(
+            state.storage, study.name, state.ctx.run_id, run.rows, cells, model_names=names
+        ).items()}
+        return indicator_summary_lines(run.rows, model_names=names), uris
+
+    def status(self, state: StatusState) -> list[StageStatus]:
+        return indicator_status(state)
+
+
+def indicator_status(state: StatusState) -> list[StageStatus]:
+    """Per indicator model: the prompt pairs with indicator rows (a pair whose prompts are not
+    stored yet counts as missing) and the own prompts with an ablation."""
+    study, storage, infos, prompts = state.study, state.storage, state.infos, state.prompts
+    problems = state.problems
+    cfg = study.indicators
+    out = []
+    for m in indicator_models(study):
+        where = {"study": study.name, "model": m.name}
+        stored = set(read_partition(storage, "indicators", where, ["pair_key"], problems)
+                     .column("pair_key").to_pylist())
+        pairs = StageStatus("indicators", m.name, 0, 0)
+        for seed in study.seeds:
+            for a, b in combinations(infos, 2):
+                pairs.total += 1
+                pa, pb = prompts.get((m.name, a.name, seed)), prompts.get((m.name, b.name, seed))
+                if pa and pb and pair_key(m, pa, pb, cfg.window, cfg.on_position) in stored:
+                    pairs.done += 1
+                else:
+                    pairs.missing.append(f"indicators {m.name} {a.name}~{b.name} seed={seed}")
+        out.append(pairs)
+        if not cfg.ablation_fractions:
+            continue
+        done = set(read_partition(storage, "ablations", where, ["ablation_key"], problems)
+                   .column("ablation_key").to_pylist())
+        abl = StageStatus("ablate", m.name, 0, 0)
+        for info in infos:
+            for seed in study.seeds:
+                abl.total += 1
+                p = prompts.get((m.name, info.name, seed))
+                if p and ablation_key(m, p, cfg, study.evaluation) in done:
+                    abl.done += 1
+                else:
+                    abl.missing.append(f"ablate {m.name}/{info.name} seed={seed}")
+        out.append(abl)
+    return out
+
+
+register_stage(IndicatorsStage(), STAGE_SPECS[STAGE])  # options: IndicatorsConfig

@@ -1,0 +1,266 @@
+"""What a run needs around its flow, apart from any command: Prefect's defaults, the ephemeral
+Prefect API tied to this process, SIGTERM as an interrupt, Prefect's error logs kept off the
+console, and the task runner a study's ``runner`` section asks for.
+
+Nothing here changes the environment at import: :func:`prefect_defaults` does, when a command
+or :func:`runner_environment` calls it, before a flow starts. Prefect itself is imported only
+by the functions that need it, so a command that starts no flow does not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prompt_core.config import RunnerConfig
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
+
+# -- Prefect's defaults ------------------------------------------------------------------------
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # the ephemeral API starts in a subprocess; on a busy 2-core machine 20 s (the default) is
+    # short
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prefect_defaults(log_level: str | None = None) -> None:
+    """Set this project's Prefect settings in the environment where they are not set (and
+    ``PREFECT_LOGGING_LEVEL`` to ``log_level`` when given and not set), before a flow starts;
+    the processes started afterwards inherit them. Prefect reads its settings when imported:
+    if it already is, its global settings are refreshed to see them."""
+    wanted = {**PREFECT_DEFAULTS, **({"PREFECT_LOGGING_LEVEL": log_level} if log_level else {})}
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    context = sys.modules.get("prefect.context")
+    if added and context is not None:
+        context.refresh_global_settings_context()
+
+
+# -- Prefect's error logs, kept off the console while a command reports the run ---------------
+
+# Prefect reports a failed task or flow run at ERROR level with its traceback, through the
+# loggers below, to the console handler of the root logger (and to its API handler, for the UI).
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine",
+                       "prefect.flow_engine", "prefect.task_engine")
+
+
+class DropRunErrors(logging.Filter):
+    """Drop Prefect's own reports of failed runs from the console: the CLI prints one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and record.name.startswith(PREFECT_RUN_LOGGERS))
+
+
+@contextlib.contextmanager
+def quiet_prefect_errors(enabled: bool) -> Iterator[None]:
+    """While the flow runs, keep Prefect's ERROR logs and tracebacks off the console handlers
+    (the Prefect API and UI still get them)."""
+    if not enabled:
+        yield
+        return
+    filt = DropRunErrors()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
+
+
+# -- SIGTERM ------------------------------------------------------------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C: the flow marks the run failed and writes its runs row."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While the flow runs, SIGTERM stops it as Ctrl-C does (by default it killed the process
+    on the spot: no runs row, no clean exit). Only on the main thread, where handlers live."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- the ephemeral Prefect API: a child that dies with this process ----------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent_fn():
+    """A ``preexec_fn`` for Popen that asks the kernel to SIGKILL the child when the thread that
+    spawned it exits (so spawn from the main thread: that is when the process exits, even by
+    SIGKILL). None where this cannot be done (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_ephemeral_api() -> None:
+    """Start Prefect's ephemeral API server now, on this (the main) thread, tied to this process.
+
+    Without PREFECT_API_URL, Prefect starts a uvicorn subprocess on first use (from whichever
+    thread needs it) and stops it at exit; a CLI killed by SIGKILL left it running for good.
+    Started here, the server is registered as Prefect's default instance (as Prefect's own test
+    harness does), so Prefect reuses it, and on Linux the kernel kills it when this process
+    dies. Nothing happens when an API URL is set, ephemeral mode is off or a server exists.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    preexec = die_with_parent_fn()
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return
+    from prefect.server.api import server as prefect_server
+
+    if None in prefect_server.SubprocessASGIServer._instances or preexec is None:
+        return
+
+    class _Subprocess:
+        """The ``subprocess`` module as Prefect's server module sees it: Popen with preexec."""
+
+        def __getattr__(self, name: str):
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
+            return subprocess.Popen(*args, preexec_fn=preexec, **kwargs)
+
+    class TiedServer(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            prefect_server.subprocess = _Subprocess()
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = subprocess
+
+    TiedServer().start()
+
+
+# -- task runners -------------------------------------------------------------------------------
+
+
+def _one_torch_thread_each(n_threads: int) -> None:  # pragma: no cover - runs in workers
+    import torch
+
+    torch.set_num_threads(n_threads)
+
+
+def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
+    """The Prefect task runner a study's ``runner`` section asks for. Worker processes split
+    the machine's cores between them (:func:`torch_threads_per_unit`)."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    threads = torch_threads_per_unit(cfg)
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    if cfg.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=cfg.max_workers,
+                                     initializer=_one_torch_thread_each, initargs=(threads,))
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": None,
+    })
+
+
+def _api_url() -> str | None:
+    """The API this process talks to: the configured URL, else the ephemeral server's."""
+    import prefect.settings
+    from prefect.server.api.server import SubprocessASGIServer
+
+    url = prefect.settings.get_current_settings().api.url
+    if url:
+        return str(url)
+    server = SubprocessASGIServer()
+    if not server.running:
+        server.start()
+    return server.api_url
+
+
+def torch_threads_per_unit(cfg: RunnerConfig) -> int | None:
+    """Torch threads each unit computes with: ``runner.torch_threads``, else this machine's
+    cores shared by the concurrent units; on an existing Dask cluster (other machines) the
+    workers' own setting unless ``torch_threads`` is given. The same rule on every runner, so
+    threads, processes and Dask give identical scores (float reductions depend on the thread
+    count; a different count changes the last bits, and training can amplify them)."""
+    if cfg.torch_threads or cfg.dask_address:
+        return cfg.torch_threads
+    return max(1, (os.cpu_count() or 1) // cfg.max_workers)
+
+
+@contextlib.contextmanager
+def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
+    """What the chosen runner needs around the flow, restored afterwards (Prefect's defaults,
+    :func:`prefect_defaults`, are set first and stay).
+
+    threads: this process computes with :func:`torch_threads_per_unit` torch threads.
+    processes / local Dask: the worker processes started inside report to this run's Prefect
+    API, not an ephemeral server each (its URL goes into the environment they inherit), and
+    compute with the same thread count. An existing Dask cluster is configured by whoever
+    started it."""
+    prefect_defaults()
+    threads = torch_threads_per_unit(cfg)
+    if cfg.task_runner == "threads":
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+        return
+    if cfg.dask_address:
+        yield
+        return
+    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    env = {k: v for k, v in env.items() if v and k not in os.environ}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
