@@ -33,10 +33,11 @@ demo: install models/minilm-l3/derivation.json
 # folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min).
 models: models/minilm-l3/derivation.json models/minilm-d256/derivation.json
 
-models/minilm-l3/derivation.json: prompt_core/derive.py | install
+models/minilm-l3/derivation.json: prompt_core/derive.py prompt_core/derive_common.py | install
 	$(BIN)/prompt-transfer derive-model layer-drop --keep 3 --out models/minilm-l3 --force
 
-models/minilm-d256/derivation.json: prompt_core/derive.py | install
+models/minilm-d256/derivation.json: prompt_core/derive.py prompt_core/derive_common.py \
+		prompt_core/derive_distill.py | install
 	$(BIN)/prompt-transfer derive-model distill --hidden 256 --layers 4 --seed 0 \
 		--out models/minilm-d256 --force
 

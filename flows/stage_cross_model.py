@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from prefect import tags
 
-from flows.publish import publish_cross_model, stage_summary_markdown
+from flows.publish_stages import publish_cross_model, stage_summary_markdown
 from flows.stage_api import (
     FlowState,
     PromptIndex,

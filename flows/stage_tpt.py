@@ -15,7 +15,7 @@ from typing import ClassVar, cast
 import pandas as pd
 from prefect import tags
 
-from flows.publish import publish_tpt, stage_summary_markdown
+from flows.publish_stages import publish_tpt, stage_summary_markdown
 from flows.stage_api import (
     FlowState,
     PromptIndex,

@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input found before (or instead of) compute; the message names the file/field/row."""
+
+
+class MixedCellsError(ValueError):
+    """The rows hold some cell more than once (several configurations mixed): averaging them
+    would publish figures no run produced (:mod:`prompt_core.analysis`)."""

@@ -1,36 +1,25 @@
 """Storage root (local directory or ``s3://bucket/prefix``) addressed by relative keys.
 
-S3 roots go through s3fs. No S3 call can hang: botocore gets connect/read timeouts and a bounded
-number of attempts, s3fs's own retry loop is bounded, and every operation of :class:`Storage`
-runs under a wall-clock deadline (the async s3fs call is cancelled when it expires). Settings,
-from the environment (positive numbers; explicit ``storage_options`` win):
-
-=====================================  =======  ==============================================
-``PROMPT_TRANSFER_S3_CONNECT_TIMEOUT``  10 s     botocore connect timeout, per attempt
-``PROMPT_TRANSFER_S3_READ_TIMEOUT``     30 s     botocore read timeout (socket silent that long)
-``PROMPT_TRANSFER_S3_MAX_ATTEMPTS``     3        botocore attempts per request (``standard``
-                                                 retry mode); s3fs retries a failed call once
-``PROMPT_TRANSFER_S3_DEADLINE``         120 s    wall-clock bound of one Storage operation
-=====================================  =======  ==============================================
+Local roots write atomically (temp file, then rename or hard link) and have no deadlines. S3
+roots go through s3fs; their settings (endpoint, credentials, connect/read timeouts, attempts,
+the wall-clock deadline of every operation, from ``PROMPT_TRANSFER_S3_*``) are in
+:mod:`tasks.storage_s3`, the errors in :mod:`tasks.storage_errors`; both are re-exported here.
 
 :meth:`Storage.check_writable` (the probe run before any compute) has its own overall deadline
 (30 s by default) and fails with "S3 endpoint ... did not answer within 30 s (storage root ...)".
 A PUT waits for "100 Continue" with no socket timeout (aiohttp), so for writes the deadline is
-the bound that holds. Local roots have no deadlines.
+the bound that holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
-import math
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import fsspec
@@ -38,122 +27,47 @@ from fsspec.asyn import sync
 from fsspec.core import split_protocol
 from fsspec.exceptions import FSTimeoutError
 
+from tasks.storage_errors import DeadlineExceeded, StorageError, StorageTimeoutError
+from tasks.storage_s3 import (
+    AWS_BLOCK_ENV,
+    DEFAULT_S3_CONNECT_TIMEOUT,
+    DEFAULT_S3_DEADLINE,
+    DEFAULT_S3_MAX_ATTEMPTS,
+    DEFAULT_S3_READ_TIMEOUT,
+    S3_CONNECT_TIMEOUT_ENV,
+    S3_DEADLINE_ENV,
+    S3_ENDPOINT_ENVS,
+    S3_MAX_ATTEMPTS_ENV,
+    S3_READ_TIMEOUT_ENV,
+    S3FS_RETRIES,
+    aws_block_options,
+    explain_s3_error,
+    s3_deadline,
+    s3_options_from_env,
+    s3_status,
+    s3_storage_options,
+)
+
+__all__ = [  # what other modules import from here (the S3 settings re-exported)
+    "AWS_BLOCK_ENV", "DEFAULT_LOCAL_ROOT", "DEFAULT_PROBE_DEADLINE", "DEFAULT_S3_CONNECT_TIMEOUT",
+    "DEFAULT_S3_DEADLINE", "DEFAULT_S3_MAX_ATTEMPTS", "DEFAULT_S3_READ_TIMEOUT",
+    "DEFAULT_STORAGE_ENV", "PROBE_PREFIX", "S3FS_RETRIES", "S3_CONNECT_TIMEOUT_ENV",
+    "S3_DEADLINE_ENV", "S3_ENDPOINT_ENVS", "S3_MAX_ATTEMPTS_ENV", "S3_READ_TIMEOUT_ENV",
+    "Storage", "StorageError", "StorageTimeoutError", "aws_block_options", "default_root",
+    "is_temp_name", "open_storage", "s3_options_from_env",
+]
+
 DEFAULT_STORAGE_ENV = "PROMPT_TRANSFER_STORAGE"
 DEFAULT_LOCAL_ROOT = "./results"
-S3_ENDPOINT_ENVS = ("PROMPT_TRANSFER_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-S3_CONNECT_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_CONNECT_TIMEOUT"
-S3_READ_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_READ_TIMEOUT"
-S3_MAX_ATTEMPTS_ENV = "PROMPT_TRANSFER_S3_MAX_ATTEMPTS"
-S3_DEADLINE_ENV = "PROMPT_TRANSFER_S3_DEADLINE"
-DEFAULT_S3_CONNECT_TIMEOUT = 10.0
-DEFAULT_S3_READ_TIMEOUT = 30.0
-DEFAULT_S3_MAX_ATTEMPTS = 3
-DEFAULT_S3_DEADLINE = 120.0
-S3FS_RETRIES = 2  # s3fs's own loop (also retries a body read cut mid-transfer)
 DEFAULT_PROBE_DEADLINE = 30.0
 PROBE_PREFIX = ".prompt-transfer-probe-"  # probe object directly under the root, then removed
 _TMP_SUFFIX = ".tmp"
-_HTTP_CODES = {"PreconditionFailed": 412, "ConditionalRequestConflict": 409}
 _CREATE_CONFLICT_RETRIES = 6  # 409 ConditionalRequestConflict: retry, backing off
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed; the message names the URI and the problem."""
-
-
-class StorageTimeoutError(StorageError):
-    """An S3 operation did not finish within its deadline."""
-
-
-class _DeadlineExceeded(TimeoutError):
-    def __init__(self, seconds: float):
-        super().__init__(f"no answer within {seconds:g} s")
-        self.seconds = seconds
 
 
 def is_temp_name(name: str) -> bool:
     """True for the in-flight temporary files of atomic writes (``.<name>.<uuid>.tmp``)."""
     return name.startswith(".") and name.endswith(_TMP_SUFFIX)
-
-
-def _env_positive(env: Mapping[str, str], name: str, default: float, integer: bool = False):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise StorageError(f"environment variable {name} must be {what}, got {raw!r}")
-    return value
-
-
-def s3_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """s3fs options from the environment: endpoint, region, timeouts and attempts.
-
-    Credentials come from the usual boto chain.
-    """
-    env = os.environ if env is None else env
-    opts: dict[str, Any] = {}
-    for name in S3_ENDPOINT_ENVS:
-        if env.get(name):
-            opts["endpoint_url"] = env[name]
-            break
-    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
-    opts["client_kwargs"] = {"region_name": region}
-    attempts = _env_positive(env, S3_MAX_ATTEMPTS_ENV, DEFAULT_S3_MAX_ATTEMPTS, integer=True)
-    opts["config_kwargs"] = {
-        "connect_timeout": _env_positive(env, S3_CONNECT_TIMEOUT_ENV, DEFAULT_S3_CONNECT_TIMEOUT),
-        "read_timeout": _env_positive(env, S3_READ_TIMEOUT_ENV, DEFAULT_S3_READ_TIMEOUT),
-        "retries": {"max_attempts": attempts, "mode": "standard"},
-    }
-    return opts
-
-
-AWS_BLOCK_ENV = "PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK"
-
-
-@functools.lru_cache(maxsize=8)
-def aws_block_options(block_name: str) -> tuple[tuple[str, Any], ...]:
-    """s3fs options from a prefect-aws ``AwsCredentials`` block saved in the Prefect API
-    (``$PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK`` names it): key, secret, session token,
-    region and endpoint. Loaded once per process; the secret never enters a message."""
-    try:
-        from prefect_aws import AwsCredentials
-    except ImportError:
-        raise StorageError(f"{AWS_BLOCK_ENV}={block_name!r} needs prefect-aws "
-                           "(pip install 'prompt-transfer[aws]')") from None
-    try:
-        creds = AwsCredentials.load(block_name, validate=False)
-    except ValueError as exc:
-        raise StorageError(f"{AWS_BLOCK_ENV}: no AwsCredentials block {block_name!r} in the "
-                           f"Prefect API ({type(exc).__name__})") from None
-    opts: dict[str, Any] = {}
-    if creds.aws_access_key_id:
-        opts["key"] = creds.aws_access_key_id
-    if creds.aws_secret_access_key is not None:
-        opts["secret"] = creds.aws_secret_access_key.get_secret_value()
-    if creds.aws_session_token:
-        opts["token"] = creds.aws_session_token
-    if creds.region_name:
-        opts["client_kwargs"] = {"region_name": creds.region_name}
-    endpoint = creds.aws_client_parameters.endpoint_url
-    if endpoint:
-        opts["endpoint_url"] = endpoint
-    return tuple(opts.items())
-
-
-def _merge_options(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``override``; nested dicts (client/config kwargs) are merged."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge_options(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _normalise_root(root: str) -> tuple[str, str | None]:
@@ -200,19 +114,12 @@ class Storage:
         self.root, self.protocol = _normalise_root(root)
         self.is_local = self.protocol is None
         if self.protocol == "s3":
-            opts = s3_options_from_env()
-            if os.environ.get(AWS_BLOCK_ENV):
-                opts = _merge_options(opts, dict(aws_block_options(os.environ[AWS_BLOCK_ENV])))
-            opts = _merge_options(opts, storage_options or {})
-            # Fresh instance, no listing cache: never serve stale listings or a
-            # cached client built with other credentials.
-            opts.setdefault("skip_instance_cache", True)
-            opts.setdefault("use_listings_cache", False)
+            opts = s3_storage_options(storage_options)
         else:
             opts = dict(storage_options or {})
         self.storage_options = opts
         if deadline is None and self.protocol == "s3":
-            deadline = _env_positive(os.environ, S3_DEADLINE_ENV, DEFAULT_S3_DEADLINE)
+            deadline = s3_deadline()
         self.deadline = float(deadline or DEFAULT_S3_DEADLINE)
         try:
             # A copy: botocore pops keys from the retries dict it is given.
@@ -275,45 +182,14 @@ class Storage:
             # fsspec's sync() wraps the coroutine in asyncio.wait_for on its IO loop thread.
             return sync(self.fs.loop, coro_fn, *args, timeout=max(limit, 0.01))
         except FSTimeoutError as exc:
-            raise _DeadlineExceeded(limit) from exc
+            raise DeadlineExceeded(limit) from exc
 
     # -- error reporting -------------------------------------------------------------------
     def _explain(self, exc: BaseException) -> str:
         """Human explanation of an exception raised by the filesystem."""
+        if not self.is_local or isinstance(exc, DeadlineExceeded):
+            return explain_s3_error(exc, self.endpoint, self.bucket, self.storage_options)
         name = type(exc).__name__
-        if isinstance(exc, _DeadlineExceeded):
-            return f"S3 endpoint {self.endpoint} did not answer within {exc.seconds:g} s"
-        if not self.is_local:
-            try:
-                from botocore import exceptions as bexc
-            except ImportError:  # pragma: no cover - s3fs depends on botocore
-                bexc = None
-            if bexc is not None:
-                if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
-                    return (
-                        "no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                        f"or an AWS profile): {exc}"
-                    )
-                if isinstance(exc, bexc.ReadTimeoutError):
-                    cfg = self.storage_options.get("config_kwargs", {})
-                    tries = cfg.get("retries", {}).get("max_attempts", 1) * S3FS_RETRIES
-                    return (
-                        f"S3 endpoint {self.endpoint} did not answer (read timeout "
-                        f"{cfg.get('read_timeout', '?')} s, {tries} attempts): {exc}"
-                    )
-                if isinstance(
-                    exc,
-                    bexc.EndpointConnectionError | bexc.ConnectTimeoutError | bexc.ConnectionError,
-                ):
-                    return f"S3 endpoint {self.endpoint} is unreachable: {exc}"
-            if isinstance(exc, PermissionError):
-                return (f"access denied at S3 endpoint {self.endpoint} (credentials refused "
-                        f"or permission denied): {exc}")
-            if isinstance(exc, FileNotFoundError) and "bucket" in str(exc).lower():
-                return f"bucket '{self.bucket}' does not exist at {self.endpoint}: {exc}"
-            if isinstance(exc, ConnectionError | TimeoutError):
-                return f"S3 endpoint {self.endpoint} is unreachable: {name}: {exc}"
-            return f"{name}: {exc}"
         if isinstance(exc, PermissionError):
             return f"permission denied: {exc}"
         if isinstance(exc, NotADirectoryError | FileExistsError):
@@ -321,7 +197,7 @@ class Storage:
         return f"{name}: {exc}"
 
     def _fail(self, action: str, key: str, exc: BaseException) -> StorageError:
-        cls = StorageTimeoutError if isinstance(exc, _DeadlineExceeded) else StorageError
+        cls = StorageTimeoutError if isinstance(exc, DeadlineExceeded) else StorageError
         return cls(f"cannot {action} {self.uri(key)}: {self._explain(exc)}")
 
     # -- operations ------------------------------------------------------------------------
@@ -432,7 +308,7 @@ class Storage:
         def left() -> float:
             remaining = stop - time.monotonic()
             if remaining <= 0:
-                raise _DeadlineExceeded(limit)
+                raise DeadlineExceeded(limit)
             return remaining
 
         if self._call("exists", path, timeout=left()):
@@ -443,7 +319,7 @@ class Storage:
                 self._call("pipe_file", path, data, 50 * 2**20, None, "create", timeout=left())
                 return True
             except OSError as exc:
-                status = _s3_status(exc)
+                status = s3_status(exc)
                 if isinstance(exc, FileExistsError) or status == 412:
                     return False  # PreconditionFailed: the object exists
                 if status != 409 or attempt >= _CREATE_CONFLICT_RETRIES:
@@ -579,7 +455,7 @@ class Storage:
         deadline = self.probe_deadline(deadline)
         try:
             found = self._call("exists", self.path(""), timeout=deadline)
-        except _DeadlineExceeded as exc:
+        except DeadlineExceeded as exc:
             raise StorageTimeoutError(
                 f"S3 endpoint {self.endpoint} did not answer within {deadline:g} s "
                 f"(storage root {self.root})"
@@ -591,20 +467,6 @@ class Storage:
         if not found:
             where = f" at {self.endpoint}" if not self.is_local else ""
             raise StorageError(f"storage root {self.root} does not exist{where}")
-
-
-def _s3_status(exc: BaseException) -> int | None:
-    """HTTP status of the botocore error behind ``exc`` (s3fs translates them), else None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        response = getattr(current, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return status or _HTTP_CODES.get(response.get("Error", {}).get("Code"))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _missing_dirs(path: str) -> list[str]:

@@ -7,11 +7,15 @@ inside.
 
 Every unit has a deterministic key: the hash of the *content* that decides its result (model
 identity or a local model folder's fingerprint, NLP task name + data fingerprint, training or
-evaluation config, init prompt file hash, seed), never a file location. A unit checks only its
-own part: a prompt its ``prompts`` part (named by the prompt key) and its prompt file; a target
-its own ``cross_task`` partition directory. Damaged files count as absent: they are moved to
-``_quarantine/`` (reported by path) and recomputed. Prefect's result cache is not used
-(NO_CACHE): the tables are the cache.
+evaluation config, init prompt file hash, seed), never a file location (:mod:`tasks.keys`). A
+unit checks only its own part: a prompt its ``prompts`` part (named by the prompt key) and its
+prompt file; a target its own ``cross_task`` partition directory. Damaged files count as
+absent: they are moved to ``_quarantine/`` (reported by path) and recomputed. Prefect's result
+cache is not used (NO_CACHE): the tables are the cache.
+
+The records passed between stages live in :mod:`tasks.unit_records`, the keys in
+:mod:`tasks.keys`, the per-process loading and stored-row checks in :mod:`tasks.unit_io`; they
+are re-exported here, where the stages and tests import them from.
 """
 
 from __future__ import annotations
@@ -19,40 +23,36 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import hashlib
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_core.backbones import Backbone, cached_backbone, resolve_device
+from prompt_core.backbones import resolve_device
 from prompt_core.cell_stats import METRICS, N_BOOT, cell_statistics
-from prompt_core.config import (
-    EvalConfig,
-    ModelConfig,
-    TaskConfig,
-    TrainConfig,
-    stable_hash,
-)
-from prompt_core.data import (
-    TaskData,
-    TaskDataError,
-    load_nlp_task,
-    task_from_parquet,
-    task_to_parquet,
-)
+from prompt_core.config import EvalConfig, ModelConfig, TaskConfig, TrainConfig, stable_hash
+from prompt_core.data import TaskDataError, task_to_parquet
 from prompt_core.errors import InputError
 from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
-from prompt_core.prompts import PromptFileError, init_prompt, prompt_from_bytes, prompt_to_bytes
+from prompt_core.prompts import init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
 from tasks.claims import default_owner, log_wait, unit_claim
 from tasks.gpu import gpu_slot
 from tasks.integrity import quarantine_key
-from tasks.storage import Storage, StorageError, open_storage
+from tasks.keys import (
+    KEY_VERSION,
+    cell_key,
+    eval_config_key,
+    model_identity,
+    prompt_key,
+    prompt_storage_key,
+    random_source_key,
+    task_data_key,
+    train_config_key,
+)
+from tasks.storage import Storage, StorageError
 from tasks.tables import (
     CellRow,
     CurveRow,
@@ -60,13 +60,34 @@ from tasks.tables import (
     PromptRow,
     now_utc,
     part_path,
-    read_part,
     read_parts,
     write_part,
 )
+from tasks.unit_io import (
+    get_backbone,
+    get_nlp_task,
+    intact_prompt_meta,
+    load_stored_prompt,
+    nlp_task_info,
+    read_init_prompt,
+    stored_prompt_row,
+    stored_row,
+    stored_task_cached,
+    task_data,
+)
+from tasks.unit_records import Cell, EvalOutcome, NlpTaskInfo, RunContext, TrainOutcome
+
+__all__ = [  # what other modules import from here (re-exported from the modules above)
+    "KEY_VERSION", "METRICS", "N_BOOT", "Cell", "EvalOutcome", "NlpTaskInfo", "RunContext",
+    "TrainOutcome", "cell_key", "eval_config_key", "evaluate_target_unit", "get_backbone",
+    "get_nlp_task", "intact_prompt_meta", "load_stored_prompt", "model_identity",
+    "nlp_task_info", "plan_cells", "prepare_nlp_task", "prompt_key", "prompt_storage_key",
+    "random_source_key", "read_init_prompt", "read_prompt_bytes", "stored_prompt_row",
+    "stored_row", "task_data", "task_data_key", "train_config_key", "train_prompt_unit",
+    "unit_task",
+]
 
 ROW_FIELDS = {f.name for f in dataclasses.fields(PromptRow)}
-KEY_VERSION = 2  # bump when the meaning of a key changes (2: content keys, target partitions)
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:
@@ -95,204 +116,7 @@ unit_task = functools.partial(
 )
 
 
-# --- shared, per-process loading ------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _nlp_task_cached(cfg_json: str) -> TaskData:
-    return load_nlp_task(TaskConfig.model_validate_json(cfg_json))
-
-
-def get_nlp_task(cfg: TaskConfig) -> TaskData:
-    """The NLP task's data, loaded once per process."""
-    return _nlp_task_cached(cfg.model_dump_json())
-
-
-@functools.lru_cache(maxsize=64)
-def _stored_task_cached(storage_root: str, key: str) -> TaskData:
-    storage = open_storage(storage_root)
-    return task_from_parquet(storage.read_bytes(key), storage.uri(key))
-
-
-def task_data(ctx: RunContext, info: NlpTaskInfo) -> TaskData:
-    """An NLP task's data as the prepare unit stored it: read from the run's storage (once per
-    process), so a worker on another machine needs no access to the submitting machine's
-    files."""
-    if info.data_key is None:
-        raise ValueError(f"NLP task {info.name!r} was not prepared (no data in storage)")
-    return _stored_task_cached(ctx.storage_root, info.data_key)
-
-
-def get_backbone(model: ModelConfig, device: str) -> Backbone:
-    return cached_backbone(model.kind, model.model_id, model.revision, device, **model.options)
-
-
-@functools.lru_cache(maxsize=64)
-def _folder_fingerprint(path: str, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for name, size, _ in stamp:
-        h.update(f"{name}\0{size}\0".encode())
-        with open(os.path.join(path, name), "rb") as f:  # head and tail: fast on GB weights
-            h.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), os.SEEK_END)
-                h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-def model_identity(model: ModelConfig) -> dict[str, Any]:
-    """What decides the model's outputs, by content: a local model folder is fingerprinted
-    (file names, sizes, first and last MiB of each file), so the same model copied to another
-    folder keeps its keys; a hub id stays an id + revision."""
-    ident = model.identity()
-    p = Path(os.path.expanduser(model.model_id))
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-        ident = {**ident, "model_id": None, "folder_sha": _folder_fingerprint(str(p), stamp)}
-    return ident
-
-
-# --- records passed between stages (plain, JSON-able) ---------------------------------------
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where a run writes and which run it is: what every unit needs besides its inputs."""
-
-    storage_root: str
-    study: str
-    run_id: str
-    device: str = "cpu"  # as the study says (auto, cuda...): resolved where the unit runs
-    bf16: bool = False
-    trainings_per_gpu: int = 1
-    torch_threads: int | None = None  # per unit, the same on every runner (identical scores)
-
-    def storage(self) -> Storage:
-        return open_storage(self.storage_root)
-
-    def use_torch_threads(self) -> None:
-        """Compute with the run's torch thread count wherever the unit runs (a thread, a
-        process pool worker, a Dask worker): float reductions, hence scores, depend on it."""
-        import torch
-
-        if self.torch_threads and torch.get_num_threads() != self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-
-
-@dataclass
-class NlpTaskInfo:
-    label: str  # the name in the study file
-    name: str
-    type: str
-    fingerprint: str
-    n_train: int
-    n_validation: int
-    n_test: int
-    n_labels: int
-    data_key: str | None = None  # the task's data in storage (set by the prepare unit)
-
-
-@dataclass
-class TrainOutcome:
-    """A prompt unit's result: the ``prompts`` row (this study's) and how it was obtained."""
-
-    row: PromptRow
-    storage_key: str
-    trained: bool  # False: found stored (by this study, or reused from another study's file)
-
-
-@dataclass
-class EvalOutcome:
-    model: str
-    target: str
-    cell_keys: list[str]  # every cell this unit covers (evaluated now or stored before)
-    n_cells_evaluated: int
-    n_cells_cached: int
-    part_uri: str | None
-    quarantined: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclass
-class Cell:
-    """One planned matrix cell: a source (prompt, random or none) on the unit's target."""
-
-    key: str
-    kind: str  # prompt | random | none
-    seed: int
-    source: PromptRow | None = None  # kind == prompt
-
-    @property
-    def source_id(self) -> tuple[str, int]:
-        return (self.source.prompt_key if self.source else self.kind, self.seed)
-
-
-# --- keys -----------------------------------------------------------------------------------
-
-
-def train_config_key(model: ModelConfig, train: TrainConfig, init_sha: str | None) -> str:
-    """Model identity + training config; the init prompt by content hash, not by path."""
-    return stable_hash({
-        "v": KEY_VERSION, "model": model_identity(model),
-        "train": train.model_dump(exclude={"init_prompt"}), "lr": model.learning_rate(train),
-        "init_sha": init_sha,
-    })
-
-
-def prompt_key(config_key: str, info: NlpTaskInfo, seed: int) -> str:
-    """Key of a trained prompt: its training config key (:func:`train_config_key`), NLP task
-    (name + data fingerprint), seed."""
-    return stable_hash({"config": config_key, "task": [info.name, info.fingerprint],
-                        "seed": seed})
-
-
-def eval_config_key(train_key: str, evaluation: EvalConfig) -> str:
-    """The configuration a matrix cell comes from: the training config key (carried by every
-    prompt row as ``config_key``) + the evaluation slice."""
-    ev = evaluation.model_dump(include={"split", "max_examples", "max_length"})
-    return stable_hash({"train": train_key, "eval": ev})
-
-
-def read_init_prompt(train: TrainConfig) -> tuple[bytes | None, str | None]:
-    """Bytes and sha256 of ``train.init_prompt`` (a local path or any fsspec URI), if set."""
-    if train.init_prompt is None:
-        return None, None
-    data = read_prompt_bytes(train.init_prompt)
-    return data, hashlib.sha256(data).hexdigest()[:16]
-
-
-def random_source_key(train: TrainConfig, seed: int) -> str:
-    return f"random:{train.n_tokens}:{train.init_std}:{seed}"
-
-
-def cell_key(config_key: str, source: str, target: NlpTaskInfo, own_key: str, seed: int) -> str:
-    """Key of one matrix cell: configuration, source (prompt key, random spec or none), target
-    task (name + data fingerprint), the target's own prompt (the denominator of
-    relative_score) and the seed."""
-    return stable_hash({
-        "v": KEY_VERSION, "config": config_key, "source": source,
-        "target": [target.name, target.fingerprint], "own": own_key, "seed": seed,
-    })
-
-
-def prompt_storage_key(model: str, nlp_task: str, key: str) -> str:
-    return f"prompts/{model}/{nlp_task}/{key}.safetensors"
-
-
 # --- Prefect tasks --------------------------------------------------------------------------
-
-
-def nlp_task_info(cfg: TaskConfig) -> NlpTaskInfo:
-    """One NLP task's identity (name, type, data fingerprint, split sizes), read without
-    writing anything (``status`` uses it; the prepare unit adds the copy in storage)."""
-    td = get_nlp_task(cfg)
-    n = {s: len(df) for s, df in td.splits.items()}
-    return NlpTaskInfo(cfg.label(), td.name, td.spec.type, td.fingerprint, n["train"],
-                       n["validation"], n["test"], td.spec.n_labels)
-
-
-def task_data_key(name: str, fingerprint: str) -> str:
-    return f"task_data/{name}/{fingerprint}.parquet"
 
 
 @unit_task(task_run_name="prepare {cfg_label}")
@@ -306,59 +130,13 @@ def prepare_nlp_task(ctx: RunContext, cfg: TaskConfig, cfg_label: str) -> NlpTas
     key = task_data_key(info.name, info.fingerprint)
     if storage.exists(key):
         try:
-            _stored_task_cached(ctx.storage_root, key)
+            stored_task_cached(ctx.storage_root, key)
             return dataclasses.replace(info, data_key=key)
         except (TaskDataError, StorageError) as exc:
-            _stored_task_cached.cache_clear()
+            stored_task_cached.cache_clear()
             quarantine_key(storage, key, str(exc))
     storage.write_bytes(key, task_to_parquet(get_nlp_task(cfg)))
     return dataclasses.replace(info, data_key=key)
-
-
-def intact_prompt_meta(storage: Storage, skey: str, key: str, n_tokens: int) -> dict | None:
-    """The prompt file's metadata if it is complete, readable and the right one, else None
-    (a damaged file is quarantined)."""
-    if not storage.exists(skey):
-        return None
-    try:
-        prompt, meta = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey))
-        if meta.get("prompt_key") != key or prompt.shape[0] != n_tokens:
-            raise PromptFileError(f"holds prompt {meta.get('prompt_key')!r} of shape "
-                                  f"{tuple(prompt.shape)}")
-    except (PromptFileError, StorageError) as exc:
-        quarantine_key(storage, skey, str(exc))
-        return None
-    return meta
-
-
-def stored_row(storage: Storage, table: str, values: dict[str, str], key: str, row_cls: type,
-               key_field: str) -> Any | None:
-    """The row of ``key`` from its own part of ``table``, if the part is intact (a damaged
-    part is quarantined and counts as absent)."""
-    part = part_path(table, values, key)
-    if not storage.exists(part):
-        return None
-    try:
-        rows = read_part(storage, table, part).to_pylist()
-        return row_cls(**next(r for r in rows if r[key_field] == key))
-    except (StorageError, StopIteration, TypeError) as exc:
-        quarantine_key(storage, part, str(exc) or "no row with its key")
-        return None
-
-
-def stored_prompt_row(storage: Storage, ctx: RunContext, model: str, key: str
-                      ) -> PromptRow | None:
-    """This study's ``prompts`` row of ``key`` from its own part, if the part is intact."""
-    return stored_row(storage, "prompts", {"study": ctx.study, "model": model}, key, PromptRow,
-                      "prompt_key")
-
-
-def load_stored_prompt(storage: Storage, row: PromptRow, hidden: int | None = None) -> Any:
-    """A stored prompt (n, D) by its ``prompts`` row."""
-    skey = prompt_storage_key(row.model, row.task, row.prompt_key)
-    prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey), hidden,
-                                  row.n_tokens)
-    return prompt
 
 
 @unit_task(task_run_name="train {model.name}/{info.name} seed={seed}")

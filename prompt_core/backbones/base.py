@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,8 +41,20 @@ from torch.utils.hooks import RemovableHandle
 
 from prompt_core.backbone_kinds import DEFAULT_ON_POSITION, OnPosition
 from prompt_core.backbones.device import autocast, resolve_device
+from prompt_core.backbones.ffn import (  # re-exported: the names other modules import from here
+    FFN_HOOKS,
+    POSITION_REDUCTIONS,
+    FfnRead,
+    Reduce,
+    Stimulus,
+)
 from prompt_core.errors import InputError
 from prompt_core.prompt_file import check_prompt_shape
+
+__all__ = [
+    "FFN_HOOKS", "POSITION_REDUCTIONS", "Backbone", "EncodeError", "Encoded", "FfnRead",
+    "LengthError", "Reduce", "Stimulus", "config_positions", "pad_batch", "position_table",
+    "prepend_prompt", "usable_positions"]
 
 
 class LengthError(InputError):
@@ -66,61 +78,6 @@ class Encoded:
 
     input_ids: list[int]
     token_type_ids: list[int]
-
-
-Reduce = Literal["max", "mean"]
-
-# how the activations (P, F) of the P positions a stimulus reads become one row (F,): "max" (a
-# neuron activated, > 0, at any of them reads > 0, with its largest value) or "mean"
-POSITION_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "max": lambda acts: acts.amax(dim=0),  # (P, F) -> (F,)
-    "mean": lambda acts: acts.mean(dim=0),  # (P, F) -> (F,)
-}
-
-
-@dataclass
-class Stimulus:
-    """The ON input of one prompt (METHOD.md): the prompt + the kind's empty-input layout.
-
-    ``model_kwargs``: keyword arguments for one forward of ``backbone.model`` on a batch of one
-    (e.g. ``inputs_embeds`` (1, n+T, D), ``attention_mask`` (1, n+T)); ``positions``: for each FFN
-    layer, in :meth:`Backbone.ffn_modules` order (L lists), the positions of that layer's
-    sequence whose activations are read; ``reduce``: how several positions combine
-    (:data:`POSITION_REDUCTIONS`; one position reads the same under both).
-    """
-
-    model_kwargs: dict[str, Any]
-    positions: list[list[int]]
-    reduce: Reduce = "max"
-
-
-FfnRead = Literal["output", "input"]
-
-
-def _hook_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
-                 ) -> RemovableHandle:
-    """``fn`` sees the module's forward output (B, T, F); a tensor it returns replaces it."""
-    return module.register_forward_hook(lambda _module, _args, output: fn(output))
-
-
-def _hook_input(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
-                ) -> RemovableHandle:
-    """``fn`` sees the module's first positional input (B, T, F) before the module runs (a
-    forward pre-hook); a tensor it returns replaces that input."""
-    def pre(_module, args):
-        new = fn(args[0])
-        return None if new is None else (new, *args[1:])
-    return module.register_forward_pre_hook(pre)
-
-
-# where a kind's FFN modules carry the intermediate activation: "output", the forward output of
-# the activation module (BERT's ``intermediate``); "input", the input of the FFN's output linear
-# layer (T5's ``DenseReluDense.wo``, GPT-2's ``mlp.c_proj``, Llama's ``mlp.down_proj``), which
-# in a gated FFN is the product act(gate x) * (up x), not the gate alone
-FFN_HOOKS: dict[str, Callable[..., RemovableHandle]] = {
-    "output": _hook_output,
-    "input": _hook_input,
-}
 
 
 def prepend_prompt(
