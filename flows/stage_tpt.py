@@ -324,30 +324,31 @@ def tpt_status(state: StatusState) -> list[StageStatus]:
 
 
 def stored_rankings(study: StudyConfig, storage: Storage, model, infos: list[NlpTaskInfo],
-              init_sha: str | None, problems: list[str]) -> tuple[pd.DataFrame, StageStatus]:
-    """This study's stored ``tpt_rankings`` rows of ``model`` under the flow's ranking keys
-    (validation scores the flow ranks top-k sources by), and the ranking stage's status."""
+                    init_sha: str | None, problems: list[str]
+                    ) -> tuple[pd.DataFrame, StageStatus]:
+    """This study's stored ``tpt_rankings`` rows of ``model`` under the keys the flow would
+    use (its plan, :func:`plan_rankings`, on the prompts the train stage would store), and
+    the ranking stage's status."""
     cfg_key = train_config_key(model, study.training, init_sha)
-    planned = {(i.name, s): cast(PromptRow, PlannedPrompt(prompt_key(cfg_key, i, s), s, i.name,
-                                                     i.type))
-               for i in infos for s in study.seeds}
-    targets = tpt_targets(study, infos)
-    stage = StageStatus("tpt_rank", model.name, 0, len(targets))
+    planned: PromptIndex = {
+        (model.name, i.name, s): cast(PromptRow, PlannedPrompt(prompt_key(cfg_key, i, s), s,
+                                                               i.name, i.type))
+        for i in infos for s in study.seeds}
+    jobs = [j for j in plan_rankings(study, infos, planned) if j.model.name == model.name]
+    stage = StageStatus("tpt_rank", model.name, 0, len(jobs))
     frames = []
-    for t in targets:
-        own = {s: planned[(t.name, s)] for s in study.seeds}
-        candidates = [planned[(i.name, s)] for i in infos if i.name != t.name
-                      for s in study.seeds]
-        key = rank_key(model, t, own, candidates, study.tpt, study.evaluation)
-        rows = read_partition(storage, "tpt_rankings", {"study": study.name, "model": model.name,
-                                               "target_task": t.name},
-                     ["rank_key", "source_task", "relative_score"], problems).to_pandas()
+    for j in jobs:
+        key = rank_key(model, j.target, j.own, j.candidates, study.tpt, study.evaluation)
+        where = {"study": study.name, "model": model.name, "target_task": j.target.name}
+        rows = read_partition(storage, "tpt_rankings", where,
+                              ["rank_key", "source_task", "relative_score"],
+                              problems).to_pandas()
         rows = rows[rows["rank_key"] == key]
-        if len(rows) == len(candidates):
+        if len(rows) == len(j.candidates):
             stage.done += 1
-            frames.append(rows.assign(target_task=t.name))
+            frames.append(rows.assign(target_task=j.target.name))
         else:
-            stage.missing.append(f"rank tpt sources {model.name} -> {t.name}")
+            stage.missing.append(j.label)
     cols = ["rank_key", "source_task", "relative_score", "target_task"]
     return (pd.concat(frames) if frames else pd.DataFrame(columns=cols)), stage
 

@@ -197,8 +197,10 @@ class StudyConfig(StrictSection):
             for need in spec.requires:
                 if need not in self.stages:
                     raise ValueError(f"stage {stage!r} needs stage {need!r}: add it to stages")
-            if spec.check is not None:
-                spec.check(self)
+        # each cross-check once (the built-in stages share one)
+        for check in dict.fromkeys(STAGE_SPECS[s].check for s in self.stages):
+            if check is not None:
+                check(self)
 
     def _check_builtin_stages(self, models: set[str]) -> None:
         """Cross-checks of the built-in stages' options (their StageSpec.check)."""

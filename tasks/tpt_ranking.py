@@ -25,6 +25,7 @@ from prompt_core.evaluation import EncodedSplit
 from prompt_core.prompts import prompt_from_bytes
 from tasks.claims import default_owner, log_wait, unit_claim
 from tasks.integrity import quarantine_key
+from tasks.storage import Storage
 from tasks.tables import PromptRow, TptRankRow, now_utc, read_parts, write_part
 from tasks.units import (
     KEY_VERSION,
@@ -93,7 +94,8 @@ def rank_tpt_sources_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskIn
         found = stored()
         if found is not None:
             return RankOutcome(model.name, target.name, key, found, computed=False)
-        rows = _score_candidates(ctx, model, target, own, candidates, tpt, evaluation, key)
+        rows = _score_candidates(ctx, storage, model, target, own, candidates, tpt,
+                                 evaluation, key)
         if rows:
             write_part(storage, "tpt_rankings", rows, key)
         get_run_logger().info("%s: %d candidate(s) scored on %d validation examples", label,
@@ -101,11 +103,11 @@ def rank_tpt_sources_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskIn
         return RankOutcome(model.name, target.name, key, rows, computed=True)
 
 
-def _score_candidates(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo,
-                      own: dict[int, PromptRow], candidates: list[PromptRow], tpt: TptConfig,
-                      evaluation: EvalConfig, key: str) -> list[TptRankRow]:
+def _score_candidates(ctx: RunContext, storage: Storage, model: ModelConfig,
+                      target: NlpTaskInfo, own: dict[int, PromptRow],
+                      candidates: list[PromptRow], tpt: TptConfig, evaluation: EvalConfig,
+                      key: str) -> list[TptRankRow]:
     ctx.use_torch_threads()
-    storage = ctx.storage()
     backbone = get_backbone(model, resolve_device(ctx.device))
     enc = EncodedSplit(backbone, task_data(ctx, target), RANK_SPLIT, evaluation.max_length,
                        tpt.rank_max_examples, bf16=ctx.bf16)
