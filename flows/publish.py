@@ -25,6 +25,7 @@ model name made a valid artifact key (lowercase letters, digits and dashes; see
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ from prompt_core.analysis import (
     same_minus_diff_interval,
     transfer_summary,
 )
-from prompt_core.config import StudyConfig
+from prompt_core.config import StudyConfig, stable_hash
 from tasks.storage import Storage
 from tasks.tables import read_table
 
@@ -83,15 +84,16 @@ __all__ = [
     "OBJECTIVE_ORDER", "SUMMARY_KEY", "TITLE_FONTSIZE", "TPT_COLUMNS", "TPT_PANEL_IN",
     "TPT_PNG_COLOURS", "TPT_TABLE_COLUMNS", "artifact_keys", "artifact_records",
     "cross_model_matrix", "heatmap_figure", "heatmap_png", "indexed_curves", "model_keys",
-    "palette_png", "png_data_uri", "publish_cross_model", "publish_run", "publish_tpt",
-    "run_cells", "run_predictions", "stage_summary_markdown", "tpt_figure", "tpt_table",
-    "transfer_lines"]
+    "palette_png", "png_data_uri", "publish_cross_model", "publish_cross_task", "publish_run",
+    "publish_tpt", "run_cells", "run_predictions", "stage_summary_markdown", "tpt_figure",
+    "tpt_table", "transfer_lines"]
 
 SUMMARY_KEY = "transfer-matrix-summary"
 COLOUR_MEANING = ("colour = relative score: the source prompt's accuracy on the target divided "
-                  "by the target's own prompt's (1.0 = as good as the own prompt; brighter is "
-                  "higher); rows: source prompt (random: a random prompt, none: no prompt), "
-                  "columns: target task, seeds averaged")
+                  "by the target's own prompt's (white = 1.0, as good as the own prompt; blue "
+                  "above, red below; grey: no value); rows: source prompt (random: a random "
+                  "prompt, none: no prompt), columns: target task grouped by task type "
+                  "(clustered within types past 20 tasks), seeds averaged")
 
 
 def _openable_url(uri: str) -> str | None:
@@ -186,38 +188,96 @@ def transfer_lines(df: pd.DataFrame, predictions: pd.DataFrame | None) -> list[s
     return lines
 
 
-def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: StudyResult,
-                cells_by_model: dict[str, list[str]], stage_runs: list | None = None) -> None:
-    """Publish the run's artifacts (see the module docstring), computed from exactly the
-    cells this run covered (not every row of the partition: older configurations stay out);
-    fills ``result.summaries`` and ``result.heatmaps`` (model -> PNG URI in storage).
+PUBLISH_VERSION = 1  # bump when a stage's artifacts change for the same rows
 
-    ``stage_runs``: (stage, the flow's state) of each plug-in stage the run ran
-    (:mod:`flows.stage_api`): each publishes its own artifacts from this run's rows
-    (:meth:`~flows.stage_api.Stage.publish`) and adds its section to the summary."""
+
+def publish_fingerprint(study: StudyConfig, stage: str, keys: dict[tuple[str, str], list[str]]
+                        ) -> str:
+    """What a stage's artifacts are computed from: the study's models, the stage's options and
+    exactly the keys the run covered (rows are determined by their keys)."""
+    return stable_hash({"v": PUBLISH_VERSION, "study": study.name, "stage": stage,
+                        "models": [m.name for m in study.models],
+                        "options": repr(study.stage_options(stage)),
+                        "keys": sorted([m, t, sorted(set(ks))] for (m, t), ks in keys.items())})
+
+
+def _published(storage: Storage, key: str) -> dict | None:
+    """An earlier run's record of the same artifacts, if it reads back whole."""
+    try:
+        rec = storage.read_json(key) if storage.exists(key) else None
+    except Exception:  # noqa: BLE001 - a damaged record is only a cache miss
+        return None
+    ok = isinstance(rec, dict) and {"lines", "uris", "summaries"} <= rec.keys()
+    return rec if ok else None
+
+
+def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: StudyResult,
+                stage_runs: list | None = None) -> None:
+    """Publish the run's artifacts: each stage's own (:meth:`~flows.stage_api.Stage.publish`,
+    from exactly this run's rows; ``stage_runs``: (stage, the flow's state) in the order they
+    ran), then one markdown summary, ``transfer-matrix-summary``: the run's counts, then each
+    stage's section. Fills ``result.heatmaps`` (label -> PNG URI in storage) and
+    ``result.summaries`` (model -> the cross-task transfer summary).
+
+    Publishing costs what changed: a stage whose run covered exactly the keys an earlier run
+    published (``artifacts/published/<study>/<stage>/<fingerprint>.json``, see
+    :func:`publish_fingerprint`) draws nothing and creates no artifact again (the earlier
+    ones, under the same keys, are identical); its summary section is the recorded one."""
     sections: list[str] = []
+    reused: list[str] = []
     for stage, state in stage_runs or []:
-        lines, uris = stage.publish(state, state.results[stage.name])
+        run = state.results[stage.name]
+        record = (f"artifacts/published/{study.name}/{stage.name}/"
+                  f"{publish_fingerprint(study, stage.name, run.keys)}.json")
+        rec = _published(storage, record) if run.keys else None
+        if rec is None:
+            lines, uris = stage.publish(state, run)
+            if run.keys:
+                storage.write_bytes(record, json.dumps(
+                    {"run_id": run_id, "lines": lines, "uris": uris, "summaries": run.summaries},
+                    default=lambda o: o.item() if hasattr(o, "item") else str(o)).encode())
+        else:
+            lines, uris, run.summaries = rec["lines"], rec["uris"], rec["summaries"]
+            reused.append(f"`{stage.name}` (run `{rec.get('run_id')}`)")
         result.heatmaps.update(uris)
+        result.summaries.update(run.summaries)
         sections += lines
-    keys = artifact_keys(m.name for m in study.models)
     lines = [f"# Transfer matrix: study `{study.name}`", "",
              f"run `{run_id}`, storage `{storage.root}`", "",
              f"- prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}",
              f"- matrix cells evaluated {result.n_cells_evaluated}, reused "
              f"{result.n_cells_cached}", ""]
+    if reused:
+        lines += ["- nothing new in " + ", ".join(reused) + ": its artifacts stand as that run "
+                  "published them", ""]
+    lines += sections
+    create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY,
+                             description=f"study {study.name}")
+
+
+def publish_cross_task(study: StudyConfig, storage: Storage, run_id: str,
+                       cells_by_model: dict[str, list[str]]
+                       ) -> tuple[list[str], dict[str, str], dict[str, dict]]:
+    """The cross-task stage's artifacts per model (see the module docstring), computed from
+    exactly the cells this run covered (not every row of the partition: older configurations
+    stay out). Returns its summary lines, {model: heatmap PNG URI} and {model: transfer
+    summary}."""
+    keys = artifact_keys(m.name for m in study.models)
+    lines: list[str] = []
+    uris: dict[str, str] = {}
+    summaries: dict[str, dict] = {}
     for m in study.models:
         cells = cells_by_model.get(m.name, [])
         if not cells:
             continue
         key = keys[m.name]
         df = run_cells(storage, study.name, m.name, cells)
-        summary = transfer_summary(df)
-        result.summaries[m.name] = summary
+        summary = summaries[m.name] = transfer_summary(df)
         rel = matrix(df, "accuracy", "relative_score")
-        png = heatmap_png(rel, f"{study.name} / {m.name}: relative accuracy")
-        uri = storage.write_bytes(f"artifacts/{run_id}/cross_task_{m.name}.png", png)
-        result.heatmaps[m.name] = uri
+        types = dict(zip(df["target_task"], df["target_task_type"], strict=True))
+        png = heatmap_png(rel, f"{study.name} / {m.name}: relative accuracy", task_types=types)
+        uri = uris[m.name] = storage.write_bytes(f"artifacts/{run_id}/cross_task_{m.name}.png",
+                                                 png)
         caption = (f"Study `{study.name}`, model `{m.name}`, run `{run_id}`: "
                    f"{COLOUR_MEANING}.")
         data_uri = png_data_uri(png)
@@ -251,9 +311,7 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
                   f"`relative-score-{key}`", "",
                   "accuracy (rows: source prompt, columns: target)",
                   "", "```", score.round(3).to_string(), "```", ""]
-    lines += sections
-    create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY,
-                             description=f"study {study.name}")
+    return lines, uris, summaries
 
 
 # -- the cross_model and tpt stages -----------------------------------------------------------

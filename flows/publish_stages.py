@@ -37,10 +37,10 @@ CROSS_MODEL_SUMMARY_KEY = "cross-model-summary"
 OBJECTIVE_ORDER = ("distance", "task", "none")
 CROSS_MODEL_COLOUR = ("colour = relative score: the source model's prompt, carried into the "
                       "target model, scored on the target task, divided by the target model's "
-                      "own prompt's accuracy on that task (1.0 = as good as the own prompt; "
-                      "brighter is higher); rows: objective (distance / task: projected by a "
-                      "projector trained that way; none: the source prompt as is) and source "
-                      "task, columns: target task, seeds averaged")
+                      "own prompt's accuracy on that task (white = 1.0, as good as the own "
+                      "prompt; blue above, red below; grey: no value); rows: objective "
+                      "(distance / task: projected by a projector trained that way; none: the "
+                      "source prompt as is) and source task, columns: target task, seeds averaged")
 TPT_PANEL_IN = (2.8, 2.0)  # one target task's panel, inches
 TPT_COLUMNS = 3
 TPT_PNG_COLOURS = 64  # lines on white: 10 targets x 3 sources x 2 seeds, a PNG of ~45 KB

@@ -1,18 +1,20 @@
 """What a stage of the ``transfer-matrix`` flow is: one protocol, one registry.
 
-The flow's core prepares the NLP tasks, trains the prompts and scores the cross-task matrix;
-every stage after it is a plug-in. A stage is one module ``flows/stage_<name>.py`` (found and
-imported by :func:`load_stages`) that registers a :class:`Stage` with :func:`register_stage`,
-plus one options section in the study file (its :class:`prompt_core.config.StageSpec`, given to
-:func:`register_stage` too). A stage:
+The flow's core prepares the NLP tasks and trains the prompts every stage builds on
+(:mod:`flows.core_units`); every stage, the cross-task matrix included, is a plug-in. A stage
+is one module ``flows/stage_<name>.py`` (found and imported by :func:`load_stages`) that
+registers a :class:`Stage` with :func:`register_stage`, plus one options section in the study
+file (its :class:`prompt_core.config.StageSpec`, given to :func:`register_stage` too). A
+stage:
 
-* ``parts`` / :meth:`Stage.unit_counts`: names the parts of its work the progress bars count
-  and how many units each has (known once the tasks are prepared);
-* :meth:`Stage.run`: plans its units from the study and what the run has so far
-  (:class:`FlowState`: prompts, the matrix's cell keys, earlier stages' results), submits
-  them on the flow's task runner (each unit skipped when its key is stored) and returns a
-  :class:`StageRun`: what it computed vs found stored, the keys it covered per (model,
-  table) (the run's ``run_keys``) and this run's rows for publishing;
+* :meth:`Stage.unit_counts`: names the parts of its work the progress bars count and how many
+  units each has (known once the tasks are prepared);
+* :meth:`Stage.run`: plans its units from the study, the stored keys and what the run has so
+  far (:class:`FlowState`: prompts, earlier stages' results) as :class:`flows.submit.Planned`
+  units (stored ones carry their outcome, missing ones the call that submits them) and hands
+  them to ``state.run_units(part, units)``, which creates task runs for the missing ones only;
+  returns a :class:`StageRun`: what it computed vs found stored, the keys it covered per
+  (model, table) (the run's ``run_keys``) and this run's rows for publishing;
 * ``tables``: names the tables it writes;
 * :meth:`Stage.publish`: writes its artifacts and returns its section of the run summary;
 * :meth:`Stage.status`: gives its rows of ``prompt-transfer status`` from stored keys only.
@@ -30,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 from prompt_core.config import STAGE_SPECS, StageSpec, StudyConfig, register_stage_spec
 
-Gather = Callable[[list, list[str], list[str | None]], list]
+RunUnits = Callable[[str, list], list]  # (part, planned units) -> their outcomes, in order
 PromptIndex = dict[tuple[str, str, int], Any]  # (model, task, seed) -> its PromptRow
 
 
@@ -66,6 +68,8 @@ class StageRun:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     keys: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     rows: Any = None
+    prompts: list = field(default_factory=list)  # TrainOutcomes of prompts the stage trained
+    summaries: dict[str, dict] = field(default_factory=dict)  # model -> figures (publish)
 
     def count(self, part: str, computed: int, stored: int) -> None:
         c = self.counts.setdefault(part, {"computed": 0, "stored": 0})
@@ -78,19 +82,25 @@ class StageRun:
 
 @dataclass
 class FlowState:
-    """What a stage may read of the run so far. ``gather(part)`` returns the function that
-    waits for a part's futures (progress, failures): ``gather(part)(futures, labels,
-    models)``."""
+    """What a stage may read of the run so far. ``run_units(part, units)`` runs a part's
+    :class:`flows.submit.Planned` units (task runs for the missing ones only; progress,
+    failures) and returns their outcomes in order."""
 
     ctx: Any  # tasks.units.RunContext
     study: StudyConfig
     storage: Any  # tasks.storage.Storage
     infos: list  # tasks.units.NlpTaskInfo, study order
     prompts: list  # the study's PromptRows (every model, task, seed)
-    baselines: list  # TrainOutcomes of TPT's random-init baselines (its own budget), if any
-    cells: dict[str, list[str]]  # the run's cross-task cell keys per model
-    gather: Callable[[str], Gather]
+    run_units: RunUnits
     results: dict[str, StageRun] = field(default_factory=dict)  # earlier stages, by name
+
+    @property
+    def cells(self) -> dict[str, list[str]]:
+        """The run's cross-task cell keys per model (empty without the cross_task stage)."""
+        run = self.results.get("cross_task")
+        if run is None:
+            return {}
+        return {m: ks for (m, t), ks in run.keys.items() if t == "cross_task"}
 
 
 @dataclass
@@ -106,6 +116,9 @@ class StatusState:
     init_sha: str | None
     problems: list[str]
     shared: dict[str, Any] = field(default_factory=dict)
+    # every (model, task, seed) of the study: its stored PromptRow, or the PlannedPrompt (key,
+    # task, type, config key) the train part would store
+    planned: dict[tuple[str, str, int], Any] = field(default_factory=dict)
 
 
 class Stage(Protocol):
@@ -128,7 +141,6 @@ class Stage(Protocol):
 
 
 STAGES: dict[str, Stage] = {}
-CORE_STAGES = ("cross_task",)  # run by the flow's core (prepare, train, evaluate)
 
 
 def register_stage(stage: Stage, spec: StageSpec) -> Stage:
@@ -164,9 +176,9 @@ def load_stages() -> dict[str, Stage]:
 
 
 def ordered_stages(study: StudyConfig) -> list[Stage]:
-    """The study's plug-in stages in dependency order (``after``; otherwise study order)."""
+    """The study's stages in dependency order (``after``; otherwise study order)."""
     load_stages()
-    names = [s for s in study.stages if s not in CORE_STAGES]
+    names = list(study.stages)
     missing = [s for s in names if s not in STAGES]
     if missing:
         raise ValueError(f"stage(s) {missing} have options but no flow module registered")

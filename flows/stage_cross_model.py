@@ -8,10 +8,9 @@ where the hidden sizes match, on the target model). Tables ``projectors`` and ``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
-
-from prefect import tags
 
 from flows.publish_stages import publish_cross_model, stage_summary_markdown
 from flows.stage_api import (
@@ -22,7 +21,8 @@ from flows.stage_api import (
     index_prompts,
     register_stage,
 )
-from flows.status import StageStatus, read_partition, stored_rows
+from flows.status import StageStatus
+from flows.submit import Planned, unit_tags
 from prompt_core.cell_stats import METRICS
 from prompt_core.config import STAGE_SPECS, ModelConfig, StudyConfig
 from tasks.stage_units import (
@@ -31,9 +31,10 @@ from tasks.stage_units import (
     evaluate_cross_model_unit,
     plan_cross_model_cells,
     projector_key,
+    stored_projector,
     train_projector_unit,
 )
-from tasks.tables import ProjectorRow, PromptRow, run_rows
+from tasks.tables import ProjectorRow, PromptRow, read_partition, run_rows, stored_rows
 from tasks.units import NlpTaskInfo, RunContext
 
 
@@ -78,44 +79,69 @@ def n_cross_model_units(study: StudyConfig, infos: list[NlpTaskInfo]) -> int:
     return len(study.model_pairs()) * len(held_out)
 
 
-def run_projectors(ctx: RunContext, study: StudyConfig, jobs: list[ProjectorJob], gather
-                   ) -> list[KeyedOutcome]:
-    futures, labels, models = [], [], []
+def run_projectors(ctx: RunContext, study: StudyConfig, storage, jobs: list[ProjectorJob],
+                   run_units) -> list[KeyedOutcome]:
+    """Each projector: stored (its row and an intact file) or trained by a task run."""
     cfg = study.cross_model.projector
+    units = []
     for j in jobs:
-        with tags("stage:project", f"model:{j.target.name}", f"source_model:{j.source.name}"):
-            futures.append(train_projector_unit.submit(
-                ctx, j.source, j.target, j.objective, cfg, j.sources, j.targets, j.infos,
-                j.seed))
-        labels.append(j.label)
-        models.append(j.target.name)
-    return gather(futures, labels, models)
+        key = projector_key(j.source, j.target, j.objective, cfg, j.sources, j.targets, j.infos,
+                            j.seed)
+        row = stored_projector(storage, {"study": study.name, "target_model": j.target.name},
+                               key, j.source.name, j.target.name)
+        units.append(Planned(
+            j.label, j.target.name, stored=KeyedOutcome(row, computed=False) if row else None,
+            tags=unit_tags("project", j.target.name, source_model=j.source.name),
+            submit=None if row else functools.partial(
+                train_projector_unit.submit, ctx, j.source, j.target, j.objective, cfg,
+                j.sources, j.targets, j.infos, j.seed)))
+    return run_units("project", units)
 
 
-def run_cross_model(ctx: RunContext, study: StudyConfig, infos: list[NlpTaskInfo],
-                    prompts: PromptIndex, projectors: list[ProjectorRow], gather
+def complete_cross_model_cells(storage, study: str, target_model: str, target: str,
+                               problems: list[str]) -> set[str]:
+    """The target's cross-model cell keys with rows of every metric (what the unit counts as
+    done), from one read of its partition."""
+    where = {"study": study, "target_model": target_model, "target_task": target}
+    t = read_partition(storage, "cross_model", where, ["cell_key", "metric"], problems)
+    got: dict[str, set[str]] = {}
+    for k, metric in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
+        got.setdefault(k, set()).add(metric)
+    return {k for k, ms in got.items() if set(METRICS) <= ms}
+
+
+def run_cross_model(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpTaskInfo],
+                    prompts: PromptIndex, projectors: list[ProjectorRow], run_units
                     ) -> list[CrossModelOutcome]:
     """One unit per (model pair, held-out target task): every source prompt of the source
-    model through the pair's projectors (and unprojected), on the target model."""
+    model through the pair's projectors (and unprojected), on the target model; stored when
+    every planned cell has rows of both metrics."""
     models = {m.name: m for m in study.models}
     cm = study.cross_model
     held_out = [i for i in infos if i.name not in cm.train_tasks]
-    futures, labels, owners = [], [], []
+    units = []
     for src, tgt in study.model_pairs():
         pair_projectors = [p for p in projectors
                            if p.source_model == src and p.target_model == tgt]
         sources = [r for (m, _, _), r in prompts.items() if m == src]
         for info in held_out:
             own = {s: prompts[(tgt, info.name, s)] for s in study.seeds}
-            with tags("stage:cross_model", f"model:{tgt}", f"source_model:{src}",
-                      f"nlp_task:{info.name}"):
-                futures.append(evaluate_cross_model_unit.submit(
-                    ctx, models[src], models[tgt], info, own, sources, pair_projectors,
-                    cm.unprojected, list(cm.train_tasks), study.evaluation))
-            labels.append(f"cross-model {src}->{tgt} -> {info.name}")
-            owners.append(tgt)
-    return gather(futures, labels, owners)
-
+            unit = Planned(
+                f"cross-model {src}->{tgt} -> {info.name}", tgt,
+                tags=unit_tags("cross_model", tgt, info.name, source_model=src),
+                submit=functools.partial(
+                    evaluate_cross_model_unit.submit, ctx, models[src], models[tgt], info, own,
+                    sources, pair_projectors, cm.unprojected, list(cm.train_tasks),
+                    study.evaluation))
+            keys = [c.key for c in plan_cross_model_cells(
+                models[tgt], info, own, sources, pair_projectors, cm.unprojected,
+                study.evaluation)]
+            done = complete_cross_model_cells(storage, study.name, tgt, info.name, [])
+            if all(k in done for k in keys):
+                unit.submit = None
+                unit.stored = CrossModelOutcome(src, tgt, info.name, keys, 0, len(keys), [])
+            units.append(unit)
+    return run_units("cross_model", units)
 
 
 class CrossModelStage:
@@ -131,16 +157,15 @@ class CrossModelStage:
     def run(self, state: FlowState) -> StageRun:
         study, out = state.study, StageRun()
         index = index_prompts(state.prompts)
-        projected = run_projectors(state.ctx, study,
-                                        plan_projectors(study, state.infos, index),
-                                        state.gather("project"))
+        projected = run_projectors(state.ctx, study, state.storage,
+                                   plan_projectors(study, state.infos, index), state.run_units)
         out.count("project", sum(o.computed for o in projected),
                   sum(not o.computed for o in projected))
         for o in projected:
             out.add_keys(o.row.target_model, "projectors", [o.row.projector_key])
         projectors = [o.row for o in projected]
-        xm = run_cross_model(state.ctx, study, state.infos, index, projectors,
-                                  state.gather("cross_model"))
+        xm = run_cross_model(state.ctx, study, state.storage, state.infos, index, projectors,
+                             state.run_units)
         out.count("cross_model", sum(o.n_cells_evaluated for o in xm),
                   sum(o.n_cells_cached for o in xm))
         for o in xm:
@@ -214,13 +239,9 @@ class CrossModelStage:
         target_model = next(m for m in study.models if m.name == tgt)
         cells = plan_cross_model_cells(target_model, info, own, sources, pair, cm.unprojected,
                                        study.evaluation)
-        where = {"study": study.name, "target_model": tgt, "target_task": info.name}
-        t = read_partition(state.storage, "cross_model", where, ["cell_key", "metric"],
-                           state.problems)
-        got: dict[str, set[str]] = {}
-        for k, metric in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
-            got.setdefault(k, set()).add(metric)
-        return all(set(METRICS) <= got.get(c.key, set()) for c in cells)
+        done = complete_cross_model_cells(state.storage, study.name, tgt, info.name,
+                                          state.problems)
+        return all(c.key in done for c in cells)
 
 
 register_stage(CrossModelStage(), STAGE_SPECS["cross_model"])  # options: CrossModelConfig

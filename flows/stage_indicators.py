@@ -16,17 +16,18 @@ All are cached units; :func:`run_indicators` returns the run's rows for publishi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import ClassVar
 
 import pandas as pd
-from prefect import tags
 
 from flows.publish import run_cells
 from flows.publish_indicators import indicator_summary_lines, publish_indicators
 from flows.stage_api import FlowState, StageRun, StatusState, register_stage
-from flows.status import StageStatus, read_partition
+from flows.status import StageStatus
+from flows.submit import Planned, unit_tags
 from prompt_core.config import STAGE_SPECS, ModelConfig, StudyConfig
 from tasks.indicator_units import (
     KeysOutcome,
@@ -38,7 +39,7 @@ from tasks.indicator_units import (
     probe_unit,
 )
 from tasks.indicator_units import recommendations_unit as recommend_unit
-from tasks.tables import PromptRow, run_rows
+from tasks.tables import PromptRow, read_partition, run_rows
 from tasks.units import NlpTaskInfo, RunContext
 
 STAGE = "indicators"
@@ -82,7 +83,7 @@ class IndicatorResult:
 
 
 def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[NlpTaskInfo],
-                   prompts: list[PromptRow], cells: dict[str, list[str]], gather
+                   prompts: list[PromptRow], cells: dict[str, list[str]], run_units
                    ) -> IndicatorResult:
     """Run the stage for every indicator model (see the module docstring); ``cells``: the
     run's cross-task cell keys per model."""
@@ -95,65 +96,39 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
     def own(m: ModelConfig, seed: int) -> list[PromptRow]:
         return [by[(m.name, t, seed)] for t in names if (m.name, t, seed) in by]
 
+    def unit(label: str, model: str, fn, *args, nlp_task: str | None = None) -> Planned:
+        return Planned(label, model, submit=functools.partial(fn.submit, *args),
+                       tags=unit_tags("indicators", model, nlp_task))
+
     # 1-3: the units that run the model
-    futures, labels, owners = [], [], []
-    for m in models:
-        for seed in study.seeds:
-            with tags("stage:indicators", f"model:{m.name}"):
-                futures.append(indicators_unit.submit(ctx, m, seed, own(m, seed), cfg))
-            labels.append(f"indicators {m.name} seed={seed}")
-            owners.append(m.name)
-    out.add(gather(futures, labels, owners), "indicators", "indicators")
-
-    futures, labels, owners = [], [], []
-    for m in models if cfg.ablation_fractions else []:
-        for info in infos:
-            for seed in study.seeds:
-                if (m.name, info.name, seed) not in by:
-                    continue
-                with tags("stage:indicators", f"model:{m.name}", f"nlp_task:{info.name}"):
-                    futures.append(ablation_unit.submit(ctx, m, info, by[(m.name, info.name,
-                                                                          seed)],
-                                                        cfg, study.evaluation))
-                labels.append(f"ablate {m.name}/{info.name} seed={seed}")
-                owners.append(m.name)
-    out.add(gather(futures, labels, owners), "ablations", "ablate")
-
-    futures, labels, owners, probe_of = [], [], [], []
-    for m in models:
-        for info in infos:
-            for seed in study.seeds:
-                sources = [p for p in own(m, seed) if p.task != info.name]
-                with tags("stage:indicators", f"model:{m.name}", f"nlp_task:{info.name}"):
-                    futures.append(probe_unit.submit(ctx, m, info, seed, sources, cfg,
-                                                     study.evaluation))
-                labels.append(f"probe {m.name} -> {info.name} seed={seed}")
-                owners.append(m.name)
-                probe_of.append((m.name, info.name, seed))
+    out.add(run_units(STAGE, [
+        unit(f"indicators {m.name} seed={seed}", m.name, indicators_unit, ctx, m, seed,
+             own(m, seed), cfg) for m in models for seed in study.seeds]),
+        "indicators", "indicators")
+    out.add(run_units(STAGE, [
+        unit(f"ablate {m.name}/{info.name} seed={seed}", m.name, ablation_unit, ctx, m, info,
+             by[(m.name, info.name, seed)], cfg, study.evaluation, nlp_task=info.name)
+        for m in (models if cfg.ablation_fractions else []) for info in infos
+        for seed in study.seeds if (m.name, info.name, seed) in by]), "ablations", "ablate")
+    probe_of = [(m, info, seed) for m in models for info in infos for seed in study.seeds]
+    probed = run_units(STAGE, [
+        unit(f"probe {m.name} -> {info.name} seed={seed}", m.name, probe_unit, ctx, m, info,
+             seed, [p for p in own(m, seed) if p.task != info.name], cfg, study.evaluation,
+             nlp_task=info.name) for m, info, seed in probe_of])
     probes: dict[str, list[dict]] = {m.name: [] for m in models}
-    for (model, target, seed), o in zip(probe_of, gather(futures, labels, owners),
-                                        strict=True):
-        probes[model].append({"seed": seed, "target_task": target, "scores": o.scores})
+    for (m, info, seed), o in zip(probe_of, probed, strict=True):
+        probes[m.name].append({"seed": seed, "target_task": info.name, "scores": o.scores})
         out.count("probe", int(o.computed), int(not o.computed))
 
     # 4: the analyses over the run's rows
-    futures, labels, owners = [], [], []
-    for m in models:
-        pairs = out.keys.get((m.name, "indicators"), [])
-        with tags("stage:indicators", f"model:{m.name}"):
-            futures.append(correlations_unit.submit(ctx, m.name, cells.get(m.name, []), pairs))
-        labels.append(f"correlate {m.name}")
-        owners.append(m.name)
-    out.add(gather(futures, labels, owners), "correlations", "correlate")
-    futures, labels, owners = [], [], []
-    for m in models:
-        pairs = out.keys.get((m.name, "indicators"), [])
-        with tags("stage:indicators", f"model:{m.name}"):
-            futures.append(recommend_unit.submit(ctx, m.name, cells.get(m.name, []), pairs,
-                                                 probes[m.name]))
-        labels.append(f"recommend {m.name}")
-        owners.append(m.name)
-    out.add(gather(futures, labels, owners), "recommendations", "recommend")
+    out.add(run_units(STAGE, [
+        unit(f"correlate {m.name}", m.name, correlations_unit, ctx, m.name,
+             cells.get(m.name, []), out.keys.get((m.name, "indicators"), []))
+        for m in models]), "correlations", "correlate")
+    out.add(run_units(STAGE, [
+        unit(f"recommend {m.name}", m.name, recommend_unit, ctx, m.name, cells.get(m.name, []),
+             out.keys.get((m.name, "indicators"), []), probes[m.name]) for m in models]),
+        "recommendations", "recommend")
 
     for table in ("indicators", "ablations", "correlations", "recommendations"):
         parts = [(m, ks) for (m, t), ks in out.keys.items() if t == table]
@@ -163,7 +138,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
 
 class IndicatorsStage:
     name: ClassVar[str] = STAGE
-    after: ClassVar[tuple[str, ...]] = ()
+    after: ClassVar[tuple[str, ...]] = ("cross_task",)  # correlates with the run's cells
     tables: ClassVar[tuple[str, ...]] = ("indicators", "ablations", "correlations",
                                          "recommendations")
 
@@ -172,7 +147,7 @@ class IndicatorsStage:
 
     def run(self, state: FlowState) -> StageRun:
         ir = run_indicators(state.ctx, state.study, state.storage, state.infos, state.prompts,
-                            state.cells, state.gather(STAGE))
+                            state.cells, state.run_units)
         out = StageRun(rows=ir.rows)
         for part, c in ir.counts.items():
             out.count(part, c["computed"], c["stored"])

@@ -9,12 +9,13 @@ stage's projector of that pair, so this stage runs after it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, cast
 
 import pandas as pd
-from prefect import tags
 
+from flows.core_units import plan_train
 from flows.publish_stages import publish_tpt, stage_summary_markdown
 from flows.stage_api import (
     FlowState,
@@ -24,13 +25,14 @@ from flows.stage_api import (
     index_prompts,
     register_stage,
 )
-from flows.status import PlannedPrompt, StageStatus, read_partition
+from flows.status import PlannedPrompt, StageStatus
+from flows.submit import Planned, unit_tags
 from prompt_core.config import STAGE_SPECS, ModelConfig, StudyConfig, TrainConfig
 from tasks.stage_units import KeyedOutcome, read_curve, tpt_key, tpt_prompt_key, tpt_unit
 from tasks.storage import Storage
-from tasks.tables import ProjectorRow, PromptRow
+from tasks.tables import ProjectorRow, PromptRow, TptRankRow, TptRow, read_partition
 from tasks.tpt_ranking import RankOutcome, rank_key, rank_tpt_sources_unit
-from tasks.units import NlpTaskInfo, RunContext, prompt_key, train_config_key
+from tasks.units import NlpTaskInfo, RunContext, prompt_key, stored_row, train_config_key
 
 
 @dataclass
@@ -132,17 +134,25 @@ def plan_rankings(study: StudyConfig, infos: list[NlpTaskInfo], prompts: PromptI
     return jobs
 
 
-def run_rankings(ctx: RunContext, study: StudyConfig, jobs: list[RankJob], gather
+def run_rankings(ctx: RunContext, study: StudyConfig, storage, jobs: list[RankJob], run_units
                  ) -> list[RankOutcome]:
-    futures, labels, models = [], [], []
+    """Each ranking: stored (every candidate's row under its key) or scored by a task run."""
+    units = []
     for j in jobs:
-        with tags("stage:tpt_rank", f"model:{j.model.name}", f"nlp_task:{j.target.name}"):
-            futures.append(rank_tpt_sources_unit.submit(ctx, j.model, j.target, j.own,
-                                                        j.candidates, study.tpt,
-                                                        study.evaluation))
-        labels.append(j.label)
-        models.append(j.model.name)
-    return gather(futures, labels, models)
+        key = rank_key(j.model, j.target, j.own, j.candidates, study.tpt, study.evaluation)
+        where = {"study": study.name, "model": j.model.name, "target_task": j.target.name}
+        table = read_partition(storage, "tpt_rankings", where,
+                               [f.name for f in fields(TptRankRow) if f.name not in where], [])
+        rows = [TptRankRow(**{**r, **where}) for r in table.to_pylist() if r["rank_key"] == key]
+        stored = (RankOutcome(j.model.name, j.target.name, key, rows, computed=False)
+                  if len(rows) == len(j.candidates) else None)
+        units.append(Planned(
+            j.label, j.model.name, stored=stored,
+            tags=unit_tags("tpt_rank", j.model.name, j.target.name),
+            submit=None if stored else functools.partial(
+                rank_tpt_sources_unit.submit, ctx, j.model, j.target, j.own, j.candidates,
+                study.tpt, study.evaluation)))
+    return run_units("tpt_rank", units)
 
 
 def rankings_by_model(outcomes: list[RankOutcome]) -> dict[str, pd.DataFrame]:
@@ -181,17 +191,24 @@ def plan_tpt(study: StudyConfig, infos: list[NlpTaskInfo], prompts: PromptIndex,
     return jobs
 
 
-def run_tpt(ctx: RunContext, study: StudyConfig, jobs: list[TptJob], gather
+def run_tpt(ctx: RunContext, study: StudyConfig, storage, jobs: list[TptJob], run_units
             ) -> list[KeyedOutcome]:
+    """Each TPT run: stored (its ``tpt`` row) or trained by a task run."""
     train = study.tpt.train_config(study.training)
-    futures, labels, models = [], [], []
+    k = study.tpt.score_at_step or train.eval_every
+    units = []
     for j in jobs:
-        with tags("stage:tpt", f"model:{j.model.name}", f"nlp_task:{j.target.name}"):
-            futures.append(tpt_unit.submit(ctx, j.model, j.target, j.source, j.source_label,
-                                           j.projector, j.baseline, train, study.tpt, j.seed))
-        labels.append(j.label)
-        models.append(j.model.name)
-    return gather(futures, labels, models)
+        key = tpt_key(tpt_prompt_key(j.model, train, j.target, j.source, j.projector, j.seed),
+                      j.baseline, study.tpt, k)
+        where = {"study": study.name, "model": j.model.name, "target_task": j.target.name}
+        row = stored_row(storage, "tpt", where, key, TptRow, "tpt_key")
+        units.append(Planned(
+            j.label, j.model.name, stored=KeyedOutcome(row, computed=False) if row else None,
+            tags=unit_tags("tpt", j.model.name, j.target.name),
+            submit=None if row else functools.partial(
+                tpt_unit.submit, ctx, j.model, j.target, j.source, j.source_label, j.projector,
+                j.baseline, train, study.tpt, j.seed)))
+    return run_units("tpt", units)
 
 
 # --- what the run covered, read back for publishing -----------------------------------------
@@ -220,6 +237,9 @@ class TptStage:
 
     def unit_counts(self, study: StudyConfig, infos: list) -> dict[str, int]:
         counts = {"tpt": n_tpt_units(study, infos)}
+        if tpt_train_config(study) is not None:  # its baselines: more prompts to train
+            counts = {"train": (len(tpt_models(study)) * len(tpt_targets(study, infos))
+                                * len(study.seeds)), **counts}
         if study.tpt.top_k is not None:
             counts = {"tpt_rank": len(tpt_models(study)) * len(tpt_targets(study,
                                                                                     infos)),
@@ -229,26 +249,31 @@ class TptStage:
     def run(self, state: FlowState) -> StageRun:
         study, out = state.study, StageRun()
         index = index_prompts(state.prompts)
-        base = index_prompts([o.row for o in state.baselines]) if state.baselines \
-            else index
+        base = index
+        tpt_train = tpt_train_config(study)
+        if tpt_train is not None:  # random-init baselines trained again with TPT's budget
+            out.prompts = state.run_units("train", plan_train(
+                state.ctx, study, state.storage, tpt_models(study),
+                tpt_targets(study, state.infos), tpt_train, label_suffix=" (tpt budget)"))
+            base = index_prompts([o.row for o in out.prompts])
         projectors = (state.results["cross_model"].rows["projectors"]
                       if "cross_model" in state.results else [])
         rankings: dict = {}
         if study.tpt.top_k is not None:  # top-k sources rank on validation data, never test
             ranked = run_rankings(state.ctx, study,
-                                       plan_rankings(study, state.infos, index),
-                                       state.gather("tpt_rank"))
+                                  state.storage, plan_rankings(study, state.infos, index),
+                                  state.run_units)
             out.count("tpt_rank", sum(o.computed for o in ranked),
                       sum(not o.computed for o in ranked))
             for o in ranked:
                 out.add_keys(o.model, "tpt_rankings", [o.key])
             rankings = rankings_by_model(ranked)
         jobs = plan_tpt(study, state.infos, index, base, projectors, rankings)
-        outs = run_tpt(state.ctx, study, jobs, state.gather("tpt"))
+        outs = run_tpt(state.ctx, study, state.storage, jobs, state.run_units)
         out.count("tpt", sum(o.computed for o in outs), sum(not o.computed for o in outs))
         for o in outs:
             out.add_keys(o.row.model, "tpt", [o.row.tpt_key])
-        every = {p.prompt_key: p for p in [*state.prompts, *(b.row for b in state.baselines)]}
+        every = {p.prompt_key: p for p in [*state.prompts, *(b.row for b in out.prompts)]}
         out.rows = {"tpt": pd.DataFrame([asdict(o.row) for o in outs]),
                     "tpt_curves": tpt_curves(state.storage, study.name,
                                                   [o.row for o in outs], every)}

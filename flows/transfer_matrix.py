@@ -1,10 +1,16 @@
 """The ``transfer_matrix`` flow: train a prompt per (model, NLP task, seed), score every prompt
 on every target task, write the tables, publish artifacts.
 
-Stages (each a fan-out of Prefect tasks, each unit skipped when its key is already stored)::
+Parts::
 
     validate (prompt_core.preflight) -> prepare NLP tasks (copied into storage)
-    -> train prompts -> cross-task evaluation -> runs row + run_keys + artifacts
+    -> train prompts -> each stage of the study, in dependency order (flows/stage_*.py:
+       cross_task, cross_model, tpt, indicators) -> runs row + run_keys + artifacts
+
+Each part is planned from the tables first (:mod:`flows.core_units`, each stage's ``run``):
+a unit found stored is counted, not run, and only the missing units become Prefect task runs,
+at most a window of them in flight (:mod:`flows.submit`). A rerun with nothing to do costs
+what its planning costs. Each submitted unit checks its key and claim again before computing.
 
 Where the units run is chosen per run (``runner.task_runner``): ``threads`` (one process, one
 model copy), ``processes`` (Prefect's process pool) or ``dask`` (prefect-dask: a local cluster
@@ -24,38 +30,36 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
 import prefect
-from prefect import flow, tags
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.core_units import plan_prepare, plan_train
 from flows.publish import publish_run
 from flows.runtime import make_task_runner, runner_environment, torch_threads_per_unit
-from flows.stage_api import FlowState, StudyResult, ordered_stages
-from flows.stage_tpt import tpt_models, tpt_targets, tpt_train_config
+from flows.stage_api import FlowState, StageRun, StudyResult, ordered_stages
+from flows.submit import (  # re-exported: callers import the progress types from here
+    DEFAULT_WINDOW,
+    Planned,
+    ProgressObserver,
+    RunProgress,
+    UnitFailed,
+    UnitLedger,
+)
+from flows.submit import run_units as submit_units
 from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes
-from prompt_core.errors import InputError
 from prompt_core.preflight import check_study
 from tasks.storage import open_storage
 from tasks.tables import RunKeyRow, RunRow, now_utc, write_part
-from tasks.units import (
-    EvalOutcome,
-    NlpTaskInfo,
-    RunContext,
-    TrainOutcome,
-    evaluate_target_unit,
-    get_nlp_task,
-    prepare_nlp_task,
-    train_prompt_unit,
-)
+from tasks.units import NlpTaskInfo, RunContext, TrainOutcome, get_nlp_task
+
+__all__ = ["ProgressObserver", "RunProgress", "StudyResult", "UnitFailed", "current_observer",
+           "read_study", "run_study", "study_flow", "transfer_matrix", "with_overrides"]
 
 RunnerKind = Literal["threads", "processes", "dask"]
 
@@ -67,11 +71,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-# --- progress, from the futures the flow holds -----------------------------------------------
-
-ProgressObserver = Callable[[str, int, int, str | None], None]
-"""Called in the flow's process as ``(stage, done, total, finished unit label or None)``:
-``None`` announces a stage."""
+# --- progress: the observer of the run_study call in progress ------------------------------
 
 # the observer of the run_study call in progress (its caller's, e.g. the CLI's bars): scoped
 # to that call and its thread, where the flow runs, never a process-wide list
@@ -83,115 +83,42 @@ def current_observer() -> ProgressObserver | None:
     return _observer.get()
 
 
-class RunProgress:
-    """Units done over all stages: one Prefect progress artifact (0-100) plus the observers."""
-
-    def __init__(self, totals: dict[str, int], observer: ProgressObserver | None = None):
-        self.observers = [observer] if observer is not None else []
-        self.totals = totals
-        self.done = dict.fromkeys(totals, 0)
-        self.all = max(sum(totals.values()), 1)
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, key="transfer-matrix-progress", description="units done / all units")
-
-    def set_total(self, stage: str, total: int) -> None:
-        """A stage's unit count once it is known (after the tasks are prepared)."""
-        self.totals[stage] = total
-        self.done.setdefault(stage, 0)
-        self.all = max(sum(self.totals.values()), 1)
-
-    def stage(self, name: str) -> None:
-        for fn in self.observers:
-            fn(name, self.done[name], self.totals[name], None)
-
-    def unit_done(self, stage: str, label: str) -> None:
-        self.done[stage] += 1
-        n = sum(self.done.values())
-        update_progress_artifact(self.artifact_id, 100.0 * n / self.all,
-                                 description=f"{n}/{self.all} units ({stage}: "
-                                             f"{self.done[stage]}/{self.totals[stage]})")
-        for fn in self.observers:
-            fn(stage, self.done[stage], self.totals[stage], label)
+def _run_keys(ledger: UnitLedger, stage_runs: list[StageRun]) -> dict[tuple[str, str], list]:
+    """Every key the run covered, per (model, table): prompts (the core's and the stages'),
+    cells (from the outcomes so far, so a failed run records what finished) and each stage's
+    keys."""
+    keys: dict[tuple[str, str], list[str]] = {}
+    for o in ledger.outcomes.get("train", []):
+        keys.setdefault((o.row.model, "prompts"), []).append(o.row.prompt_key)
+    for run in stage_runs:
+        for (model, table), ks in run.keys.items():
+            keys.setdefault((model, table), []).extend(ks)
+    if not any(t == "cross_task" for _, t in keys):  # a failed run: the cells that finished
+        for e in ledger.outcomes.get("evaluate", []):
+            keys.setdefault((e.model, "cross_task"), []).extend(e.cell_keys)
+    return keys
 
 
-class UnitFailed(RuntimeError):
-    """Units failed for a reason other than bad input; the message names the first one."""
-
-
-def _gather(futures: list, labels: list[str], stage: str, model_of: list[str | None],
-            progress: RunProgress, failures: list[dict]) -> list:
-    """Wait for a stage's futures in completion order, reporting each as it finishes; results
-    in submission order. Every failure is recorded (``failures``), then the first is raised,
-    naming its unit (bad input as is)."""
-    index = {id(f): i for i, f in enumerate(futures)}
-    results: list = [None] * len(futures)
-    errors: list[tuple[int, BaseException]] = []
-    for f in as_completed(futures):
-        i = index[id(f)]
-        try:
-            results[i] = f.result()
-        except Exception as exc:  # noqa: BLE001 - recorded, then the first is raised
-            errors.append((i, exc))
-            failures.append({"unit": labels[i], "stage": stage, "model": model_of[i],
-                             "error": f"{type(exc).__name__}: {exc}"})
-        progress.unit_done(stage, labels[i])
-    if errors:
-        i, exc = min(errors, key=lambda e: e[0])
-        if isinstance(exc, InputError):
-            raise exc
-        more = f" (and {len(errors) - 1} more unit(s))" if len(errors) > 1 else ""
-        raise UnitFailed(f"{labels[i]}: {type(exc).__name__}: {exc}{more}") from exc
-    return results
-
-
-def _completed(futures: list) -> list:
-    return [f.result() for f in futures if f.state.is_completed()]
-
-
-def _count_work(result: StudyResult, trained: list[TrainOutcome],
-                evaluated: list[EvalOutcome]) -> None:
-    """Units done vs reused."""
-    result.n_prompts_trained = sum(o.trained for o in trained)
-    result.n_prompts_cached = len(trained) - result.n_prompts_trained
-    result.n_cells_evaluated = sum(o.n_cells_evaluated for o in evaluated)
-    result.n_cells_cached = sum(o.n_cells_cached for o in evaluated)
-
-
-@dataclass
-class StageKeys:
-    """Every key the run covered, per (model, table): the run's membership (``run_keys``)."""
-
-    keys: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-
-    def add(self, model: str, table: str, keys: list[str]) -> None:
-        self.keys.setdefault((model, table), []).extend(keys)
-
-
-def _stage_keys(trained: list[TrainOutcome], evaluated: list[EvalOutcome], later: StageKeys
-                ) -> StageKeys:
-    out = StageKeys({k: list(v) for k, v in later.keys.items()})
-    for o in trained:
-        out.add(o.row.model, "prompts", [o.row.prompt_key])
-    for e in evaluated:
-        out.add(e.model, "cross_task", e.cell_keys)
-    return out
-
-
-def _write_run_keys(storage, ctx: RunContext, keys: StageKeys) -> None:
+def _write_run_keys(storage, ctx: RunContext, keys: dict[tuple[str, str], list]) -> None:
     """The run's membership: every key it covered (prompts, cells, projectors, TPT runs), one
     part per model."""
     now = now_utc()
     by_model: dict[str, list[RunKeyRow]] = {}
-    for (model, table), ks in keys.keys.items():
+    for (model, table), ks in keys.items():
         by_model.setdefault(model, []).extend(
             RunKeyRow(ctx.run_id, ctx.study, model, table, k, now) for k in dict.fromkeys(ks))
     for rows in by_model.values():
         write_part(storage, "run_keys", rows, ctx.run_id)
 
 
-def _unit_tags(stage: str, model: str | None, nlp_task: str) -> list[str]:
-    """Tags the UI filters task runs by."""
-    return [f"stage:{stage}", f"nlp_task:{nlp_task}", *([f"model:{model}"] if model else [])]
+def _count_work(result: StudyResult, ledger: UnitLedger) -> None:
+    """Prompts trained vs reused (the core's and the stages' own), cells scored vs reused."""
+    trained = ledger.outcomes.get("train", [])
+    result.n_prompts_trained = sum(o.trained for o in trained)
+    result.n_prompts_cached = len(trained) - result.n_prompts_trained
+    evaluated = ledger.outcomes.get("evaluate", [])
+    result.n_cells_evaluated = sum(o.n_cells_evaluated for o in evaluated)
+    result.n_cells_cached = sum(o.n_cells_cached for o in evaluated)
 
 
 def _run_name() -> str:
@@ -217,7 +144,7 @@ def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
     run_id = fr_id or uuid.uuid4().hex
     # validate: everything knowable before compute (models, lengths, init prompt, task data,
     # duplicate names), all problems in one InputError, before anything is written. The
-    # tasks stay loaded (per-process cache) for the prepare stage.
+    # tasks stay loaded (per-process cache) for planning and the prepare units.
     if not checked:
         check_study(study, load_task=get_nlp_task)
     storage = open_storage(study.storage)
@@ -225,116 +152,48 @@ def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
     result = StudyResult(run_id, study.name, storage.root)
     ctx = RunContext(storage.root, study.name, run_id, study.runner.device, study.runner.bf16,
                      study.runner.trainings_per_gpu, torch_threads_per_unit(study.runner))
+    stages = ordered_stages(study)  # in dependency order
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
-    tpt_train = tpt_train_config(study)  # None: TPT's baselines are the train stage's
-    n_baselines = 0  # TPT's random-init baselines trained with TPT's own budget, if it has one
-    if tpt_train is not None:
-        n_targets = len(study.tpt.targets) if study.tpt.targets is not None else n_tasks
-        n_baselines = len(tpt_models(study)) * n_targets * n_seeds
-    totals = {"prepare": n_tasks, "train": n_models * n_tasks * n_seeds + n_baselines}
-    if "cross_task" in study.stages:
-        totals["evaluate"] = n_models * n_tasks
-    plugins = ordered_stages(study)  # the stages after the matrix, in dependency order
-    progress = RunProgress(totals, current_observer())
-    train_futures: list = []
-    eval_futures: list = []
-    later = StageKeys()
+    progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds},
+                           current_observer())
+    ledger = UnitLedger(failures=result.failures)
+    window = max(DEFAULT_WINDOW, 4 * (study.runner.max_workers or 1))
+    stage_runs: list[StageRun] = []
 
-    def gather(stage: str):
-        return lambda futures, labels, models: _gather(futures, labels, stage, models, progress,
-                                                       result.failures)
+    def run_units(part: str, units: list[Planned]) -> list:
+        progress.stage(part)
+        return submit_units(part, units, progress, ledger, window)
     try:
         # prepare: each NLP task's identity, its data copied into storage for the workers
-        progress.stage("prepare")
-        prep = []
-        for cfg in study.tasks:
-            with tags(*_unit_tags("prepare", None, cfg.label())):
-                prep.append(prepare_nlp_task.submit(ctx, cfg, cfg.label()))
-        infos: list[NlpTaskInfo] = _gather(prep, [f"prepare {c.label()}" for c in study.tasks],
-                                           "prepare", [None] * n_tasks, progress,
-                                           result.failures)
-        for stage in plugins:  # each part's unit count, known once the tasks are prepared
+        infos: list[NlpTaskInfo] = run_units("prepare", plan_prepare(ctx, study, storage))
+        for stage in stages:  # each part's unit count, known once the tasks are prepared
             for part, n in stage.unit_counts(study, infos).items():
-                progress.set_total(part, n)
+                progress.set_total(part, progress.totals.get(part, 0) + n)
 
-        # train: fan out per model x task x seed (or one flow run per model x task)
-        progress.stage("train")
+        # train: one prompt per model x task x seed (or one flow run per model x task)
         if study.runner.train_deployment:
-            from flows.fan_out import fan_out_training
-
-            try:
-                trained = fan_out_training(ctx, study, infos, study.runner.train_deployment)
-            except Exception as exc:
-                result.failures.append({"unit": f"fan out {study.runner.train_deployment}",
-                                        "stage": "train", "model": None,
-                                        "error": f"{type(exc).__name__}: {exc}"})
-                raise
-            for o in trained:
-                progress.unit_done("train", f"train {o.row.model}/{o.row.task} "
-                                            f"seed={o.row.seed}")
+            trained = _fan_out(ctx, study, infos, progress, ledger)
         else:
-            labels, models = [], []
-            for m in study.models:
-                for info in infos:
-                    for seed in study.seeds:
-                        with tags(*_unit_tags("train", m.name, info.name)):
-                            train_futures.append(train_prompt_unit.submit(
-                                ctx, m, info, study.training, seed))
-                        labels.append(f"train {m.name}/{info.name} seed={seed}")
-                        models.append(m.name)
-            trained = _gather(train_futures, labels, "train", models, progress,
-                              result.failures)
-        prompts = [o.row for o in trained]
-        baselines: list[TrainOutcome] = []
-        if tpt_train is not None:  # TPT's random-init baselines with TPT's budget
-            labels, models, futures = [], [], []
-            for m in tpt_models(study):
-                for info in tpt_targets(study, infos):
-                    for seed in study.seeds:
-                        with tags(*_unit_tags("train", m.name, info.name)):
-                            futures.append(train_prompt_unit.submit(ctx, m, info, tpt_train,
-                                                                    seed))
-                        labels.append(f"train {m.name}/{info.name} seed={seed} (tpt budget)")
-                        models.append(m.name)
-            train_futures += futures
-            baselines = _gather(futures, labels, "train", models, progress, result.failures)
-            trained = trained + baselines
-
-        # evaluate: one unit per model x target task, all sources inside; the target's own
-        # prompt (per seed) is passed explicitly as the denominator of relative_score
-        labels, models = [], []
-        if "cross_task" in study.stages:
-            progress.stage("evaluate")
-        for m in study.models if "cross_task" in study.stages else []:
-            sources = [p for p in prompts if p.model == m.name]
-            for info in infos:
-                own = {p.seed: p for p in sources if p.task == info.name}
-                with tags(*_unit_tags("evaluate", m.name, info.name)):
-                    eval_futures.append(evaluate_target_unit.submit(
-                        ctx, m, info, own, sources, study.training, study.evaluation))
-                labels.append(f"evaluate {m.name} -> {info.name}")
-                models.append(m.name)
-        evaluated = _gather(eval_futures, labels, "evaluate", models, progress,
-                            result.failures)
-        cells = {}
-        for e in evaluated:
-            cells.setdefault(e.model, []).extend(e.cell_keys)
-        state = FlowState(ctx, study, storage, infos, prompts, baselines, cells, gather)
-        for stage in plugins:
+            trained = run_units("train", plan_train(ctx, study, storage, list(study.models),
+                                                    infos, study.training))
+        state = FlowState(ctx, study, storage, infos, [o.row for o in trained], run_units)
+        for stage in stages:
             run = state.results[stage.name] = stage.run(state)
-            result.stage_counts.update(run.counts)
-            for (model, table), keys in run.keys.items():
-                later.add(model, table, keys)
-        _count_work(result, trained, evaluated)
-        _write_run_keys(storage, ctx, _stage_keys(trained, evaluated, later))
-        publish_run(study, storage, run_id, result, cells,
-                    [(stage, state) for stage in plugins])
+            stage_runs.append(run)
+            for part, c in run.counts.items():
+                if part != "evaluate":  # the matrix's cells have their own columns in runs
+                    result.stage_counts.setdefault(part, {"computed": 0, "stored": 0})
+                    for k in ("computed", "stored"):
+                        result.stage_counts[part][k] += c[k]
+        _count_work(result, ledger)
+        _write_run_keys(storage, ctx, _run_keys(ledger, stage_runs))
+        publish_run(study, storage, run_id, result, [(stage, state) for stage in stages
+                                                     if stage.name in state.results])
     except BaseException:
         result.status = "failed"
         with contextlib.suppress(Exception):  # what finished before the failure, best effort
-            trained, evaluated = _completed(train_futures), _completed(eval_futures)
-            _count_work(result, trained, evaluated)
-            _write_run_keys(storage, ctx, _stage_keys(trained, evaluated, later))
+            _count_work(result, ledger)
+            _write_run_keys(storage, ctx, _run_keys(ledger, stage_runs))
         raise
     finally:
         result.seconds = time.perf_counter() - t0
@@ -348,6 +207,25 @@ def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
             failures=json.dumps(result.failures), stage_counts=json.dumps(result.stage_counts),
         )], run_id)
     return result
+
+
+def _fan_out(ctx: RunContext, study: StudyConfig, infos: list[NlpTaskInfo],
+             progress: RunProgress, ledger: UnitLedger) -> list[TrainOutcome]:
+    """Training as one flow run per (model, task) of ``runner.train_deployment``."""
+    from flows.fan_out import fan_out_training
+
+    progress.stage("train")
+    try:
+        trained = fan_out_training(ctx, study, infos, study.runner.train_deployment)
+    except Exception as exc:
+        ledger.failures.append({"unit": f"fan out {study.runner.train_deployment}",
+                                "stage": "train", "model": None,
+                                "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    ledger.outcomes.setdefault("train", []).extend(trained)
+    for o in trained:
+        progress.unit_done("train", f"train {o.row.model}/{o.row.task} seed={o.row.seed}")
+    return trained
 
 
 def with_overrides(study: StudyConfig, storage: str | None = None,

@@ -152,12 +152,12 @@ def train_projector_unit(ctx: RunContext, source: ModelConfig, target: ModelConf
     where = {"study": ctx.study, "target_model": target.name}
     label = f"project {source.name}->{target.name} [{objective}] seed={seed}"
     return _once(ctx, storage, "projectors", where, key, label,
-                 lambda: _stored_projector(storage, where, key, source.name, target.name),
+                 lambda: stored_projector(storage, where, key, source.name, target.name),
                  lambda: _train_projector(ctx, storage, source, target, objective, cfg,
                                           sources, targets, infos, seed, key, label))
 
 
-def _stored_projector(storage: Storage, where: dict[str, str], key: str, source: str,
+def stored_projector(storage: Storage, where: dict[str, str], key: str, source: str,
                       target: str) -> ProjectorRow | None:
     row = stored_row(storage, "projectors", where, key, ProjectorRow, "projector_key")
     skey = projector_storage_key(source, target, key)

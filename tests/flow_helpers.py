@@ -64,3 +64,14 @@ def study_dict(tasks_root: Path, names: list[str], storage: str, model_path: str
 def files_under(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
             if p.is_file()}
+
+
+def task_run_names(flow_run_id: str) -> list[str]:
+    """The names of the task runs a flow run created, sorted (from the Prefect API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(t.name for t in runs)

@@ -6,6 +6,7 @@ project file: its options section, its table and view, its run_keys rows, its li
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.stage_api import FlowState, StageRun, StatusState, register_stage, unregister_stage
 from flows.status import StageStatus, read_partition, study_status
+from flows.submit import Planned
 from flows.transfer_matrix import run_study
 from prompt_core.config import StageSpec, parse_study, stable_hash
 from prompt_core.evaluation import EncodedSplit
@@ -29,7 +31,7 @@ from tasks.tables import (
     write_part,
 )
 from tasks.units import RunContext, get_backbone, model_identity, task_data
-from tests.flow_helpers import study_dict
+from tests.flow_helpers import study_dict, task_run_names
 
 STAGE = "none_again"
 TABLE = "none_again_scores"
@@ -84,19 +86,25 @@ class NoneAgainStage:
         return {STAGE: len(study.models) * len(infos)}
 
     def run(self, state: FlowState) -> StageRun:
+        """Planned from the stored keys: a stored score is counted, not submitted."""
         split = state.study.stage_options(STAGE).split
-        futures, labels, models = [], [], []
+        units, models = [], []
         for m in state.study.models:
+            stored = set(read_partition(state.storage, TABLE,
+                                        {"study": state.study.name, "model": m.name},
+                                        ["score_key"], []).column(0).to_pylist())
             for info in state.infos:
-                futures.append(none_again_unit.submit(state.ctx, m, info, split))
-                labels.append(f"none again {m.name} -> {info.name}")
+                key = score_key(m, info, split)
+                label = f"none again {m.name} -> {info.name}"
+                units.append(Planned(label, m.name, stored=(key, False)) if key in stored else
+                             Planned(label, m.name, submit=functools.partial(
+                                 none_again_unit.submit, state.ctx, m, info, split)))
                 models.append(m.name)
         out = StageRun()
-        for (key, computed), model in zip(state.gather(STAGE)(futures, labels, models), models,
-                                          strict=True):
+        for (key, computed), model in zip(state.run_units(STAGE, units), models, strict=True):
             out.count(STAGE, int(computed), int(not computed))
             out.add_keys(model, TABLE, [key])
-        out.rows = len(futures)
+        out.rows = len(units)
         return out
 
     def publish(self, state: FlowState, run: StageRun) -> tuple[list[str], dict[str, str]]:
@@ -173,6 +181,7 @@ def test_a_stage_defined_in_a_test_runs_as_a_plugin(prefect_harness, tiny_models
     assert after[STAGE] == (2, 2)
     assert "## No prompt, again" in _summary(r.run_id)
 
-    r2 = run_study(study)  # nothing to recompute: the rows are reused
+    r2 = run_study(study)  # nothing to recompute: the rows are reused, planned as stored
     assert r2.stage_counts[STAGE] == {"computed": 0, "stored": 2}
+    assert task_run_names(r2.run_id) == []  # no task run for a stored unit, of any stage
     assert duckdb_connect(st).execute(f"select count(*) from {TABLE}").fetchone()[0] == 2

@@ -28,10 +28,12 @@ from tasks.tables.parquet import (
     part_path,
     partition_prefix,
     read_part,
+    read_partition,
     read_parts,
     read_table,
     run_rows,
     serialize_parquet,
+    stored_rows,
     write_part,
 )
 from tasks.tables.rows import (
@@ -102,9 +104,10 @@ __all__ = [
     "PredictionRow", "ProjectorRow", "PromptRow", "RecommendationRow", "RunKeyRow", "RunRow",
     "TableSpec", "TptRankRow", "TptRow", "athena_ddl", "castable", "check_partition_value",
     "conform", "current_view_sql", "dataset", "duckdb_connect", "existing_keys", "get_table",
-    "list_parts", "now_utc", "part_path", "partition_prefix", "read_part", "read_parts",
-    "read_table", "register_table", "registered", "run_rows", "serialize_parquet",
-    "tables_with_run_keys", "to_arrow", "trino_ddl", "view_tables", "views", "write_part",
+    "list_parts", "now_utc", "part_path", "partition_prefix", "read_part", "read_partition",
+    "read_parts", "read_table", "register_table", "registered", "run_rows", "serialize_parquet",
+    "stored_rows", "tables_with_run_keys", "to_arrow", "trino_ddl", "view_tables", "views",
+    "write_part",
 ]
 
 

@@ -251,3 +251,34 @@ def run_rows(storage, table: str, study: str, parts: list[tuple[str, list[str]]]
         frames.append(df)
     return (pd.concat(frames, ignore_index=True) if frames
             else spec.schema.empty_table().to_pandas())
+
+
+def read_partition(storage: Storage, table: str, filters: Mapping[str, str], columns: list[str],
+                   problems: list[str]) -> pa.Table:
+    """Rows of one partition (``columns`` only) for planning: a damaged part counts as absent
+    (what it held is planned again; the unit that recomputes it quarantines the part) and is
+    listed in ``problems``. Writes nothing."""
+    try:
+        return read_table(storage, table, filters, columns=columns)
+    except StorageError:
+        pass
+    parts = []
+    for key, _ in list_parts(storage, table, filters):
+        try:
+            parts.append(read_part(storage, table, key).select(columns))
+        except StorageError as exc:
+            problems.append(f"{exc} (counted as absent; `prompt-transfer verify` lists it)")
+    if parts:
+        return pa.concat_tables(parts)
+    return get_table(table).schema.empty_table().select(columns)
+
+
+def stored_rows(storage: Storage, table: str, where: Mapping[str, str], row_cls: type,
+                problems: list[str]) -> list[Any]:
+    """Every readable row of one partition as ``row_cls`` records (``where``: its partition
+    values, which the rows carry too)."""
+    import dataclasses
+
+    cols = [f.name for f in dataclasses.fields(row_cls) if f.name not in where]
+    rows = read_partition(storage, table, dict(where), cols, problems).to_pylist()
+    return [row_cls(**{**r, **where}) for r in rows]
