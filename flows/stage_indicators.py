@@ -31,18 +31,33 @@ from flows.submit import Planned, unit_tags
 from prompt_core.config import STAGE_SPECS, ModelConfig, StudyConfig
 from tasks.indicator_units import (
     KeysOutcome,
+    ProbeOutcome,
     ablation_key,
     ablation_unit,
+    correlation_key,
     correlations_unit,
     indicators_unit,
     pair_key,
+    probe_storage_key,
     probe_unit,
+    recommend_key,
 )
 from tasks.indicator_units import recommendations_unit as recommend_unit
 from tasks.tables import PromptRow, read_partition, run_rows
 from tasks.units import NlpTaskInfo, RunContext
 
 STAGE = "indicators"
+
+
+def stored_probe(storage, model: ModelConfig, info: NlpTaskInfo, sources: list[PromptRow],
+                 cfg, evaluation, seed: int) -> ProbeOutcome | None:
+    """A probe's stored scores (what the unit would read), or None."""
+    try:
+        scores = storage.read_json(probe_storage_key(model, info, sources, cfg, evaluation,
+                                                     seed))["scores"]
+        return ProbeOutcome(model.name, {k: float(v) for k, v in scores.items()}, False)
+    except Exception:  # noqa: BLE001 - absent or unreadable: the unit recomputes it
+        return None
 
 
 def indicator_models(study: StudyConfig) -> list[ModelConfig]:
@@ -96,39 +111,75 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
     def own(m: ModelConfig, seed: int) -> list[PromptRow]:
         return [by[(m.name, t, seed)] for t in names if (m.name, t, seed) in by]
 
-    def unit(label: str, model: str, fn, *args, nlp_task: str | None = None) -> Planned:
-        return Planned(label, model, submit=functools.partial(fn.submit, *args),
-                       tags=unit_tags("indicators", model, nlp_task))
+    def unit(label: str, model: str, stored, fn, *args, nlp_task: str | None = None
+             ) -> Planned:
+        """A planned unit: ``stored`` (its outcome from the tables) or a task run of ``fn``."""
+        return Planned(label, model, stored=stored, tags=unit_tags("indicators", model, nlp_task),
+                       submit=None if stored is not None else functools.partial(fn.submit, *args))
 
-    # 1-3: the units that run the model
-    out.add(run_units(STAGE, [
-        unit(f"indicators {m.name} seed={seed}", m.name, indicators_unit, ctx, m, seed,
-             own(m, seed), cfg) for m in models for seed in study.seeds]),
-        "indicators", "indicators")
-    out.add(run_units(STAGE, [
-        unit(f"ablate {m.name}/{info.name} seed={seed}", m.name, ablation_unit, ctx, m, info,
-             by[(m.name, info.name, seed)], cfg, study.evaluation, nlp_task=info.name)
-        for m in (models if cfg.ablation_fractions else []) for info in infos
-        for seed in study.seeds if (m.name, info.name, seed) in by]), "ablations", "ablate")
+    def keys_in(table: str, m: ModelConfig, column: str) -> set[str]:
+        where = {"study": study.name, "model": m.name}
+        return set(read_partition(storage, table, where, [column], []).column(0).to_pylist())
+
+    # 1-3: the units that run the model, each planned from its stored keys
+    units = []
+    for m in models:
+        done = keys_in("indicators", m, "pair_key")
+        for seed in study.seeds:
+            keys = sorted({pair_key(m, a, b, cfg.window, cfg.on_position)
+                           for a, b in combinations(own(m, seed), 2)})
+            stored = (KeysOutcome(m.name, keys, 0, len(keys)) if all(k in done for k in keys)
+                      else None)
+            units.append(unit(f"indicators {m.name} seed={seed}", m.name, stored,
+                              indicators_unit, ctx, m, seed, own(m, seed), cfg))
+    out.add(run_units(STAGE, units), "indicators", "indicators")
+    units = []
+    for m in models if cfg.ablation_fractions else []:
+        done = keys_in("ablations", m, "ablation_key")
+        for info in infos:
+            for seed in study.seeds:
+                p = by.get((m.name, info.name, seed))
+                if p is None:
+                    continue
+                key = ablation_key(m, p, cfg, study.evaluation)
+                units.append(unit(f"ablate {m.name}/{info.name} seed={seed}", m.name,
+                                  KeysOutcome(m.name, [key], 0, 1) if key in done else None,
+                                  ablation_unit, ctx, m, info, p, cfg, study.evaluation,
+                                  nlp_task=info.name))
+    out.add(run_units(STAGE, units), "ablations", "ablate")
     probe_of = [(m, info, seed) for m in models for info in infos for seed in study.seeds]
-    probed = run_units(STAGE, [
-        unit(f"probe {m.name} -> {info.name} seed={seed}", m.name, probe_unit, ctx, m, info,
-             seed, [p for p in own(m, seed) if p.task != info.name], cfg, study.evaluation,
-             nlp_task=info.name) for m, info, seed in probe_of])
+    units = []
+    for m, info, seed in probe_of:
+        sources = [p for p in own(m, seed) if p.task != info.name]
+        units.append(unit(f"probe {m.name} -> {info.name} seed={seed}", m.name,
+                          stored_probe(storage, m, info, sources, cfg, study.evaluation, seed),
+                          probe_unit, ctx, m, info, seed, sources, cfg, study.evaluation,
+                          nlp_task=info.name))
     probes: dict[str, list[dict]] = {m.name: [] for m in models}
-    for (m, info, seed), o in zip(probe_of, probed, strict=True):
+    for (m, info, seed), o in zip(probe_of, run_units(STAGE, units), strict=True):
         probes[m.name].append({"seed": seed, "target_task": info.name, "scores": o.scores})
         out.count("probe", int(o.computed), int(not o.computed))
 
     # 4: the analyses over the run's rows
-    out.add(run_units(STAGE, [
-        unit(f"correlate {m.name}", m.name, correlations_unit, ctx, m.name,
-             cells.get(m.name, []), out.keys.get((m.name, "indicators"), []))
-        for m in models]), "correlations", "correlate")
-    out.add(run_units(STAGE, [
-        unit(f"recommend {m.name}", m.name, recommend_unit, ctx, m.name, cells.get(m.name, []),
-             out.keys.get((m.name, "indicators"), []), probes[m.name]) for m in models]),
-        "recommendations", "recommend")
+    units = []
+    for m in models:
+        pairs = out.keys.get((m.name, "indicators"), [])
+        key = correlation_key(cells.get(m.name, []), pairs)
+        units.append(unit(f"correlate {m.name}", m.name,
+                          KeysOutcome(m.name, [key], 0, 1)
+                          if key in keys_in("correlations", m, "correlation_key") else None,
+                          correlations_unit, ctx, m.name, cells.get(m.name, []), pairs))
+    out.add(run_units(STAGE, units), "correlations", "correlate")
+    units = []
+    for m in models:
+        pairs = out.keys.get((m.name, "indicators"), [])
+        key = recommend_key(cells.get(m.name, []), pairs, probes[m.name])
+        units.append(unit(f"recommend {m.name}", m.name,
+                          KeysOutcome(m.name, [key], 0, 1)
+                          if key in keys_in("recommendations", m, "recommend_key") else None,
+                          recommend_unit, ctx, m.name, cells.get(m.name, []), pairs,
+                          probes[m.name]))
+    out.add(run_units(STAGE, units), "recommendations", "recommend")
 
     for table in ("indicators", "ablations", "correlations", "recommendations"):
         parts = [(m, ks) for (m, t), ks in out.keys.items() if t == table]

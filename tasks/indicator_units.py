@@ -270,6 +270,19 @@ def _correlation_rows(ctx: RunContext, model: str, key: str, table: pd.DataFrame
             for r in table.itertuples(index=False)]
 
 
+def correlation_key(cell_keys: list[str], pair_keys: list[str]) -> str:
+    """Key of one model's correlations: exactly the cells and indicator pairs they read."""
+    return stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cv": CORRELATION_VERSION,
+                        "cells": sorted(cell_keys), "pairs": sorted(pair_keys)})
+
+
+def recommend_key(cell_keys: list[str], pair_keys: list[str], probes: list[dict]) -> str:
+    """Key of one model's recommendations: the cells, indicator pairs and probe scores."""
+    return stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cells": sorted(cell_keys),
+                        "pairs": sorted(pair_keys),
+                        "probes": sorted(stable_hash(p) for p in probes)})
+
+
 @unit_task(task_run_name="correlate {model}")
 def correlations_unit(ctx: RunContext, model: str, cell_keys: list[str],
                       pair_keys: list[str]) -> KeysOutcome:
@@ -279,8 +292,7 @@ def correlations_unit(ctx: RunContext, model: str, cell_keys: list[str],
     from prompt_core.correlations import correlate, transfer_pairs
 
     storage = ctx.storage()
-    key = stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cv": CORRELATION_VERSION,
-                       "cells": sorted(cell_keys), "pairs": sorted(pair_keys)})
+    key = correlation_key(cell_keys, pair_keys)
     where = {"study": ctx.study, "model": model}
     if storage.exists(part_path("correlations", where, key)):
         return KeysOutcome(model, [key], 0, 1)
@@ -302,9 +314,7 @@ def recommendations_unit(ctx: RunContext, model: str, cell_keys: list[str],
     from prompt_core.recommend import loo_scores, truth_table, with_ranks
 
     storage = ctx.storage()
-    key = stable_hash({"v": KEY_VERSION, "iv": INDICATOR_VERSION, "cells": sorted(cell_keys),
-                       "pairs": sorted(pair_keys),
-                       "probes": sorted(stable_hash(p) for p in probes)})
+    key = recommend_key(cell_keys, pair_keys, probes)
     where = {"study": ctx.study, "model": model}
     if storage.exists(part_path("recommendations", where, key)):
         return KeysOutcome(model, [key], 0, 1)

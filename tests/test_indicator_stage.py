@@ -21,7 +21,7 @@ from flows.transfer_matrix import run_study
 from prompt_core.config import parse_study
 from tasks.storage import open_storage
 from tasks.tables import duckdb_connect, read_table
-from tests.flow_helpers import Counter, study_dict
+from tests.flow_helpers import Counter, study_dict, task_run_names
 
 TASKS = ["pos_a", "pos_b", "pair_c"]
 
@@ -160,6 +160,7 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
                                "probe": {"computed": 0, "stored": 3},
                                "correlate": old, "recommend": old}
     assert (counted["pairs"].n, counted["ablation"].n, counted["probe"].n) == (3, 3, 3)
+    assert task_run_names(r2.run_id) == []  # every unit planned as stored: no task run
     four = [*TASKS, "pos_d"]
     d4 = _study(tasks_root, store, tiny, four)
     status = study_status(parse_study(d4), st)

@@ -15,7 +15,7 @@ from prompt_core.config import parse_study
 from prompt_core.errors import InputError
 from tasks.storage import open_storage
 from tasks.tables import duckdb_connect, read_table
-from tests.flow_helpers import Counter, study_dict, write_task
+from tests.flow_helpers import Counter, study_dict, task_run_names, write_task
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,7 @@ def test_tpt_top_k_and_its_own_budget(prefect_harness, tiny_models, tasks_root, 
     r2 = run_study(study)  # the ranking is stored: read, not scored again
     assert r2.stage_counts["tpt_rank"] == {"computed": 0, "stored": 1}
     assert r2.stage_counts["tpt"] == {"computed": 0, "stored": 1}
+    assert task_run_names(r2.run_id) == []  # every part planned as stored, baselines too
     prompts = read_table(st, "prompts").to_pandas()
     base = prompts[prompts["prompt_key"] == tpt["baseline_prompt_key"].iloc[0]].iloc[0]
     assert (base["task"], base["steps"]) == ("pos_a", 6)
