@@ -251,7 +251,8 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
         lines += ["- nothing new in " + ", ".join(reused) + ": its artifacts stand as that run "
                   "published them", ""]
     lines += sections
-    create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY,
+    result.summary_markdown = "\n".join(lines)
+    create_markdown_artifact(result.summary_markdown, key=SUMMARY_KEY,
                              description=f"study {study.name}")
 
 

@@ -58,6 +58,7 @@ class StudyResult:
     # per part of each plug-in stage: units computed now vs found stored ("project", "tpt"...)
     stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)  # {unit, stage, model, error}
+    summary_markdown: str = ""  # the run's summary artifact (a deployment's parent run shows it)
 
 
 @dataclass

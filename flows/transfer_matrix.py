@@ -37,10 +37,11 @@ from typing import Literal
 
 import prefect
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.core_units import plan_prepare, plan_train
-from flows.publish import publish_run
+from flows.publish import SUMMARY_KEY, publish_run
 from flows.runtime import make_task_runner, runner_environment, torch_threads_per_unit
 from flows.stage_api import FlowState, StageRun, StudyResult, ordered_stages
 from flows.submit import (  # re-exported: callers import the progress types from here
@@ -122,7 +123,8 @@ def _count_work(result: StudyResult, ledger: UnitLedger) -> None:
 
 
 def _run_name() -> str:
-    """Flow runs are named after the study and the start time, e.g. ``demo 2026-11-28 17:56``."""
+    """Flow runs are named after the study and the start time, e.g. ``demo 2026-11-28 17:56``;
+    the matrix run inside a deployment's run says so: ``demo transfer matrix 2026-...``."""
     study = flow_run.get_parameters().get("study")
     name = getattr(study, "name", None)
     if name is None:
@@ -130,6 +132,8 @@ def _run_name() -> str:
             name = read_study(str(study)).name
         except Exception:  # noqa: BLE001 - the flow itself reports a bad study file
             name = Path(str(study or "study")).stem
+    if flow_run.get_flow_name() == "transfer-matrix" and flow_run.get_parent_flow_run_id():
+        name = f"{name} transfer matrix"
     return f"{name} {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
@@ -304,6 +308,17 @@ def study_flow(
     matrix runs as a subflow with the chosen task runner."""
     cfg = with_overrides(read_study(study), storage, task_runner, workers, dask_address,
                          device, train_deployment)
-    result = _run_matrix(cfg)
+    try:
+        result = _run_matrix(cfg)
+    except BaseException as exc:
+        create_markdown_artifact(
+            f"# Study `{cfg.name}`: failed\n\n`{type(exc).__name__}: {exc}`\n\n"
+            f"The transfer matrix ran as this run's subflow; its task runs and logs say which "
+            f"unit failed. `prompt-transfer status` lists what is stored.\n",
+            key=SUMMARY_KEY, description=f"study {cfg.name} (failed)")
+        raise
+    create_markdown_artifact(result.summary_markdown, key=SUMMARY_KEY,
+                             description=f"study {cfg.name}: the summary of its transfer-matrix "
+                                         f"subflow run")
     return {"run_id": result.run_id, "study": result.study, "storage": result.storage,
             "status": result.status, "summaries": result.summaries}
