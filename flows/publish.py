@@ -40,7 +40,9 @@ from flows.publish_figures import (  # re-exported: the names other modules impo
     HEATMAP_DPI,
     TABLE_DIGITS,
     TITLE_FONTSIZE,
+    akey,
     artifact_keys,
+    artifact_namespace,
     artifact_records,
     fmt,
     heatmap_figure,
@@ -80,7 +82,8 @@ if TYPE_CHECKING:
     from flows.stage_api import StudyResult
 
 __all__ = [
-    "COLOUR_MEANING", "CROSS_MODEL_COLOUR", "CROSS_MODEL_SUMMARY_KEY", "HEATMAP_DPI",
+    "COLOUR_MEANING", "CROSS_MODEL_COLOUR", "CROSS_MODEL_SUMMARY_KEY", "HEATMAP_DPI", "akey",
+    "artifact_namespace",
     "OBJECTIVE_ORDER", "SUMMARY_KEY", "TITLE_FONTSIZE", "TPT_COLUMNS", "TPT_PANEL_IN",
     "TPT_PNG_COLOURS", "TPT_TABLE_COLUMNS", "artifact_keys", "artifact_records",
     "cross_model_matrix", "heatmap_figure", "heatmap_png", "indexed_curves", "model_keys",
@@ -223,9 +226,15 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
     published (``artifacts/published/<study>/<stage>/<fingerprint>.json``, see
     :func:`publish_fingerprint`) draws nothing and creates no artifact again (the earlier
     ones, under the same keys, are identical); its summary section is the recorded one."""
+    with artifact_namespace(study.name):
+        _publish_stages(study, storage, run_id, result, stage_runs or [])
+
+
+def _publish_stages(study: StudyConfig, storage: Storage, run_id: str, result: StudyResult,
+                    stage_runs: list) -> None:
     sections: list[str] = []
     reused: list[str] = []
-    for stage, state in stage_runs or []:
+    for stage, state in stage_runs:
         run = state.results[stage.name]
         record = (f"artifacts/published/{study.name}/{stage.name}/"
                   f"{publish_fingerprint(study, stage.name, run.keys)}.json")
@@ -252,7 +261,7 @@ def publish_run(study: StudyConfig, storage: Storage, run_id: str, result: Study
                   "published them", ""]
     lines += sections
     result.summary_markdown = "\n".join(lines)
-    create_markdown_artifact(result.summary_markdown, key=SUMMARY_KEY,
+    create_markdown_artifact(result.summary_markdown, key=akey(SUMMARY_KEY),
                              description=f"study {study.name}")
 
 
@@ -285,18 +294,18 @@ def publish_cross_task(study: StudyConfig, storage: Storage, run_id: str,
         create_markdown_artifact(
             f"{caption}\n\n![relative accuracy heatmap, {m.name}]({data_uri})\n\n"
             f"PNG in storage: `{uri}`\n",
-            key=f"heatmap-{key}", description=f"relative-score heatmap, study {study.name}, "
+            key=akey(f"heatmap-{key}"), description=f"relative-score heatmap, study {study.name}, "
                                              f"model {m.name}")
         link = _openable_url(uri)
         if link:
             create_link_artifact(link, link_text=f"heatmap {m.name} (PNG)",
-                                 key=f"heatmap-file-{key}")
+                                 key=akey(f"heatmap-file-{key}"))
         score = matrix(df, "accuracy", "score")
-        create_table_artifact(_table_rows(score), key=f"cross-task-{key}",
+        create_table_artifact(_table_rows(score), key=akey(f"cross-task-{key}"),
                               description=f"accuracy (seed mean), rows = source prompt, "
                                           f"columns = target task; study {study.name}, "
                                           f"model {m.name}")
-        create_table_artifact(_table_rows(rel), key=f"relative-score-{key}",
+        create_table_artifact(_table_rows(rel), key=akey(f"relative-score-{key}"),
                               description=f"relative score = accuracy / the target's own "
                                           f"prompt's accuracy (seed mean); study "
                                           f"{study.name}, model {m.name}")
@@ -307,9 +316,9 @@ def publish_cross_task(study: StudyConfig, storage: Storage, run_id: str,
                   f"different-type {summary['diff_type_rel']:.3f}, random prompt "
                   f"{summary['random_rel']:.3f}, no prompt {summary['none_rel']:.3f}",
                   *transfer_lines(df, run_predictions(storage, study.name, m.name, cells)),
-                  f"- heatmap: artifact `heatmap-{key}`; PNG in storage `{uri}`",
-                  f"- tables: artifacts `cross-task-{key}` (accuracy), "
-                  f"`relative-score-{key}`", "",
+                  f"- heatmap: artifact `{akey(f'heatmap-{key}')}`; PNG in storage `{uri}`",
+                  f"- tables: artifacts `{akey(f'cross-task-{key}')}` (accuracy), "
+                  f"`{akey(f'relative-score-{key}')}`", "",
                   "accuracy (rows: source prompt, columns: target)",
                   "", "```", score.round(3).to_string(), "```", ""]
     return lines, uris, summaries

@@ -13,12 +13,14 @@ Used by :mod:`flows.publish` (a run's cross-task heatmaps and summary) and
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import math
 import re
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +58,28 @@ def artifact_keys(names: Iterable[str]) -> dict[str, str]:
         seen[s] = seen.get(s, 0) + 1
     return {n: s if seen[s] == 1 else f"{s}-{hashlib.sha256(n.encode()).hexdigest()[:6]}"
             for n, s in slug.items()}
+
+
+# the study whose run is being published: every artifact key starts with it (``demo--...``) so
+# a key's history in the UI holds one study's versions; set by :func:`artifact_namespace`
+_namespace: ContextVar[str] = ContextVar("artifact_namespace", default="")
+
+
+@contextlib.contextmanager
+def artifact_namespace(study: str) -> Iterator[None]:
+    """While publishing ``study``'s run: :func:`akey` prefixes keys with the study's slug."""
+    token = _namespace.set(re.sub(r"[^a-z0-9-]", "-", study.lower()))
+    try:
+        yield
+    finally:
+        _namespace.reset(token)
+
+
+def akey(key: str) -> str:
+    """An artifact key within the current study's namespace: ``<study>--<key>`` (as is
+    outside :func:`artifact_namespace`)."""
+    ns = _namespace.get()
+    return f"{ns}--{key}" if ns else key
 
 
 def wrap_title(title: str, width: int) -> str:

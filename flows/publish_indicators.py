@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.publish_figures import akey
 from tasks.storage import Storage
 
 SCATTER_PANEL_IN = (2.6, 2.2)
@@ -126,7 +127,7 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
                 f"prompt and the target's own prompt, y = the source prompt's accuracy on the "
                 f"target / the own prompt's. Orange: same task type.\n\n"
                 f"![indicators vs transfer, {model}]({png_data_uri(png)})\n\nPNG in storage: "
-                f"`{uri}`\n", key=f"indicators-{keys[model]}",
+                f"`{uri}`\n", key=akey(f"indicators-{keys[model]}"),
                 description=f"indicators vs relative score, study {study_name}, model {model}")
         c = correlation_summary(corr[corr["model"] == model])
         if not c.empty:
@@ -134,7 +135,7 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
                 artifact_records(c.sort_values(["measure", "method", "indicator"])[
                     ["indicator", "measure", "method", "mean_rho", "low", "high",
                      "p_permutation", "n_targets", "pooled_rho", "n_pairs"]]),
-                key=f"correlations-{keys[model]}",
+                key=akey(f"correlations-{keys[model]}"),
                 description=f"rank correlation of each indicator with transfer: mean_rho = "
                             f"the mean over targets of each target's rho, low/high its "
                             f"{LEVEL:.0%} bootstrap interval over targets, p_permutation a "
@@ -145,7 +146,7 @@ def publish_indicators(storage: Storage, study_name: str, run_id: str,
         if not per_model.empty:
             create_table_artifact(
                 artifact_records(per_model[per_model["model"] == model]),
-                key=f"recommender-{keys[model]}",
+                key=akey(f"recommender-{keys[model]}"),
                 description=f"source recommender (probe) vs baselines, leave-one-task-out: "
                             f"expected top-1/top-3 hit rate of the true best source and mean "
                             f"regret; study {study_name}, model {model}")
@@ -198,6 +199,7 @@ def indicator_summary_lines(rows: dict[str, pd.DataFrame], *,
                          f"{a['prompt_key'].nunique()} prompts): " + ", ".join(
                              f"k={f:g}: top {_f(r.top_drop, '+.3f')} vs random "
                              f"{_f(r.random_drop, '+.3f')}" for f, r in g.iterrows()))
-        lines.append(f"- scatter: artifact `indicators-{keys[model]}`; tables: "
-                     f"`correlations-{keys[model]}`, `recommender-{keys[model]}`")
+        lines.append(f"- scatter: artifact `{akey(f'indicators-{keys[model]}')}`; tables: "
+                     f"`{akey(f'correlations-{keys[model]}')}`, "
+                     f"`{akey(f'recommender-{keys[model]}')}`")
     return lines + [""]

@@ -20,6 +20,7 @@ from flows.publish_figures import (
     HEATMAP_DPI,
     TITLE_FONTSIZE,
     TITLE_LINE_IN,
+    akey,
     artifact_records,
     fmt,
     heatmap_png,
@@ -105,10 +106,10 @@ def publish_cross_model(storage: Storage, study_name: str, run_id: str, rows: pd
         create_markdown_artifact(
             f"{caption}\n\n![relative accuracy heatmap, {src} -> {tgt}]({png_data_uri(png)})\n\n"
             f"PNG in storage: `{uri}`\n",
-            key=key, description=f"cross-model relative accuracy, study {study_name}, "
+            key=akey(key), description=f"cross-model relative accuracy, study {study_name}, "
                                  f"{src} -> {tgt}")
     create_table_artifact(
-        artifact_records(summary), key=CROSS_MODEL_SUMMARY_KEY,
+        artifact_records(summary), key=akey(CROSS_MODEL_SUMMARY_KEY),
         description=f"cross-model transfer per model pair and objective: mean relative "
                     f"accuracy of held-out diagonal cells (diag_rel, n_diag) and of all "
                     f"held-out cells; study {study_name}")
@@ -245,10 +246,10 @@ def publish_tpt(storage: Storage, study_name: str, run_id: str, rows: pd.DataFra
         create_markdown_artifact(
             f"{caption}\n\n![TPT curves, {model}]({png_data_uri(png)})\n\nPNG in storage: "
             f"`{uri}`\n",
-            key=f"tpt-curves-{keys[model]}",
+            key=akey(f"tpt-curves-{keys[model]}"),
             description=f"TPT dev-accuracy curves, study {study_name}, model {model}")
         create_table_artifact(
-            artifact_records(tpt_table(r)), key=f"tpt-{keys[model]}",
+            artifact_records(tpt_table(r)), key=akey(f"tpt-{keys[model]}"),
             description=f"TPT vs random init per target, source and seed: score after "
                         f"score_at_step steps, best score, steps/seconds to the target score "
                         f"and speed-up (baseline / TPT; empty: never reached); study "
@@ -280,8 +281,8 @@ def stage_summary_markdown(cross_model: pd.DataFrame | None, tpt: pd.DataFrame |
                          f"(n {r.n_held_out})")
         pairs = sorted(set(zip(acc["source_model"], acc["target_model"], strict=True)))
         lines += ["- heatmaps: artifacts " + ", ".join(
-                      f"`cross-model-{keys[a]}-to-{keys[b]}`" for a, b in pairs),
-                  f"- table: artifact `{CROSS_MODEL_SUMMARY_KEY}`", ""]
+                      f"`{akey(f'cross-model-{keys[a]}-to-{keys[b]}')}`" for a, b in pairs),
+                  f"- table: artifact `{akey(CROSS_MODEL_SUMMARY_KEY)}`", ""]
     if tpt is not None and not tpt.empty:
         s = tpt_summary(tpt)
         keys = model_keys(tpt["model"], model_names)
@@ -299,6 +300,7 @@ def stage_summary_markdown(cross_model: pd.DataFrame | None, tpt: pd.DataFrame |
                          f"{fmt(r.mean_best_gain, '+.3f')}, after k steps "
                          f"{fmt(r.mean_gain_at_k, '+.3f')}")
         models = sorted(tpt["model"].unique())
-        lines += ["- curves: artifacts " + ", ".join(f"`tpt-curves-{keys[m]}`" for m in models),
-                  "- tables: artifacts " + ", ".join(f"`tpt-{keys[m]}`" for m in models), ""]
+        curves = ", ".join(f"`{akey(f'tpt-curves-{keys[m]}')}`" for m in models)
+        tables = ", ".join(f"`{akey(f'tpt-{keys[m]}')}`" for m in models)
+        lines += [f"- curves: artifacts {curves}", f"- tables: artifacts {tables}", ""]
     return "\n".join(lines)

@@ -39,13 +39,13 @@ class RunProgress:
     """Units done over all parts: one Prefect progress artifact (0-100) plus the observer."""
 
     def __init__(self, totals: dict[str, int], observer: ProgressObserver | None = None,
-                 artifact: bool = True):
+                 artifact: bool = True, key: str = "transfer-matrix-progress"):
         self.observers = [observer] if observer is not None else []
         self.totals = dict(totals)
         self.done = dict.fromkeys(totals, 0)
         self.all = max(sum(totals.values()), 1)
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key="transfer-matrix-progress",
+            progress=0.0, key=key,
             description="units done / all units") if artifact else None
         self._pushed = 0.0  # when the artifact was last updated
 

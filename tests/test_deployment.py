@@ -117,15 +117,16 @@ def test_nightly_deployment_runs_a_study_on_a_process_worker(server, study_file,
     arts = _read(server, lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[matrix_run.id]))))
     keys = {a.key for a in arts}
-    assert {"transfer-matrix-summary", "heatmap-tiny", "cross-task-tiny"} <= keys, keys
-    summary = next(a.data for a in arts if a.key == "transfer-matrix-summary")
+    assert {"deploy-study--transfer-matrix-summary", "deploy-study--heatmap-tiny",
+            "deploy-study--cross-task-tiny"} <= keys, keys
+    summary = next(a.data for a in arts if a.key == "deploy-study--transfer-matrix-summary")
     assert "deploy-study" in summary
     assert matrix_run.name.startswith("deploy-study transfer matrix 20"), matrix_run.name
 
     # the run a user lands on (the deployment's) shows the same summary
     parent_arts = _read(server, lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
-    assert [a.data for a in parent_arts if a.key == "transfer-matrix-summary"] == [summary]
+    assert [a.data for a in parent_arts if a.key == "deploy-study--transfer-matrix-summary"] == [summary]
 
 
 def test_kubernetes_gpu_template_renders_a_gpu_pod(server):

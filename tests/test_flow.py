@@ -49,8 +49,8 @@ def test_study_is_idempotent_and_incremental(prefect_harness, tiny_models, tasks
     assert set(by_type) == {"progress", "markdown", "table"}  # a link is a markdown artifact
     assert by_type["progress"][0].data == 100.0  # every unit reported
     md = {a.key: a.data for a in by_type["markdown"]}
-    assert "own prompt beats no prompt on" in md["transfer-matrix-summary"]
-    assert "](data:image/png;base64," in md["heatmap-tiny"]  # shown inline in the UI
+    assert "own prompt beats no prompt on" in md["t-study--transfer-matrix-summary"]
+    assert "](data:image/png;base64," in md["t-study--heatmap-tiny"]  # shown inline in the UI
     table = by_type["table"][0].data
     assert "pos_a" in str(table) and "random" in str(table)
     names = {t.name for t in runs}

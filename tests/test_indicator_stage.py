@@ -116,10 +116,10 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
     from tests.artifact_helpers import flow_artifacts, inline_png, table_data
 
     arts = flow_artifacts(r.run_id)
-    png, img = inline_png(arts["indicators-tiny"].data)
+    png, img = inline_png(arts["t-study--indicators-tiny"].data)
     assert open(r.heatmaps["indicators tiny"].removeprefix("file://"), "rb").read() == png
     assert img[..., :3].std() > 0.05
-    got = table_data(arts["correlations-tiny"])
+    got = table_data(arts["t-study--correlations-tiny"])
     assert len(got) == len(corr[corr["scope"] == "all"])
     assert {(g["indicator"], g["measure"], g["method"], g["n_pairs"]) for g in got} == {
         (c.indicator, c.measure, c.method, c.n_pairs)
@@ -128,12 +128,12 @@ def test_indicators_stage_writes_its_tables_and_computes_only_new_pairs(
             for g in got} == {(c.indicator, c.measure, c.method, 0, None)
                               for c in mean.itertuples()}
     want = ranking_tables(rec)[1].set_index("method")
-    got = {g["method"]: g for g in table_data(arts["recommender-tiny"])}
+    got = {g["method"]: g for g in table_data(arts["t-study--recommender-tiny"])}
     assert set(got) == set(want.index)
     for method, g in got.items():
         assert g["hit_at_1"] == pytest.approx(want.loc[method, "hit_at_1"], abs=1e-4)
         assert g["regret"] == pytest.approx(want.loc[method, "regret"], abs=1e-4)
-    summary = arts["transfer-matrix-summary"].data
+    summary = arts["t-study--transfer-matrix-summary"].data
     assert "## Transferability indicators" in summary
     # the per-target mean is the figure with a test; the pooled rho only a description
     assert "`tiny` Spearman with relative score, mean over targets [95% interval] " \

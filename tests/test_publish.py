@@ -135,12 +135,13 @@ def test_run_artifacts_read_back_through_the_api(prefect_harness, tiny_models, t
     assert run_row["flow_run_id"] == r.run_id
     arts = _artifacts(run_row["flow_run_id"])
     key = "tiny-encoder-random-weights"
-    assert {f"heatmap-{key}", f"cross-task-{key}", f"relative-score-{key}",
-            "transfer-matrix-summary"} <= set(arts)
-    assert not [k for k in arts if k.startswith("heatmap-file-")]  # a local path opens nowhere
+    ns = f"{LONG_STUDY}--"  # every key names the study
+    assert {f"{ns}heatmap-{key}", f"{ns}cross-task-{key}", f"{ns}relative-score-{key}",
+            f"{ns}transfer-matrix-summary", f"{ns}transfer-matrix-progress"} == set(arts)
+    assert not [k for k in arts if "heatmap-file-" in k]  # a local path opens nowhere
 
     # the heatmap inline: one data URI, a valid PNG equal to the one in storage; a caption
-    md = arts[f"heatmap-{key}"]
+    md = arts[f"{ns}heatmap-{key}"]
     assert md.type == "markdown"
     (uri,) = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", md.data)
     img = _decode_png(uri)
@@ -156,20 +157,20 @@ def test_run_artifacts_read_back_through_the_api(prefect_harness, tiny_models, t
     ct = read_table(st, "cross_task").to_pandas()
     ct = ct[ct["run_id"] == r.run_id]
     assert len(ct) == 16
-    for table_key, value in ((f"cross-task-{key}", "score"),
-                             (f"relative-score-{key}", "relative_score")):
+    for table_key, value in ((f"{ns}cross-task-{key}", "score"),
+                             (f"{ns}relative-score-{key}", "relative_score")):
         art = arts[table_key]
         assert art.type == "table"
         got, want = _table_cells(art), _expected(ct, value)
         assert set(got) == set(want) and len(want) == 8  # 2 targets x (2 prompts, random, none)
         for cell, v in want.items():
             assert got[cell] == pytest.approx(v, abs=1e-4), (table_key, cell)
-    rel = _table_cells(arts[f"relative-score-{key}"])
+    rel = _table_cells(arts[f"{ns}relative-score-{key}"])
     assert rel[("pos_a", "pos_a")] == rel[("pair_c", "pair_c")] == 1.0
 
-    summary = arts["transfer-matrix-summary"].data
+    summary = arts[f"{ns}transfer-matrix-summary"].data
     assert f"study `{LONG_STUDY}`" in summary and "own prompt beats no prompt on" in summary
-    assert f"`heatmap-{key}`" in summary and f"`relative-score-{key}`" in summary
+    assert f"`{ns}heatmap-{key}`" in summary and f"`{ns}relative-score-{key}`" in summary
     # two tasks of different types: a difference but no same-type pair to give it
     assert "same-type minus different-type mean relative score: n/a (no interval" in summary
     assert "mean transfer gain: same-type pairs n/a, different-type" in summary

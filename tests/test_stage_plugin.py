@@ -152,7 +152,7 @@ def _summary(flow_run_id: str) -> str:
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return next(a.data for a in arts if a.key == SUMMARY_KEY)
+    return next(a.data for a in arts if a.key == f"t-study--{SUMMARY_KEY}")
 
 
 def test_a_stage_defined_in_a_test_runs_as_a_plugin(prefect_harness, tiny_models, tasks_root,

@@ -124,10 +124,10 @@ def test_stages_write_their_tables_and_compute_only_new_units(
     from tests.artifact_helpers import flow_artifacts
 
     arts = flow_artifacts(r.run_id)
-    for key in ("cross-model-tiny-to-tiny48", "tpt-curves-tiny48"):
+    for key in ("t-study--cross-model-tiny-to-tiny48", "t-study--tpt-curves-tiny48"):
         assert "data:image/png;base64," in arts[key].data
-    assert {"cross-model-summary", "tpt-tiny48"} <= set(arts)
-    assert "tpt" in arts["transfer-matrix-summary"].data.lower()
+    assert {"t-study--cross-model-summary", "t-study--tpt-tiny48"} <= set(arts)
+    assert "tpt" in arts["t-study--transfer-matrix-summary"].data.lower()
 
     # the stages' tables are queryable through the current_* views
     con = duckdb_connect(st)
