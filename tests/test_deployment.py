@@ -126,7 +126,8 @@ def test_nightly_deployment_runs_a_study_on_a_process_worker(server, study_file,
     # the run a user lands on (the deployment's) shows the same summary
     parent_arts = _read(server, lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
-    assert [a.data for a in parent_arts if a.key == "deploy-study--transfer-matrix-summary"] == [summary]
+    key = "deploy-study--transfer-matrix-summary"
+    assert [a.data for a in parent_arts if a.key == key] == [summary]
 
 
 def test_kubernetes_gpu_template_renders_a_gpu_pod(server):
