@@ -304,10 +304,27 @@ def study_flow(
     device: str | None = None,
     train_deployment: str | None = None,
 ) -> dict:
-    """Run a study file (a path relative to the working directory, or a URI such as
-    ``s3://bucket/studies/x.yaml``) with optional overrides of its storage root and runner:
-    the deployment entry point, whose parameters fit the UI's custom-run form. The transfer
-    matrix runs as a subflow with the chosen task runner."""
+    """Run a study file with optional overrides of its storage root and runner: the deployment
+    entry point, whose parameters fit the UI's custom-run form (their descriptions below are
+    what the form shows). The transfer matrix runs as a subflow with the chosen task runner;
+    this run carries its summary.
+
+    Args:
+        study: The study file: a path relative to the worker's working directory (the
+            repository root), or a URI such as s3://bucket/studies/x.yaml.
+        storage: Storage root for the tables and files, overriding the study's own
+            (a local folder or s3://bucket/prefix). Empty: the study's.
+        task_runner: Where the units run: threads (one process), processes (a process
+            pool) or dask (a local Dask cluster, or the one at dask_address). Empty: the
+            study's runner.task_runner.
+        workers: Units at a time (threads, processes or Dask workers). Empty: the study's.
+        dask_address: An existing Dask scheduler, e.g. tcp://scheduler:8786 (implies
+            task_runner dask).
+        device: cpu, cuda, cuda:N or auto (a GPU when the worker has one). Empty: the
+            study's.
+        train_deployment: Train each (model, task) as a flow run of this deployment, e.g.
+            train-prompts/gpu. Empty: train inside this run.
+    """
     cfg = with_overrides(read_study(study), storage, task_runner, workers, dask_address,
                          device, train_deployment)
     try:

@@ -168,3 +168,20 @@ def test_kubernetes_gpu_template_renders_a_gpu_pod(server):
     assert pod["nodeSelector"] == custom["node_selector"]
     assert pod["tolerations"] == custom["tolerations"]
     assert "cpu" not in container["resources"]["limits"]  # unset limits are left out
+
+
+def test_the_custom_run_form_describes_every_parameter_and_the_schedule_zone():
+    """The UI's parameter form shows a description per parameter (from the docstring), and a
+    scheduled deployment says when it runs, with the time zone."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.transfer_matrix import study_flow
+
+    props = parameter_schema(study_flow.fn).model_dump()["properties"]
+    assert set(props) == {"study", "storage", "task_runner", "workers", "dask_address", "device",
+                          "train_deployment"}
+    assert all(len(p.get("description", "")) > 20 for p in props.values()), props
+    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments/prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        for sched in d.get("schedules") or []:
+            assert sched["timezone"] in d["description"], d["name"]
