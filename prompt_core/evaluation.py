@@ -7,12 +7,13 @@ float32 before the argmax.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from prompt_core.backbones import Backbone, Encoded, EncodeError
+from prompt_core.backbones.multi import logits_many
 from prompt_core.data import TaskData
 
 
@@ -92,6 +93,58 @@ class EncodedSplit:
             pred[idx] = logits.float().argmax(-1).cpu().numpy()
         return pred
 
+    @torch.inference_mode()
+    def predict_many(self, prompts: Sequence[torch.Tensor | None], batch_size: int = 64,
+                     bf16: bool | None = None,
+                     prompts_per_pass: int | None = None) -> list[np.ndarray]:
+        """Predicted label ids (N,) of each prompt, as :meth:`predict` gives them, with several
+        prompts scored in one forward pass (:func:`~prompt_core.backbones.multi.logits_many`):
+        for each batch of ``batch_size`` examples, the prompts of one shape run together as
+        ``len(group) * batch_size`` rows (at most ``prompts_per_pass`` prompts per pass; None:
+        the whole group). ``None`` entries (no prompt) are scored once, by :meth:`predict`.
+        Predictions equal :meth:`predict`'s up to float rounding of the logits (~1e-6)."""
+        out: list[np.ndarray | None] = [None] * len(prompts)
+        groups: dict[tuple[int, ...] | None, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(None if p is None else tuple(p.shape), []).append(i)
+        bf16 = self.bf16 if bf16 is None else bf16
+        for shape, members in groups.items():
+            if shape is None or len(members) == 1:
+                pred = self.predict(prompts[members[0]], batch_size, bf16)
+                for i in members:
+                    out[i] = pred.copy()
+                continue
+            self.check_fits(shape[0])
+            step = prompts_per_pass or len(members)
+            for first in range(0, len(members), step):
+                chunk = members[first : first + step]
+                ps = [prompts[i].to(self.backbone.device, torch.float32) for i in chunk]
+                preds = self._predict_chunk(ps, batch_size, bf16)
+                for i, pred in zip(chunk, preds, strict=True):
+                    out[i] = pred
+        return out  # type: ignore[return-value]
+
+    def _predict_chunk(self, prompts: list[torch.Tensor], batch_size: int,
+                       bf16: bool) -> list[np.ndarray]:
+        pred = np.empty((len(prompts), len(self.items)), dtype=np.int64)
+        for start in range(0, len(self.items), batch_size):
+            idx = self._order[start : start + batch_size]
+            batch, _ = self.batch(idx)
+            with self.backbone.autocast(bf16):
+                logits = logits_many(self.backbone, prompts, batch, self.scorer)  # (K, B, C)
+            pred[:, idx] = logits.float().argmax(-1).cpu().numpy()
+        return list(pred)
+
+    def evaluate_many(self, prompts: Sequence[torch.Tensor | None], batch_size: int = 64,
+                      bf16: bool | None = None, return_predictions: bool = False,
+                      prompts_per_pass: int | None = None):
+        """:meth:`evaluate` of each prompt, several per forward pass (:meth:`predict_many`):
+        a list of score dicts in the prompts' order (with ``return_predictions``, also the list
+        of predicted label ids)."""
+        preds = self.predict_many(prompts, batch_size, bf16, prompts_per_pass)
+        s = [scores(pred, self.labels, self.n_labels) for pred in preds]
+        return (s, preds) if return_predictions else s
+
     def check_fits(self, n_tokens: int) -> None:
         """Before any forward pass: a prompt of ``n_tokens`` + the longest encoded example fit
         the model's positions (else :meth:`Backbone.check_lengths` names the numbers)."""
@@ -117,13 +170,21 @@ def evaluate_prompts(
     max_length: int = 128,
     max_examples: int | None = None,
     bf16: bool = False,
+    prompts_per_pass: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Score every prompt (``None`` = no prompt) on one task with the task's own verbalizer.
 
     The split is tokenised once and the label scorer built once for all prompts. ``bf16``: as
-    for :class:`EncodedSplit`. Returns ``{name: {"accuracy", "macro_f1", "n_examples"}}``.
+    for :class:`EncodedSplit`. ``prompts_per_pass`` > 1: that many prompts share each forward
+    pass (:meth:`EncodedSplit.evaluate_many`; 1, the default: one :meth:`EncodedSplit.evaluate`
+    per prompt). Returns ``{name: {"accuracy", "macro_f1", "n_examples"}}``.
     """
     enc = EncodedSplit(backbone, task, split, max_length, max_examples, bf16=bf16)
+    if prompts_per_pass > 1:
+        many = enc.evaluate_many(list(prompts.values()), batch_size,
+                                 prompts_per_pass=prompts_per_pass)
+        return {name: {**s, "n_examples": len(enc)}
+                for name, s in zip(prompts, many, strict=True)}
     out = {}
     for name, prompt in prompts.items():
         out[name] = {**enc.evaluate(prompt, batch_size), "n_examples": len(enc)}

@@ -88,6 +88,7 @@ __all__ = [  # what other modules import from here (re-exported from the modules
 ]
 
 ROW_FIELDS = {f.name for f in dataclasses.fields(PromptRow)}
+PROMPTS_PER_PASS = 4  # source prompts scored in one forward pass (batch_size x 4 rows)
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:
@@ -350,21 +351,26 @@ def _score_and_store(ctx: RunContext, storage: Storage, model: ModelConfig,
     td = task_data(ctx, target)
     enc = EncodedSplit(backbone, td, evaluation.split, evaluation.max_length,
                        evaluation.max_examples, bf16=ctx.bf16)
-    scores: dict[tuple[str, int], dict[str, float]] = {}  # source id -> metric -> score
-    preds: dict[tuple[str, int], Any] = {}  # source id -> predicted label ids (N,)
+    prompts: dict[tuple[str, int], Any] = {}  # source id -> its prompt (n, D), None: none
     for c in todo:
-        if c.source_id in scores:
+        if c.source_id in prompts:
             continue
         if c.kind == "prompt":
             skey = prompt_storage_key(model.name, c.source.task, c.source.prompt_key)
-            prompt, _ = prompt_from_bytes(storage.read_bytes(skey), storage.uri(skey),
-                                          backbone.hidden_size, train.n_tokens)
+            prompts[c.source_id], _ = prompt_from_bytes(
+                storage.read_bytes(skey), storage.uri(skey), backbone.hidden_size,
+                train.n_tokens)
         elif c.kind == "random":
-            prompt = init_prompt("random", backbone, train.n_tokens, c.seed, std=train.init_std)
+            prompts[c.source_id] = init_prompt("random", backbone, train.n_tokens, c.seed,
+                                               std=train.init_std)
         else:
-            prompt = None
-        scores[c.source_id], preds[c.source_id] = enc.evaluate(
-            prompt, evaluation.batch_size, return_predictions=True)
+            prompts[c.source_id] = None
+    # several prompts per forward pass (identical predictions, fewer passes over the split)
+    got, got_preds = enc.evaluate_many(list(prompts.values()), evaluation.batch_size,
+                                       return_predictions=True,
+                                       prompts_per_pass=PROMPTS_PER_PASS)
+    scores = dict(zip(prompts, got, strict=True))  # source id -> metric -> score
+    preds = dict(zip(prompts, got_preds, strict=True))  # source id -> predicted ids (N,)
 
     # each seed's references, as source ids: the own prompt (the denominator of
     # relative_score) and no prompt (transfer_gain)

@@ -116,6 +116,14 @@ def counters(monkeypatch):
     monkeypatch.setattr(units, "train_prompt", train)
     score = Counter(EncodedSplit.evaluate)
     monkeypatch.setattr(units.EncodedSplit, "evaluate", lambda self, *a, **k: score(self, *a, **k))
+    many = EncodedSplit.evaluate_many
+
+    def evaluate_many(self, prompts, *a, **k):  # counted per prompt scored
+        with score.lock:
+            score.n += len(prompts)
+        return many(self, prompts, *a, **k)
+
+    monkeypatch.setattr(units.EncodedSplit, "evaluate_many", evaluate_many)
     return {"train": train, "score": score}
 
 

@@ -296,7 +296,14 @@ def distinct_scores(monkeypatch):
         # predictions only feed the bootstrap interval, which this test does not read
         return (s, self.labels.copy()) if return_predictions else s
 
+    def fake_many(self, prompts, batch_size=64, bf16=None, return_predictions=False,
+                  prompts_per_pass=None):
+        got = [fake(self, p, batch_size, True) for p in prompts]
+        s, preds = [g[0] for g in got], [g[1] for g in got]
+        return (s, preds) if return_predictions else s
+
     monkeypatch.setattr(EncodedSplit, "evaluate", fake)
+    monkeypatch.setattr(EncodedSplit, "evaluate_many", fake_many)
 
 
 def test_published_figures_are_exactly_this_runs_cells(prefect_harness, tiny_models, tasks_root,

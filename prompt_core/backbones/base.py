@@ -86,13 +86,19 @@ def prepend_prompt(
     """Put the soft prompt in front of the input embeddings and extend the mask with ones.
 
     embeds (B, T, D), attention_mask (B, T), prompt (n, D) -> (B, n+T, D), (B, n+T).
-    Padding positions of the input keep their 0 in the mask.
+    Padding positions of the input keep their 0 in the mask. ``prompt`` may also be one prompt
+    per row, (B, n, D) (several prompts scored or trained in one forward pass).
     """
     if prompt is None:
         return embeds, attention_mask
     B = embeds.shape[0]
-    p = prompt.to(embeds.dtype).unsqueeze(0).expand(B, -1, -1)  # (B, n, D)
-    ones = attention_mask.new_ones(B, prompt.shape[0])  # (B, n)
+    if prompt.ndim == 3:  # one prompt per row
+        if prompt.shape[0] != B:
+            raise ValueError(f"prepend_prompt: {prompt.shape[0]} row prompts for {B} rows")
+        p = prompt.to(embeds.dtype)  # (B, n, D)
+    else:
+        p = prompt.to(embeds.dtype).unsqueeze(0).expand(B, -1, -1)  # (B, n, D)
+    ones = attention_mask.new_ones(B, prompt.shape[-2])  # (B, n)
     return torch.cat([p, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
 
@@ -299,15 +305,29 @@ class Backbone(ABC):
     ) -> torch.Tensor:
         """Class logits (B, K) for the batch with ``prompt`` (n, D) prepended, or no prompt."""
 
+    # optional split of logits = score_features(features(prompt, batch), scorer), which lets
+    # several prompts (one per row, (B, n, D)) share one forward pass (prompt_core.multi_prompt);
+    # a kind without it is scored one prompt at a time
+    def features(self, prompt: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> Any:
+        """The frozen forward pass, label-independent: per-row features (a tensor, or a tuple of
+        tensors, rows along dim 0) for :meth:`score_features`; ``prompt`` (n, D), (B, n, D) or
+        None."""
+        raise NotImplementedError(f"backbone kind {self.kind!r} does not split its logits")
+
+    def score_features(self, features: Any, scorer: Any) -> torch.Tensor:
+        """Class logits (B, K) from :meth:`features` rows and a :meth:`label_scorer`."""
+        raise NotImplementedError(f"backbone kind {self.kind!r} does not split its logits")
+
     def embed_with_prompt(
         self, prompt: torch.Tensor | None, batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Model kwargs with the prompt prepended: inputs_embeds (B, n+T, D), mask, type ids."""
+        """Model kwargs with the prompt prepended: inputs_embeds (B, n+T, D), mask, type ids.
+        ``prompt``: (n, D), one per row (B, n, D) (see :func:`prepend_prompt`), or None."""
         embeds = self.input_embeddings(batch["input_ids"])  # (B, T, D)
         embeds, mask = prepend_prompt(embeds, batch["attention_mask"], prompt)
         types = batch["token_type_ids"]
         if prompt is not None:
-            types = torch.cat([types.new_zeros(types.shape[0], prompt.shape[0]), types], dim=1)
+            types = torch.cat([types.new_zeros(types.shape[0], prompt.shape[-2]), types], dim=1)
         return {"inputs_embeds": embeds, "attention_mask": mask, "token_type_ids": types}
 
     # --- FFN neurons (transferability indicator ON, neuron masking) ---------------------------

@@ -132,14 +132,26 @@ class CausalBackbone(Backbone):
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def logits(self, prompt, batch, scorer):
+        if prompt is not None:
+            self._check_prompt(prompt, rows=False)
+        return self.score_features(self.features(prompt, batch), scorer)  # (B, K) float32
+
+    def _check_prompt(self, prompt: torch.Tensor, rows: bool) -> None:
+        """A PromptFileError unless ``prompt`` is (n, D) (``rows``: or (B, n, D)) for D here."""
+        ndim_ok = prompt.ndim == 2 or (rows and prompt.ndim == 3)
+        if not ndim_ok or prompt.shape[-1] != self.hidden_size:
+            raise PromptFileError(
+                f"prompt: shape {tuple(prompt.shape)} does not fit {self.model_id}: expected "
+                f"(n_tokens, {self.hidden_size}) (hidden size {self.hidden_size})"
+            )
+
+    def features(self, prompt, batch):
+        """Next-token logits (B, V) float32 at each row's last real token; ``prompt`` (n, D),
+        one per row (B, n, D), or None."""
         n = 0
         if prompt is not None:
-            if prompt.ndim != 2 or prompt.shape[1] != self.hidden_size:
-                raise PromptFileError(
-                    f"prompt: shape {tuple(prompt.shape)} does not fit {self.model_id}: expected "
-                    f"(n_tokens, {self.hidden_size}) (hidden size {self.hidden_size})"
-                )
-            n = prompt.shape[0]
+            self._check_prompt(prompt, rows=True)
+            n = prompt.shape[-2]
         mask = batch["attention_mask"]  # (B, T), right padding
         lengths = mask.sum(dim=1)  # (B,)
         if bool((lengths == 0).any()):
@@ -158,7 +170,11 @@ class CausalBackbone(Backbone):
             at_last = self._head(hidden[rows, last])  # (B, V)
         else:
             at_last = self.model(**kw).logits[rows, last]  # (B, V)
-        return at_last.float()[:, scorer.to(at_last.device)]  # (B, K) float32
+        return at_last.float()
+
+    def score_features(self, features, scorer):
+        """The label words' first-token logits: (B, V) -> (B, K)."""
+        return features[:, scorer.to(features.device)]
 
     def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input: ``[P] cue`` (the empty text in :meth:`encode`'s layout; with ``cue=""``

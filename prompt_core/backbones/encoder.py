@@ -79,17 +79,26 @@ class EncoderBackbone(Backbone):
         return F.normalize(mean_pool(out, batch["attention_mask"]), dim=-1)
 
     def logits(self, prompt, batch, scorer):
+        return self.score_features(self.features(prompt, batch), scorer)  # (B, K) float32
+
+    def features(self, prompt, batch):
+        """Unit-norm sentence embeddings (B, D) float32 of the prompted inputs; ``prompt``
+        (n, D), one per row (B, n, D), or None."""
         kw = self.embed_with_prompt(prompt, batch)
         hidden = self.model(**kw).last_hidden_state  # (B, n+T, D), bf16 under autocast
         # pooling and cosine / temperature in float32 even under autocast: a bf16 cosine
         # (8-bit mantissa) divided by a 0.05 temperature would blur the logits by ~0.1
         mask = kw["attention_mask"]  # (B, n+T)
         if prompt is not None and self.pool == "text":  # the prompt acts only through attention
-            mask = torch.cat([torch.zeros_like(mask[:, : prompt.shape[0]]),
-                              mask[:, prompt.shape[0]:]], dim=1)
+            n = prompt.shape[-2]
+            mask = torch.cat([torch.zeros_like(mask[:, :n]), mask[:, n:]], dim=1)
         with torch.autocast(hidden.device.type, enabled=False):
-            emb = F.normalize(mean_pool(hidden.float(), mask), dim=-1)  # (B, D)
-            return emb @ scorer.float().T / self.temperature  # (B, K) float32
+            return F.normalize(mean_pool(hidden.float(), mask), dim=-1)  # (B, D)
+
+    def score_features(self, features, scorer):
+        """Cosine / temperature (B, K) float32 of embeddings (B, D) and label embeddings."""
+        with torch.autocast(features.device.type, enabled=False):
+            return features @ scorer.float().T / self.temperature
 
     def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input: ``[P] [CLS] [SEP]`` (the empty text in :meth:`encode`'s layout), read in

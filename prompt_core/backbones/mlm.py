@@ -117,6 +117,11 @@ class MLMBackbone(Backbone):
         return ids
 
     def logits(self, prompt, batch, scorer):
+        return self.score_features(self.features(prompt, batch), scorer)  # (B, K)
+
+    def features(self, prompt, batch):
+        """MLM logits (B, V) float32 at each row's mask; ``prompt`` (n, D), one per row
+        (B, n, D), or None."""
         is_mask = batch["input_ids"] == self.mask_token_id  # (B, T)
         has_mask = is_mask.any(dim=1)  # (B,)
         if not bool(has_mask.all()):
@@ -127,7 +132,7 @@ class MLMBackbone(Backbone):
                 index=rows[0],
             )
         kw = self.embed_with_prompt(prompt, batch)
-        n = 0 if prompt is None else prompt.shape[0]
+        n = 0 if prompt is None else prompt.shape[-2]
         pos = is_mask.int().argmax(dim=1) + n  # (B,) first mask, shifted past the prompt
         rows = torch.arange(pos.shape[0], device=pos.device)
         if self._head is not None:
@@ -135,8 +140,11 @@ class MLMBackbone(Backbone):
             at_mask = self._head(hidden[rows, pos])  # (B, V)
         else:
             at_mask = self.model(**kw).logits[rows, pos]  # (B, V)
-        at_mask = at_mask.float()  # (B, V) float32: bf16 under autocast
-        return torch.stack([at_mask[:, ids].mean(dim=1) for ids in scorer], dim=1)  # (B, K)
+        return at_mask.float()  # (B, V) float32: bf16 under autocast
+
+    def score_features(self, features, scorer):
+        """Each label word's mean MLM logit over its tokens: (B, V) -> (B, K)."""
+        return torch.stack([features[:, ids].mean(dim=1) for ids in scorer], dim=1)
 
     def stimulus(self, prompt, on_position: OnPosition = DEFAULT_ON_POSITION):
         """ON input (METHOD.md): ``[P] <cls> <mask> <sep>`` (the empty text in :meth:`encode`'s

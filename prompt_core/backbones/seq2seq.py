@@ -110,14 +110,29 @@ class Seq2SeqBackbone(Backbone):
                                where=f"soft prompt for {self.model_id}")
 
     def logits(self, prompt, batch, scorer: LabelTargets):
-        from transformers.modeling_outputs import BaseModelOutput
-
         self._check_prompt(prompt)
+        return self.score_features(self.features(prompt, batch), scorer)  # (B, K)
+
+    def features(self, prompt, batch):
+        """(encoder states (B, S, D), encoder mask (B, S)) of the prompted inputs, S = n + T;
+        ``prompt`` (n, D), one per row (B, n, D), or None."""
+        if prompt is not None and prompt.ndim == 3:
+            self._check_prompt(prompt[0])
+        else:
+            self._check_prompt(prompt)
         embeds = self.input_embeddings(batch["input_ids"])  # (B, T, D)
         embeds, enc_mask = prepend_prompt(embeds, batch["attention_mask"], prompt)  # (B, S, ·)
         hidden = self.model.get_encoder()(
             inputs_embeds=embeds, attention_mask=enc_mask
         ).last_hidden_state  # (B, S, D), S = n + T
+        return hidden, enc_mask
+
+    def score_features(self, features, scorer: LabelTargets):
+        """Sum of the label targets' token log-probs under the decoder (B, K) float32, from
+        :meth:`features`' (encoder states, mask): all K labels in one decoder pass."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        hidden, enc_mask = features
         B, K, L = hidden.shape[0], len(scorer), scorer.targets.shape[1]
         hidden = hidden.repeat_interleave(K, dim=0)  # (B*K, S, D): row b*K + k
         enc_mask = enc_mask.repeat_interleave(K, dim=0)  # (B*K, S)
