@@ -5,9 +5,13 @@ $PROMPT_TRANSFER_STORAGE, else ``./results``. S3 endpoints and credentials come 
 environment (PROMPT_TRANSFER_S3_ENDPOINT or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY).
 
+``query`` is read-only: a DuckDB connection locked to the tables and views of the root (no
+file, URL, extension or setting can be reached; see ``flows.cli_support.run_query``).
+
 Errors are one line on stderr, never a traceback (``--debug`` shows it): exit 2 for bad input
-(study file, task data, prompt files, a storage root that is unusable or holds no tables), 1 for
-a failed run or query.
+(study file, task data, prompt files, a storage root that is unusable or holds no tables, SQL
+that is empty or not a read, an ``--out`` that cannot be written), 1 for a failed run or a
+query DuckDB rejects. ``--debug`` and ``--verbose`` also work before the command.
 """
 
 from __future__ import annotations
@@ -28,16 +32,26 @@ from flows.cli_support import (
     DebugOpt,
     StageBars,
     StorageOpt,
+    VerboseOpt,
     cell_text,
+    check_out_path,
     console,
     debugging,
     error_line,
     fail,
+    live_claims,
     open_tables_root,
     out,
+    print_run_summary,
+    print_status,
+    quiet_startup,
+    read_uri_bytes,
     reported,
-    set_global_debug,
-    warning_line,
+    run_query,
+    set_global_options,
+    verbosity,
+    write_out_file,
+    writing_out,
 )
 from flows.runtime import (
     prefect_defaults,
@@ -58,8 +72,9 @@ app.add_typer(derive_app, name="derive-model")
 
 
 @app.callback()
-def _main(debug: DebugOpt = False) -> None:
-    set_global_debug(debug)
+def _main(debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
+    quiet_startup()
+    set_global_options(debug, verbose)
     prefect_defaults()
 
 
@@ -83,7 +98,7 @@ def run(
     device: Annotated[str | None, typer.Option(
         help="Torch device: cpu, cuda, cuda:N or auto; default: the study's runner.device.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run a study: train prompts, evaluate the cross-task matrix, write tables.
@@ -92,7 +107,7 @@ def run(
     failed run, 2 on invalid input (study file, options, storage, task data or prompt files),
     which is checked before any training and before anything is written.
     """
-    debug = debugging(debug)
+    debug, verbose = debugging(debug), verbosity(verbose)
     prefect_defaults(log_level=None if verbose or debug else "WARNING")
     with reported("run", debug):
         _run(study_file, storage, dict(task_runner=runner, workers=workers,
@@ -127,23 +142,7 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
                     TimeElapsedColumn(), console=console, transient=False)
     with sigterm_interrupts(), quiet_prefect_errors(not prefect_errors), bars:
         result = run_study(study, storage=root.root, observer=StageBars(bars), checked=True)
-    t = Table(title=f"study {result.study} ({result.seconds:.0f}s)")
-    for col in ("model", "own>none", "same-type rel", "diff-type rel", "random rel", "heatmap"):
-        t.add_column(col)
-    for model, s in result.summaries.items():
-        t.add_row(model, f"{s['own_beats_none']}/{s['n_tasks']}", f"{s['same_type_rel']:.3f}",
-                  f"{s['diff_type_rel']:.3f}", f"{s['random_rel']:.3f}", result.heatmaps[model])
-    if result.summaries:  # the cross-task stage ran
-        out.print(t)
-    else:
-        out.print(f"study {result.study} ({result.seconds:.0f}s)")
-    out.print(f"prompts trained {result.n_prompts_trained}, reused {result.n_prompts_cached}; "
-              f"cells evaluated {result.n_cells_evaluated}, reused {result.n_cells_cached}")
-    for stage, c in result.stage_counts.items():  # the later stages: computed now vs stored
-        out.print(f"{stage}: {c['computed']} computed, {c['stored']} stored before")
-    out.print(f"tables: {result.storage}/tables/  (try: prompt-transfer query "
-              f"\"select * from cross_task limit 5\" --storage {result.storage})",
-              markup=False, highlight=False, soft_wrap=True)
+    print_run_summary(result)
 
 
 @app.command()
@@ -160,13 +159,16 @@ def query(
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
     debug: DebugOpt = False,
 ) -> None:
-    """Query the result tables with DuckDB (local or s3 storage)."""
+    """Query the result tables with DuckDB (local or s3 storage), read-only.
+
+    Only reads of the tables and views run (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN,
+    PRAGMA, CALL): no file, URL, extension or setting can be reached (COPY, ATTACH, EXPORT,
+    INSTALL, SET, read_csv('/path')...: exit 2). Exit 1 when DuckDB rejects the query.
+    """
     if fmt not in ("table", "csv", "json"):
         fail(f"--format must be table, csv or json, not {fmt!r}", 2)
     with reported("query", debug):
-        from tasks.tables import duckdb_connect
-
-        df = duckdb_connect(open_tables_root(storage)).execute(sql).df()
+        df = run_query(sql, storage)
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
@@ -194,7 +196,7 @@ def tables(storage: StorageOpt = None, debug: DebugOpt = False) -> None:
         from tasks.tables import TABLES, duckdb_connect
 
         st = open_tables_root(storage)
-        con = duckdb_connect(st)
+        con = duckdb_connect(st, read_only=True)
         t = Table(title=f"tables under {escape(st.root)}/tables")
         for col in ("table", "rows", "partitions", "description"):
             t.add_column(col)
@@ -305,42 +307,15 @@ def status(
         from prompt_core.config import load_study
 
         study = load_study(study_file)
-        st = study_status(study, open_tables_root(storage or study.storage))
+        root = open_tables_root(storage or study.storage)
+        st = study_status(study, root)
+        claims = live_claims(root)  # units a run is computing now (under this root)
+    in_flight = {"live_claims": len(claims),
+                 "run_ids": sorted({c.owner.split("/")[0] for c in claims})}
     if as_json:
-        sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**st.to_dict(), "in_flight": in_flight}, indent=2) + "\n")
         return
-    out.print(f"study {st.study} under {st.storage}", markup=False, highlight=False,
-              soft_wrap=True)
-    t = Table()
-    for col in ("stage", "model", "done", "total"):
-        t.add_column(col, justify="right" if col in ("done", "total") else "left")
-    for s in st.stages:
-        t.add_row(s.stage, escape(s.model or "-"), str(s.done), str(s.total),
-                  style=None if s.done == s.total else "yellow")
-    out.print(t)
-    missing = st.missing()
-    if missing:
-        out.print(f"missing units ({len(missing)}):", highlight=False)
-        for label in missing[:max_missing]:
-            out.print(f"  {label}", markup=False, highlight=False, soft_wrap=True)
-        if len(missing) > max_missing:
-            out.print(f"  ... {len(missing) - max_missing} more (--json lists all)",
-                      markup=False, highlight=False)
-    else:
-        out.print("[green]complete[/green]: every unit is stored")
-    run = st.latest_run
-    if run is None:
-        out.print("no run of this study recorded", highlight=False)
-    else:
-        out.print(f"latest run {run.run_id}: {run.status}, finished "
-                  f"{run.finished_at.isoformat(timespec='seconds')}",
-                  markup=False, highlight=False, soft_wrap=True)
-        if run.failures:
-            out.print(f"failed units ({len(run.failures)}):", highlight=False)
-        for f in run.failures:
-            out.print(f"  {f.unit}: {f.error}", markup=False, highlight=False, soft_wrap=True)
-    for p in st.problems:
-        warning_line(p)
+    print_status(st, claims, in_flight["run_ids"], max_missing)
 
 
 @app.command()
@@ -419,9 +394,9 @@ def export_peft_cmd(
     with reported("export-peft", debug):
         from prompt_core.peft_io import export_peft
         from prompt_core.prompts import prompt_from_bytes
-        from tasks.units import read_prompt_bytes
 
-        prompt, meta = prompt_from_bytes(read_prompt_bytes(prompt_file), prompt_file)
+        check_out_path(out_dir, folder=True)
+        prompt, meta = prompt_from_bytes(read_uri_bytes(prompt_file), prompt_file)
         identity = meta.get("model_identity") or {}
         base = base_model or meta.get("model_id") or identity.get("model_id")
         kind = kind or identity.get("kind") or meta.get("backbone_kind")
@@ -429,8 +404,9 @@ def export_peft_cmd(
             raise InputError(f"{prompt_file}: its metadata names no "
                              f"{'base model' if not base else 'backbone kind'}; give "
                              f"{'--base-model' if not base else '--kind'}")
-        folder = export_peft(prompt, out_dir, base_model_name_or_path=base, backbone_kind=kind,
-                             metadata=meta, overwrite=force)
+        with writing_out(out_dir):
+            folder = export_peft(prompt, out_dir, base_model_name_or_path=base,
+                                 backbone_kind=kind, metadata=meta, overwrite=force)
     out.print(f"wrote {folder} (PEFT prompt tuning: {prompt.shape[0]} virtual tokens, "
               f"dimension {prompt.shape[1]}, base model {base})", markup=False,
               highlight=False, soft_wrap=True)
@@ -440,20 +416,22 @@ def export_peft_cmd(
 def import_peft_cmd(
     folder: Annotated[Path, typer.Argument(help="A PEFT prompt-tuning adapter folder.")],
     out_file: Annotated[Path, typer.Option(
-        "--out", "-o", help="Prompt file to write (.safetensors); use it as a study's "
-        "training.init_prompt (init: prompt).")],
+        "--out", "-o", help="Prompt file to write (.safetensors; missing folders are "
+        "created); use it as a study's training.init_prompt (init: prompt).")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Import a PEFT prompt-tuning adapter as a prompt file."""
-    if out_file.exists() and not force:
+    if out_file.exists() and not out_file.is_dir() and not force:
         fail(f"{out_file} exists; --force replaces it", 2)
     with reported("import-peft", debug):
         from prompt_core.peft_io import import_peft
         from prompt_core.prompts import save_prompt_file
 
+        check_out_path(out_file, folder=False)
         prompt, meta = import_peft(folder)
-        save_prompt_file(out_file, prompt, {**meta, "imported_from": str(folder)})
+        write_out_file(out_file, lambda: save_prompt_file(
+            out_file, prompt, {**meta, "imported_from": str(folder)}))
     out.print(f"wrote {out_file}: prompt {tuple(prompt.shape)} from {folder} (base model "
               f"{meta.get('base_model_name_or_path')})", markup=False, highlight=False,
               soft_wrap=True)

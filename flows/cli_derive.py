@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_support import DebugOpt, console, out, reported
+from flows.cli_support import DebugOpt, check_out_path, console, out, reported, writing_out
 
 derive_app = typer.Typer(
     help="Derive a model from the shipped all-MiniLM-L6-v2, offline and reproducibly; the "
@@ -59,7 +59,9 @@ def derive_layer_drop(
     with reported("derive-model", debug):
         from prompt_core.derive import MINILM_ID, layer_drop
 
-        path = layer_drop(out_dir, keep, source or MINILM_ID, force=force)
+        check_out_path(out_dir, folder=True)
+        with writing_out(out_dir):
+            path = layer_drop(out_dir, keep, source or MINILM_ID, force=force)
     _derived(path)
 
 
@@ -94,9 +96,11 @@ def derive_distill(  # defaults = prompt_core.derive.distill's (a test checks)
     with reported("derive-model", debug):
         from prompt_core.derive import MINILM_ID, distill
 
-        path = distill(out_dir, hidden=hidden, layers=layers, heads=heads,
-                       intermediate=intermediate, steps=steps, batch_size=batch_size, lr=lr,
-                       seed=seed, texts=texts, source=source or MINILM_ID,
-                       sim_weight=sim_weight, force=force,
-                       log=lambda msg: console.log(msg, markup=False, highlight=False))
+        check_out_path(out_dir, folder=True)
+        with writing_out(out_dir):
+            path = distill(out_dir, hidden=hidden, layers=layers, heads=heads,
+                           intermediate=intermediate, steps=steps, batch_size=batch_size,
+                           lr=lr, seed=seed, texts=texts, source=source or MINILM_ID,
+                           sim_weight=sim_weight, force=force,
+                           log=lambda msg: console.log(msg, markup=False, highlight=False))
     _derived(path)

@@ -118,7 +118,8 @@ def _prepare_folder(folder: Path, overwrite: bool) -> None:
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise PeftAdapterError(f"PEFT export to {folder}: the folder is not empty; choose "
-                                   "an empty or new folder, or pass overwrite=True")
+                                   "an empty or new folder, or pass --force (overwrite=True) "
+                                   "to replace its adapter files")
         (folder / LEGACY_WEIGHTS_NAME).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -212,12 +213,54 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         except (SafetensorError, OSError, ValueError) as e:
             raise PeftAdapterError(f"{st_path}: not a valid safetensors file ({e})") from e
     if bin_path.is_file():
-        try:  # weights_only: tensors and plain containers, never arbitrary pickled code
-            return torch.load(bin_path, map_location="cpu", weights_only=True), {}
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise PeftAdapterError(f"{bin_path}: cannot be read as PEFT weights ({e})") from e
+        return _load_bin(bin_path), {}
     raise PeftAdapterError(f"{folder}: no adapter weights ({WEIGHTS_NAME} or "
                            f"{LEGACY_WEIGHTS_NAME})")
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A legacy ``adapter_model.bin``, unpickled with ``weights_only`` (tensors and plain
+    containers only). A pickle holding anything else is refused, never loaded: loading it
+    would run code from the file. The message gives torch's reason, not its advice."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not know
+            warnings.simplefilter("ignore")
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PeftAdapterError(
+            f"{path}: refused: not a pickle of tensors only ({_unpickling_reason(e)}); a "
+            "pickle of other objects can run code when loaded, so it is not loaded; convert "
+            f"the adapter to {WEIGHTS_NAME} where you trust it (PEFT's save_pretrained "
+            "writes safetensors)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure is a bad file
+        detail = _unpickling_reason(e) or type(e).__name__
+        raise PeftAdapterError(f"{path}: cannot be read as PEFT weights ({detail})") from None
+    if not isinstance(weights, dict):
+        raise PeftAdapterError(f"{path}: holds a {type(weights).__name__}, not a dict of "
+                               "tensors")
+    return weights
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """torch's reason for refusing a pickle, without its advice (re-running ``torch.load``
+    with ``weights_only=False``, or allowlisting the file's globals, would run its code; we
+    never do either)."""
+    import re
+
+    advice = ("weights only load failed", "weights_only", "check the documentation",
+              "please file an issue", "do it only if", "re-running", "safe_globals",
+              "allowlist", "if you trust")
+    kept = []
+    for raw in str(exc).splitlines():
+        text = raw.replace("WeightsUnpickler error:", "").strip()
+        for sentence in re.split(r"(?<=\.)\s+", text):
+            if sentence and not any(a in sentence.lower() for a in advice):
+                kept.append(sentence.rstrip("."))
+    return "; ".join(kept)
 
 
 def _prompt_from(weights: dict[str, torch.Tensor], config: Any, folder: Path) -> torch.Tensor:

@@ -150,12 +150,15 @@ def test_python_snippets(root):
         assert sorted(got) == list(got)  # ordered by target task
 
 
-def test_sql_snippet_runs_in_duckdb(root):
+@pytest.mark.parametrize("read_only", [False, True], ids=["open", "read-only"])
+def test_sql_snippet_runs_in_duckdb(root, read_only):
+    """Also on the locked connection of ``prompt-transfer query`` (no external access): the
+    views read their Arrow datasets, local or on S3, through pyarrow."""
     from tasks.tables import duckdb_connect
 
     path, expected = root
     (sql,) = query_blocks()
-    df = duckdb_connect(open_storage(path)).execute(sql.rstrip(";")).df()
+    df = duckdb_connect(open_storage(path), read_only=read_only).execute(sql.rstrip(";")).df()
     assert answer(df) == pytest.approx(expected)
 
 

@@ -185,6 +185,7 @@ class Case:
     why: str = ""  # the issue item or the behaviour this pins
     process: bool = False  # run the installed script in a subprocess, not CliRunner
     slow: bool = False  # also marked slow (tens of seconds by design)
+    one_line: bool = False  # the output is exactly one line, the `error:` one (issue 19)
 
 
 def study_case(id_: str, build: Callable[[Env], tuple[Path, list[str]]], cmds=BOTH,
@@ -741,12 +742,155 @@ STORAGE_CASES = [
 
 # --- query -----------------------------------------------------------------------------------
 
+def _refused_sql(sql: Callable[[Env], str], kind: str, *must: str) -> Callable[[Env], Built]:
+    """``query SQL --storage <a root with tables>``: refused as ``<KIND> refused (...)``, the
+    message naming the root; ``sql`` may name paths in the case folder."""
+
+    def build(env: Env) -> Built:
+        root = _existing_root(env)
+        return Built([sql(env), "--storage", root],
+                     [f"error: {kind} refused (", "query is read-only", root, *must])
+
+    return build
+
+
+def _other_root(env: Env) -> str:
+    """Another root with a part file, in the case folder: query must not read it."""
+    part = env.tmp / "other" / "tables" / "runs" / "study=s" / "part-x.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1")
+    return str(env.tmp / "other" / "tables" / "runs" / "**" / "*.parquet")
+
+
 QUERY_CASES = [
     Case("query-bad-sql", "query",
          _read_on("select * from no_such_table", _existing_root, "query failed",
                   "no_such_table"), code=1),
     Case("query-unknown-format", "query",
          _read_on("select 1", _existing_root, "--format", "'xml'", extra=("--format", "xml"))),
+    Case("query-empty-sql", "query", _read_on("", _existing_root, "the SQL is empty"),
+         one_line=True, why="issue 19 A: was an AttributeError"),
+    Case("query-copy-to-a-file", "query",
+         _refused_sql(lambda env: f"COPY (select 1) TO '{env.store}/x.csv'", "COPY",
+                  "it writes or reads files"), one_line=True,
+         why="issue 19 A: COPY overwrote a prompt's .json sidecar"),
+    Case("query-copy-a-part-into-runs", "query",
+         _refused_sql(lambda env: f"COPY (select * from runs) TO '{env.store}/tables/runs/"
+                  "part-evil.parquet' (FORMAT parquet)", "COPY"), one_line=True,
+         why="issue 19 A: a part-evil.parquet poisoned the runs table"),
+    Case("query-read-csv-outside", "query",
+         _refused_sql(lambda env: "select * from read_csv('/etc/passwd', sep=':')", "SELECT",
+                  "/etc/passwd"), one_line=True, why="issue 19 A: printed a local file"),
+    Case("query-read-text-outside", "query",
+         _refused_sql(lambda env: "select * from read_text('/etc/hostname')", "SELECT",
+                  "/etc/hostname"), one_line=True, why="issue 19 A"),
+    Case("query-read-parquet-other-root", "query",
+         _refused_sql(lambda env: f"select * from read_parquet('{_other_root(env)}')", "SELECT"),
+         one_line=True, why="issue 19 A: read another root"),
+    Case("query-attach", "query",
+         _refused_sql(lambda env: f"ATTACH '{env.tmp}/evil.duckdb' AS evil", "ATTACH"),
+         one_line=True, why="issue 19 A: ATTACH wrote a database file"),
+    Case("query-export-database", "query",
+         _refused_sql(lambda env: f"EXPORT DATABASE '{env.tmp}/exported'", "EXPORT"),
+         one_line=True, why="issue 19 A: EXPORT DATABASE wrote files"),
+    Case("query-install-extension", "query",
+         _refused_sql(lambda env: "INSTALL httpfs", "INSTALL", "from the network"), one_line=True,
+         why="issue 19 A: INSTALL httpfs tried the network"),
+    Case("query-set-unlocks", "query",
+         _refused_sql(lambda env: "SET enable_external_access = true", "SET"), one_line=True,
+         why="issue 19 A: the lock cannot be undone"),
+]
+
+
+# --- PEFT adapters and derived models: the files they write (--out) ----------------------------
+
+
+class _Pickled:
+    """A pickled object that creates a file when unpickled: a refused adapter never runs it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _stored_prompt(env: Env) -> Path:
+    import torch
+
+    from prompt_core.prompts import save_prompt_file
+
+    p = env.tmp / "p.safetensors"
+    save_prompt_file(p, torch.zeros(4, 32), {"model_id": env.models["encoder"],
+                                             "backbone_kind": "encoder"})
+    return p
+
+
+def _adapter(env: Env) -> Path:
+    """A valid PEFT prompt-tuning adapter folder in the case folder."""
+    import torch
+
+    from prompt_core.peft_io import export_peft
+
+    return export_peft(torch.zeros(4, 32), env.tmp / "adapter", backbone_kind="encoder",
+                       base_model_name_or_path=env.models["encoder"])
+
+
+def _a_plain_file(env: Env) -> Path:
+    (env.tmp / "plain.txt").write_text("a file\n")
+    return env.tmp / "plain.txt"
+
+
+def _export_out_under_a_file(env: Env) -> Built:
+    out = _a_plain_file(env) / "adapter"
+    return Built([str(_stored_prompt(env)), "--out", str(out)],
+                 [f"--out {out}", "not a folder"])
+
+
+def _export_into_a_full_folder(env: Env) -> Built:
+    folder = _adapter(env)
+    return Built([str(_stored_prompt(env)), "--out", str(folder)],
+                 [str(folder), "not empty", "--force"])
+
+
+def _import_out_under_a_file(env: Env) -> Built:
+    out = _a_plain_file(env) / "p.safetensors"
+    return Built([str(_adapter(env)), "--out", str(out)], [f"--out {out}", "not a folder"])
+
+
+def _import_pickle_adapter(env: Env) -> Built:
+    import torch
+
+    folder = _adapter(env)
+    (folder / "adapter_model.safetensors").unlink()
+    marker = env.tmp / "code-ran"
+    torch.save({"prompt_embeddings": _Pickled(marker)}, folder / "adapter_model.bin")
+    return Built([str(folder), "--out", str(env.tmp / "p.safetensors")],
+                 [str(folder / "adapter_model.bin"), "refused", "adapter_model.safetensors"],
+                 after=lambda: _no_torch_advice_and_no_code(marker))
+
+
+def _no_torch_advice_and_no_code(marker: Path) -> None:
+    assert not marker.exists(), "the pickle's code ran"
+
+
+def _derive_out_under_a_file(env: Env) -> Built:
+    out = _a_plain_file(env) / "model"
+    return Built(["layer-drop", "--keep", "3", "--out", str(out)],
+                 [f"--out {out}", "not a folder"])
+
+
+FILE_CASES = [
+    Case("export-peft-out-under-a-file", "export-peft", _export_out_under_a_file,
+         one_line=True, why="issue 19 B: was exit 1 with a raw errno"),
+    Case("export-peft-out-not-empty", "export-peft", _export_into_a_full_folder,
+         one_line=True, why="issue 19 B: said overwrite=True, the flag is --force"),
+    Case("import-peft-out-under-a-file", "import-peft", _import_out_under_a_file,
+         one_line=True, why="issue 19 B: was exit 1 with a raw errno"),
+    Case("import-peft-pickle-adapter", "import-peft", _import_pickle_adapter, one_line=True,
+         why="issue 19 B: repeated torch's advice to load with weights_only=False"),
+    Case("derive-model-out-under-a-file", "derive-model", _derive_out_under_a_file,
+         one_line=True, why="issue 19 B: was exit 1 with a raw errno"),
 ]
 
 
@@ -763,7 +907,7 @@ PROCESS_CASES = _in_process(["task-label-out-of-range-run", "prompt-file-wrong-h
                              "s3-unknown-bucket-tables"])
 
 CASES = [*STUDY_CASES, *TASK_CASES, *MODEL_CASES, *PROMPT_CASES, *STORAGE_CASES, *QUERY_CASES,
-         *PROCESS_CASES]
+         *FILE_CASES, *PROCESS_CASES]
 
 
 # --- fixtures and the one test ---------------------------------------------------------------
@@ -895,9 +1039,14 @@ def test_bad_input(case: Case, tiny_models, tasks_root, tmp_path, monkeypatch, r
         problems.append(f"exit {got.code}, expected {case.code}")
     if case.max_seconds is not None and got.seconds > case.max_seconds:
         problems.append(f"took {got.seconds:.0f} s, more than {case.max_seconds:g} s")
-    # (b) the message names the file, field or row
+    # (b) the message names the file, field or row (and is the only line, where asked)
     if not all(s in got.output for s in built.must):
         problems.append(_explain_missing(got.output, built.must))
+    lines = [ln for ln in got.output.splitlines() if ln.strip()]
+    if case.one_line and (len(lines) != 1 or not lines[0].startswith("error: ")):
+        problems.append(f"not one `error:` line but {len(lines)} line(s)")
+    if "weights_only" in got.output or "safe_globals" in got.output:
+        problems.append("the message repeats torch's advice (weights_only, safe_globals)")
     # (d) nothing written
     after = snapshot(case_dir)
     if after != before:

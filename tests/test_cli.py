@@ -301,3 +301,150 @@ def test_cli_query_s3_root_without_tables(monkeypatch):
             assert res.exit_code == 2, (root, res.output)
             assert f"error: storage root {root} {problem}" in res.output, res.output
             assert "Traceback" not in res.output
+
+
+def test_run_summary_prints_paths_in_full(monkeypatch):
+    """Issue 19 C: two heatmap URIs that differ only at their end, on a 40-column console:
+    each is printed whole on its own line (a table cell cut both to the same "…")."""
+    from rich.console import Console
+
+    from flows import cli_support
+    from flows.stage_api import StudyResult
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_support, "out", Console(file=buf, width=40))
+    root = "s3://a-rather-long-bucket-name/with/a/deep/prefix/for/results"
+    summary = {"own_beats_none": 2, "n_tasks": 3, "same_type_rel": 0.9, "diff_type_rel": 0.8,
+               "random_rel": 0.5}
+    heatmaps = {m: f"{root}/artifacts/demo/{'0' * 32}/heatmap-{m}.png"
+                for m in ("minilm", "minilm-l3")}
+    cli_support.print_run_summary(StudyResult(
+        run_id="f" * 32, study="demo", storage=root, seconds=12.0,
+        summaries={m: summary for m in heatmaps}, heatmaps=heatmaps,
+        stage_counts={"cross_model": {"computed": 2, "stored": 0}}))
+    lines = buf.getvalue().splitlines()
+    assert "…" not in buf.getvalue()
+    for model, uri in heatmaps.items():
+        assert f"heatmap {model}: {uri}" in lines
+    assert f"run id: {'f' * 32}" in lines and f"tables: {root}/tables/" in lines
+    assert "cross_model: 2 computed, 0 stored before" in lines
+
+
+def test_status_says_a_run_is_in_flight(tmp_path):
+    """Issue 19 C: no finished run of the study, but live unit claims under the root: status
+    says a run is in flight (and --json has it); an expired claim does not count."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.claims import try_claim
+    from tasks.storage import open_storage
+    from tests.table_helpers import write_tables
+
+    st = open_storage(str(tmp_path / "root"))
+    write_tables(st, "other", 0.0)  # another study's finished run: none of demo's
+    study = str(REPO / "deployments" / "studies" / "demo.yaml")
+    runner = CliRunner()
+    args = ["status", study, "--storage", st.root]
+    res = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "no finished run of this study recorded" in res.output
+    assert "in flight" not in res.output
+    try_claim(st, "prompt-old", "run-crashed/host/1/2", 0.001)  # expires at once
+    lease = try_claim(st, "prompt-abc", "run-live/host/1/2", 300.0)
+    assert lease is not None
+    res = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert (f"a run is in flight under {st.root}: 1 unit(s) claimed now (run run-live)"
+            in res.output), res.output
+    assert "no finished run of this study recorded" in res.output
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    assert doc["in_flight"] == {"live_claims": 1, "run_ids": ["run-live"]}
+
+
+def test_verbose_before_the_command(monkeypatch, tmp_path):
+    """Issue 19 D: `prompt-transfer --verbose run ...` is accepted, like `--debug`, and means
+    what `run --verbose` means (Prefect's logs: no WARNING log level forced)."""
+    from typer.testing import CliRunner
+
+    from flows import cli
+
+    levels = []
+    monkeypatch.setattr(cli, "prefect_defaults", lambda log_level=None: levels.append(log_level))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodels: [{kind: gpt9}]\ntasks: []\n")
+    runner = CliRunner()
+    for args in (["--verbose", "run", str(bad)], ["-v", "run", str(bad)],
+                 ["run", str(bad), "--verbose"], ["--debug", "--verbose", "run", str(bad)]):
+        levels.clear()
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "No such option" not in res.output and "unknown backbone kind" in res.output
+        assert levels[-1] is None, (args, levels)
+    levels.clear()
+    res = runner.invoke(cli.app, ["run", str(bad)])
+    assert res.exit_code == 2 and levels[-1] == "WARNING"
+    res = runner.invoke(cli.app, ["--help"])
+    assert "--verbose" in res.output and "--debug" in res.output
+
+
+def test_no_telemetry_notice_on_a_terminal(tmp_path):
+    """Issue 19 C: Prefect prints a first-run telemetry notice when it is imported on a
+    terminal (unless DO_NOT_TRACK is set); the CLI sets DO_NOT_TRACK before Prefect is
+    imported, so nothing comes before the bars. The control run shows the notice."""
+    import pty
+    import select
+
+    def on_a_terminal(code: str, home: Path) -> str:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DO_NOT_TRACK", "CI", "GITHUB_ACTIONS", "PREFECT_HOME")}
+        env["PREFECT_HOME"] = str(home)
+        primary, secondary = pty.openpty()
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                             stdin=secondary, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        chunks = []
+        try:
+            while True:
+                ready, _, _ = select.select([primary], [], [], 120)
+                if not ready:
+                    break
+                try:
+                    data = os.read(primary, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            p.wait(timeout=120)
+            os.close(primary)
+        return b"".join(chunks).decode(errors="replace")
+
+    control = on_a_terminal("import prefect", tmp_path / "home-a")
+    assert "anonymous usage data" in control, control  # the notice this test looks for
+    quiet = on_a_terminal("from flows.cli_support import quiet_startup\n"
+                          "quiet_startup()\nimport prefect\nprint('imported')",
+                          tmp_path / "home-b")
+    assert "imported" in quiet and "anonymous usage data" not in quiet, quiet
+
+
+def test_make_demo_has_titled_sections_and_what_next():
+    """Issue 19 C: `make demo` shows titled sections, not make's echo of the SQL, and ends
+    with what to do next (the UI, queries, the files)."""
+    text = (REPO / "Makefile").read_text()
+    recipe = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    queries = [i for i, ln in enumerate(recipe)
+               if "prompt-transfer query" in ln and not ln.startswith("\t@echo")]
+    assert len(queries) == 3
+    for i in queries:
+        assert recipe[i].startswith("\t@"), recipe[i]  # make does not echo the SQL
+        j = i - 1  # the @echo lines just above it hold a title
+        while recipe[j].startswith("\t@echo") and '"==' not in recipe[j]:
+            j -= 1
+        assert recipe[j].startswith('\t@echo "== '), recipe[i - 3:i]
+    tail = "\n".join(recipe[queries[-1]:])
+    for needle in ("prefect server start", "PREFECT_API_URL", "prompt-transfer query",
+                   "results/tables", "results/artifacts"):
+        assert needle in tail, needle

@@ -68,13 +68,24 @@ def view_tables() -> dict[str, set[str]]:
 
 
 def duckdb_connect(
-    storage: Storage, tables: Iterable[str] | None = None
+    storage: Storage, tables: Iterable[str] | None = None, *, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with one view per table (hive partition columns are VARCHAR), plus the
     ready views (:func:`views`) when all their tables are present.
 
     Each table is a ``pyarrow.dataset`` of its part files (listed now, read when queried): a
     damaged part fails only the queries that read its table, with the file's path.
+
+    ``read_only`` (what ``prompt-transfer query`` uses): once the views exist, DuckDB's
+    external access is turned off and its configuration locked, so the connection reads the
+    registered tables and views and nothing else: no file or URL (``read_parquet``,
+    ``read_csv``, ``COPY ... TO``, ``ATTACH``, ``EXPORT DATABASE``), no extension install or
+    load, no ``SET``. Such statements raise ``duckdb.PermissionException`` (or
+    ``duckdb.InvalidInputException`` for a locked setting); in-memory ``CREATE``/``INSERT``
+    still work (they touch no file; the CLI refuses every statement that is not a read,
+    :func:`flows.cli_support.check_read_only_sql`). The views keep working on local
+    and S3 roots: their datasets are read by pyarrow, not by DuckDB's file system. Without it
+    (the default) the connection is an ordinary DuckDB one.
     """
     names = list(TABLES if tables is None else tables)
     specs = [get_table(n) for n in names]
@@ -89,4 +100,13 @@ def duckdb_connect(
         for view, sql in views().items():
             if needs[view] <= set(names):
                 con.execute(f"CREATE VIEW {_ident(view)} AS {sql}")
+    if read_only:
+        lock_down(con)
     return con
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No more files, URLs or extensions for ``con``, and its settings frozen (for good:
+    ``lock_configuration`` cannot be reset on the connection)."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
