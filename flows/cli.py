@@ -108,7 +108,9 @@ def run(
     which is checked before any training and before anything is written.
     """
     debug, verbose = debugging(debug), verbosity(verbose)
-    prefect_defaults(log_level=None if verbose or debug else "WARNING")
+    # the run's logs (dev scores, stages, waits) go to the API and the UI in any case; the
+    # terminal shows Prefect's INFO lines only with --verbose
+    prefect_defaults(console_level=None if verbose or debug else "WARNING")
     with reported("run", debug):
         _run(study_file, storage, dict(task_runner=runner, workers=workers,
                                        dask_address=dask_address, device=device),

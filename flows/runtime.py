@@ -34,17 +34,26 @@ PREFECT_DEFAULTS = {
 }
 
 
-def prefect_defaults(log_level: str | None = None) -> None:
-    """Set this project's Prefect settings in the environment where they are not set (and
-    ``PREFECT_LOGGING_LEVEL`` to ``log_level`` when given and not set), before a flow starts;
-    the processes started afterwards inherit them. Prefect reads its settings when imported:
+def prefect_defaults(log_level: str | None = None, console_level: str | None = None) -> None:
+    """Set this project's Prefect settings in the environment where they are not set, before a
+    flow starts; the processes started afterwards inherit them. ``log_level``: Prefect's
+    logging level (``PREFECT_LOGGING_LEVEL``: what reaches the API and the UI too);
+    ``console_level``: the terminal's handler only (``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL``),
+    so a run's own logs (dev scores, stage starts and ends, waits) still go to the API while
+    the terminal keeps to progress bars and errors. Prefect reads its settings when imported:
     if it already is, its global settings are refreshed to see them."""
-    wanted = {**PREFECT_DEFAULTS, **({"PREFECT_LOGGING_LEVEL": log_level} if log_level else {})}
+    wanted = {**PREFECT_DEFAULTS, **({"PREFECT_LOGGING_LEVEL": log_level} if log_level else {}),
+              **({"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": console_level}
+                 if console_level else {})}
     added = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(added)
     context = sys.modules.get("prefect.context")
     if added and context is not None:
         context.refresh_global_settings_context()
+    if "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL" in added and "prefect.logging" in sys.modules:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)  # the console handler's level, as set above
 
 
 # -- Prefect's error logs, kept off the console while a command reports the run ---------------

@@ -185,3 +185,37 @@ def test_the_custom_run_form_describes_every_parameter_and_the_schedule_zone():
     for d in spec["deployments"]:
         for sched in d.get("schedules") or []:
             assert sched["timezone"] in d["description"], d["name"]
+
+
+def test_cli_run_sends_its_logs_to_the_api_without_verbose(server, study_file, tmp_path):
+    """`prompt-transfer run` against a server, no --verbose: the terminal keeps to the bars and
+    the summary, and the training task runs' dev scores are in the UI (through the API)."""
+    import subprocess
+    import sys
+
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterTaskRunId,
+    )
+
+    from tasks.storage import open_storage
+    from tasks.tables import read_table
+
+    store = tmp_path / "cli-store"
+    cli = Path(sys.executable).parent / "prompt-transfer"
+    out = subprocess.run([str(cli), "run", str(study_file), "--storage", str(store)],
+                         cwd=study_file.parent, env=server.env, capture_output=True, text=True,
+                         timeout=RUN_DEADLINE_S)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "| INFO" not in out.stdout + out.stderr  # Prefect's INFO lines stay off the terminal
+    run_id = read_table(open_storage(str(store)), "runs").to_pandas()["run_id"].item()
+    tasks = _read(server, lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(
+        id=FlowRunFilterId(any_=[run_id]))))
+    train = [t.id for t in tasks if t.name.startswith("train tiny/")]
+    assert len(train) == 2
+    logs = _read(server, lambda c: c.read_logs(log_filter=LogFilter(
+        task_run_id=LogFilterTaskRunId(any_=train))))
+    text = "\n".join(lg.message for lg in logs)
+    assert "dev accuracy" in text and "best dev accuracy" in text, text
