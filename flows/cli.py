@@ -135,6 +135,10 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
     root = open_storage(study.storage)
     root.check_writable()
+    if study.runner.dask_address:  # a silent scheduler: one line within seconds, nothing written
+        from flows.runtime import check_dask_scheduler
+
+        check_dask_scheduler(study.runner.dask_address)
     console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
                   f"{escape(root.root)} ({study.runner.task_runner}, "
@@ -249,7 +253,8 @@ def verify(
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check every stored table part and prompt file under a storage root.
+    """Check every stored file under a storage root: table parts, prompts, projectors, probes,
+    task data and figures.
 
     Exit 0 when nothing is damaged (or everything damaged was quarantined), 1 when damage was
     found and left in place, 2 when the root is unusable.

@@ -439,7 +439,7 @@ def read_uri_bytes(uri: str) -> bytes:
 def live_claims(storage: Storage) -> list:
     """The unexpired unit claims under a root (:mod:`tasks.claims`): a run is computing
     those units now. Read only; an unreadable claim is skipped."""
-    from tasks.claims import CLAIMS_PREFIX, Lease
+    from tasks.claims import CLAIMS_PREFIX, Lease, claim_ttl
 
     live = []
     try:
@@ -451,6 +451,6 @@ def live_claims(storage: Storage) -> list:
             lease = Lease.from_bytes(storage.read_bytes(key))
         except (StorageError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue
-        if not lease.expired():
+        if lease.live(claim_ttl()):
             live.append(lease)
     return live

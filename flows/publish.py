@@ -75,6 +75,7 @@ from prompt_core.analysis import (
     transfer_summary,
 )
 from prompt_core.config import StudyConfig, stable_hash
+from tasks.integrity import check_image, record_images
 from tasks.storage import Storage
 from tasks.tables import read_table
 
@@ -211,6 +212,9 @@ def _published(storage: Storage, key: str) -> dict | None:
     except Exception:  # noqa: BLE001 - a damaged record is only a cache miss
         return None
     ok = isinstance(rec, dict) and {"lines", "uris", "summaries"} <= rec.keys()
+    if ok and any(not storage.exists(k) or check_image(storage, k)
+                  for k in record_images(storage, rec)):
+        return None  # an image it names is gone or damaged: publish again
     return rec if ok else None
 
 

@@ -9,10 +9,13 @@ by the functions that need it, so a command that starts no flow does not import 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prompt_core.config import RunnerConfig
+from prompt_core.errors import InputError
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -102,7 +106,11 @@ class Stopped(KeyboardInterrupt):
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """While the flow runs, SIGTERM stops it as Ctrl-C does (by default it killed the process
-    on the spot: no runs row, no clean exit). Only on the main thread, where handlers live."""
+    on the spot: no runs row, no clean exit). Only on the main thread, where handlers live.
+
+    Both signals also set the process's stop request (:mod:`tasks.stop`,
+    :func:`stop_on_signals`): a unit waiting in a worker thread (for another run's claim) ends
+    at once, so the thread pool, which the flow joins before it ends, lets it go."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -112,9 +120,59 @@ def sigterm_interrupts() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        with stop_on_signals():
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Every SIGTERM and SIGINT this process gets sets the stop request (:mod:`tasks.stop`),
+    whichever Python handler runs: while a flow runs, Prefect's engine swaps in its own SIGTERM
+    handler (it raises TerminationSignal in the main thread, then joins the task runner's
+    threads, so a unit asleep in a wait kept the process alive). The signal's number is
+    written to a wakeup fd (:func:`signal.set_wakeup_fd`) that a daemon thread reads. The
+    request is cleared afterwards. Main thread only; nothing is done where a wakeup fd is in
+    use already (an asyncio loop's)."""
+    from tasks import stop as stop_request
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread
+        previous = None
+    if previous != -1:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+        yield
+        return
+    wanted = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def watch() -> None:
+        while True:
+            try:
+                got = reader.recv(64)
+            except OSError:
+                return
+            if not got:
+                return
+            if wanted & set(got):
+                stop_request.request_stop()
+
+    watcher = threading.Thread(target=watch, name="stop-on-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(-1)
+        writer.close()  # the watcher reads end-of-file and ends
+        watcher.join(5)
+        reader.close()
+        stop_request.clear_stop()
 
 
 # -- the ephemeral Prefect API: a child that dies with this process ----------------------------
@@ -262,6 +320,7 @@ def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
             torch.set_num_threads(before)
         return
     if cfg.dask_address:
+        check_dask_scheduler(cfg.dask_address)
         yield
         return
     env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
@@ -273,3 +332,88 @@ def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
     finally:
         for k in env:
             os.environ.pop(k, None)
+
+
+# -- an existing Dask cluster: does its scheduler answer? ---------------------------------------
+
+DASK_CONNECT_TIMEOUT_ENV = "PROMPT_TRANSFER_DASK_CONNECT_TIMEOUT"
+DEFAULT_DASK_CONNECT_TIMEOUT = 10.0
+
+
+class DaskSchedulerError(InputError):
+    """The scheduler of ``runner.dask_address`` cannot be reached, or does not answer."""
+
+
+def dask_connect_timeout() -> float:
+    """$PROMPT_TRANSFER_DASK_CONNECT_TIMEOUT (seconds), else 10 (a scheduler answers in
+    milliseconds; distributed.Client bounds only the TCP connect, not the handshake)."""
+    raw = os.environ.get(DASK_CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DASK_CONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"environment variable {DASK_CONNECT_TIMEOUT_ENV} must be a positive "
+                         f"number of seconds, got {raw!r}")
+    return value
+
+
+async def _scheduler_identity(address: str, timeout: float) -> dict:
+    """Connect, complete distributed's handshake and ask the ``identity`` op, all within
+    ``timeout`` (``distributed.Client(timeout=...)`` bounds the TCP connect only: a peer that
+    accepts and never answers holds its handshake forever)."""
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    comm = None
+
+    async def ask() -> dict:
+        nonlocal comm
+        comm = await connect(address, timeout=round(0.8 * timeout, 3),  # names the cause
+                             **Security().get_connection_args("client"))
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+
+    try:
+        return await asyncio.wait_for(ask(), timeout)
+    finally:
+        if comm is not None:
+            comm.abort()
+
+
+def check_dask_scheduler(address: str, timeout: float | None = None) -> None:
+    """DaskSchedulerError (bad input: exit 2, nothing written) unless the Dask scheduler at
+    ``address`` answers within ``timeout`` seconds (default :func:`dask_connect_timeout`).
+
+    Only reachability is known here: whether the workers have the study's device (a GPU)
+    shows when the units run on them. The probe runs in a daemon thread; this thread waits for
+    it on an Event, which SIGTERM and Ctrl-C interrupt."""
+    timeout = dask_connect_timeout() if timeout is None else timeout
+    got: dict = {}
+    done = threading.Event()
+
+    def probe() -> None:
+        try:
+            got["identity"] = asyncio.run(_scheduler_identity(address, timeout))
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
+            got["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=probe, name="dask-scheduler-probe", daemon=True).start()
+    silent = f"Dask scheduler {address} did not answer within {timeout:g} s"
+    if not done.wait(timeout + 5):  # the probe's own bound, with room for a busy machine
+        raise DaskSchedulerError(silent)
+    exc = got.get("error")
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        raise DaskSchedulerError(silent)
+    if exc is not None:
+        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+        raise DaskSchedulerError(f"cannot reach Dask scheduler {address}: "
+                                 f"{type(exc).__name__}: {exc}{cause}")
+    identity = got.get("identity")
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        raise DaskSchedulerError(f"{address} answered, but not as a Dask scheduler "
+                                 f"({str(identity)[:80]})")

@@ -262,6 +262,28 @@ class TaskConfig(StrictSection):
         )
 
 
+DEVICE_SPECS = "cpu, cuda, cuda:N or auto"
+DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                        r":(\d{1,5})$")
+
+
+def dask_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a Dask scheduler address (``[scheme://]host:port``), or None."""
+    scheme, sep, rest = address.strip().rpartition("://")
+    if sep and scheme not in DASK_SCHEMES:
+        return (f"has scheme {scheme!r}; a Dask scheduler address is "
+                f"{'|'.join(DASK_SCHEMES)}://host:port")
+    if not sep and (address.endswith(".json") or "/" in address):
+        return ("looks like a scheduler file: give the scheduler's address instead (its "
+                "'address' field, e.g. tcp://sched:8786)")
+    m = _HOST_PORT.match(rest)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        return "is not a Dask scheduler address: use tcp://host:port (e.g. tcp://sched:8786)"
+    return None
+
+
 class RunnerConfig(StrictSection):
     """How the flow runs its units: which Prefect task runner, where models live."""
 
@@ -285,6 +307,25 @@ class RunnerConfig(StrictSection):
     train_deployment: str | None = Field(
         None, description="fan training out as one flow run per (model, source task) of this "
         "deployment (e.g. 'train-prompts/local') through run_deployment; default: in this run")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        """The spec's format (whether this machine has the device is checked before a run, by
+        :func:`prompt_core.preflight.check_study`, where the units run locally)."""
+        if not DEVICE_RE.match(v.strip().lower()):
+            raise ValueError(f"{v!r} is not one of {DEVICE_SPECS}")
+        return v
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address_format(cls, v: str | None) -> str | None:
+        """A scheduler address as prefect-dask hands it to ``distributed.Client``:
+        ``[tcp|tls|ws|wss|ucx]://host:port`` (no scheme: tcp). Only the format can be known
+        here; whether a scheduler answers is probed before the flow starts."""
+        if v is not None and dask_address_problem(v):
+            raise ValueError(f"{v!r} {dask_address_problem(v)}")
+        return v
 
     @model_validator(mode="after")
     def _dask_address(self):

@@ -11,7 +11,9 @@ task data (loaded once per task). It checks, in order:
 * ``training.init_prompt``: readable, a valid prompt file, shape ``(n_tokens, hidden size)``
   for every model;
 * tasks: each loads (task.json fields, names, labels, splits), and no two entries load the
-  same NLP task name.
+  same NLP task name;
+* ``runner.device``: a GPU it names exists here when the units run on this machine (not on
+  an existing Dask cluster, whose workers alone know).
 
 Every problem is collected; :class:`StudyCheckError` lists them all, each naming the study
 field (``models.0.model_id``, ``tasks.2``) and the file or row at fault.
@@ -390,10 +392,25 @@ def _check_indicator_window(f: _Findings) -> None:
                               f"{m.on_layers}")
 
 
+def _check_device(f: _Findings) -> None:
+    """``runner.device`` exists on this machine when the units run here (threads, processes,
+    a local Dask cluster). On an existing Dask cluster (``dask_address``) only its workers
+    know: the format alone is checked (the study's validation)."""
+    runner = f.study.runner
+    if runner.dask_address or runner.device.strip().lower() in ("cpu", "auto"):
+        return  # cpu and auto exist everywhere: torch is not even imported
+    from prompt_core.backbones.device import resolve_device
+
+    try:
+        resolve_device(runner.device)
+    except InputError as exc:
+        f.problems.append(f"runner.device: {exc}")
+
+
 # Cheap checks first; later checks read what earlier ones found (model facts, loaded tasks).
 CHECKS: tuple[Callable[[_Findings], None], ...] = (
-    _check_models, _check_lengths, _check_init_prompt, _load_tasks, _check_duplicate_tasks,
-    _check_stage_tasks, _check_indicator_window,
+    _check_device, _check_models, _check_lengths, _check_init_prompt, _load_tasks,
+    _check_duplicate_tasks, _check_stage_tasks, _check_indicator_window,
 )
 
 

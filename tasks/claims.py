@@ -19,7 +19,13 @@ claim instead of writing over the taker's.
 Expiry compares wall clocks (unix seconds) of different hosts: they must agree to well within
 the TTL (NTP does). A holder that stalls for longer than the TTL (and whose heartbeat cannot
 run) loses its claim, and then two runs may compute the unit; results are written atomically,
-so the cost is work, not data.
+so the cost is work, not data. An expiry further ahead than the lease's TTL plus
+:data:`~tasks.claim_lease.CLAIM_CLOCK_SKEW` (30 s) is no valid lease (a clock far ahead, a
+file edited by hand): it is taken over like an expired one, with a warning.
+
+A waiter logs who holds the unit and until when (``on_wait``, :func:`log_wait`), again every
+:data:`WAIT_LOG_EVERY` seconds, and ends at once with :class:`ClaimWaitStopped` when the run is
+stopped (SIGTERM, Ctrl-C: :mod:`tasks.stop`).
 
 Settings, from the environment (positive numbers of seconds; explicit arguments win):
 
@@ -31,158 +37,56 @@ Settings, from the environment (positive numbers of seconds; explicit arguments 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import logging
-import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
+from tasks import stop
+from tasks.claim_lease import (
+    CLAIM_CLOCK_SKEW,
+    CLAIM_TTL_ENV,
+    CLAIM_WAIT_ENV,
+    CLAIMS_PREFIX,
+    DEFAULT_CLAIM_TTL,
+    DEFAULT_CLAIM_WAIT,
+    ClaimTimeout,
+    ClaimWaitStopped,
+    Lease,
+    check_seconds,
+    claim_key,
+    claim_ttl,
+    claim_wait,
+    iso_utc,
+    next_key,
+)
 from tasks.storage import Storage, StorageError, StorageTimeoutError
 
-CLAIM_TTL_ENV = "PROMPT_TRANSFER_CLAIM_TTL"
-CLAIM_WAIT_ENV = "PROMPT_TRANSFER_CLAIM_WAIT"
-DEFAULT_CLAIM_TTL = 60.0
-DEFAULT_CLAIM_WAIT = 3600.0
+__all__ = [  # the lease and its settings live in tasks.claim_lease; re-exported here
+    "CLAIMS_PREFIX", "CLAIM_CLOCK_SKEW", "CLAIM_TTL_ENV", "CLAIM_WAIT_ENV", "DEFAULT_CLAIM_TTL",
+    "DEFAULT_CLAIM_WAIT", "ClaimTimeout", "ClaimWaitStopped", "Lease", "claim_key",
+    "claim_ttl", "claim_wait", "default_owner", "log_wait", "read_claim", "release", "renew",
+    "try_claim", "unit_claim",
+]
+
 DEFAULT_POLL = 1.0
-CLAIMS_PREFIX = "claims"
-_NEXT = ".next-"
+WAIT_LOG_EVERY = 30.0  # while waiting for a holder: on_wait again at least this often (s)
 _MAX_CHAIN = 1000  # takeovers of one unit before the chain is taken as broken
 _ATTEMPTS = 3  # rounds of one try_claim: read the chain, create the next link, read back
 
 log = logging.getLogger(__name__)
-
-
-class ClaimTimeout(RuntimeError):
-    """Waiting for another run's live claim on a unit took longer than allowed."""
-
-    def __init__(self, unit_key: str, holder: Lease | None, waited_s: float, uri: str):
-        self.unit_key = unit_key
-        self.holder = holder
-        self.waited_s = waited_s
-        if holder is not None:
-            who = (
-                f"is claimed by {holder.owner} (lease expires {_iso(holder.expires_at)}, "
-                f"token {holder.token})"
-            )
-        else:
-            who = "kept being claimed by other runs"
-        super().__init__(
-            f"unit {unit_key} {who}; gave up after waiting {waited_s:.1f} s. Set "
-            f"{CLAIM_WAIT_ENV} to wait longer, or remove {uri} if that run is gone."
-        )
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One claim on a unit: who holds it, a unique token, and when it expires.
-
-    ``expires_at`` is unix seconds (wall clock). ``after`` is the token of the expired lease
-    this one took over (its file is ``claims/<unit_key>.json.next-<after>``), None for the
-    first claim (``claims/<unit_key>.json``).
-    """
-
-    unit_key: str
-    owner: str
-    token: str
-    expires_at: float
-    after: str | None = None
-
-    def remaining(self, now: float | None = None) -> float:
-        """Seconds until the lease expires (negative once it has)."""
-        return self.expires_at - (time.time() if now is None else now)
-
-    def expired(self, now: float | None = None) -> bool:
-        """True once the expiry has passed."""
-        return self.remaining(now) <= 0
-
-    @property
-    def storage_key(self) -> str:
-        """Key of the file holding this lease."""
-        head = claim_key(self.unit_key)
-        return head if self.after is None else _next_key(self.unit_key, self.after)
-
-    def to_bytes(self) -> bytes:
-        """JSON record (with the expiry also as UTC text for people reading it)."""
-        record = asdict(self) | {"expires_utc": _iso(self.expires_at)}
-        return (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8")
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Lease:
-        """Parse :meth:`to_bytes` output; ValueError if it is not a lease."""
-        record = json.loads(raw.decode("utf-8"))
-        if not isinstance(record, dict):
-            raise ValueError("claim record is not a JSON object")
-        expires_at = float(record["expires_at"])
-        if not math.isfinite(expires_at):
-            raise ValueError(f"claim expiry is not finite: {expires_at}")
-        after = record.get("after")
-        return cls(
-            unit_key=str(record["unit_key"]),
-            owner=str(record["owner"]),
-            token=str(record["token"]),
-            expires_at=expires_at,
-            after=None if after is None else str(after),
-        )
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def claim_key(unit_key: str) -> str:
-    """Storage key of a unit's (first) claim: ``claims/<unit_key>.json``."""
-    if not isinstance(unit_key, str) or not unit_key.strip("/"):
-        raise ValueError(f"unit key must be a non-empty string, got {unit_key!r}")
-    return f"{CLAIMS_PREFIX}/{unit_key}.json"
-
-
-def _next_key(unit_key: str, token: str) -> str:
-    return f"{claim_key(unit_key)}{_NEXT}{token}"
+_iso = iso_utc
 
 
 def default_owner(run_id: str) -> str:
     """Owner name of a claim made by this thread: ``<run_id>/<hostname>/<pid>/<thread id>``."""
     return f"{run_id}/{socket.gethostname()}/{os.getpid()}/{threading.get_ident()}"
-
-
-def _env_seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
-    raw = (os.environ if env is None else env).get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"environment variable {name} must be a positive number of seconds, got {raw!r}"
-        )
-    return value
-
-
-def claim_ttl(env: Mapping[str, str] | None = None) -> float:
-    """Lease lifetime in seconds: $PROMPT_TRANSFER_CLAIM_TTL, else 60."""
-    return _env_seconds(CLAIM_TTL_ENV, DEFAULT_CLAIM_TTL, env)
-
-
-def claim_wait(env: Mapping[str, str] | None = None) -> float:
-    """Longest wait for another run's live claim: $PROMPT_TRANSFER_CLAIM_WAIT, else 3600."""
-    return _env_seconds(CLAIM_WAIT_ENV, DEFAULT_CLAIM_WAIT, env)
-
-
-def _check_seconds(name: str, value: float, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return value
 
 
 # -- reading the chain --------------------------------------------------------------------------
@@ -192,7 +96,7 @@ def _read(storage: Storage, unit_key: str, after: str | None) -> Lease | None:
     A file that is not a lease (damaged by hand) counts as an expired lease with a token
     derived from its bytes, so it can be taken over like a crashed holder's claim.
     """
-    key = claim_key(unit_key) if after is None else _next_key(unit_key, after)
+    key = claim_key(unit_key) if after is None else next_key(unit_key, after)
     try:
         raw = storage.read_bytes(key)
     except StorageTimeoutError:
@@ -240,21 +144,29 @@ def _attempt(
     holder: Lease | None = None
     for _ in range(_ATTEMPTS):
         current = read_claim(storage, unit_key)
-        if current is not None and not current.expired():
+        if current is not None and current.live(ttl_s):
             return None, current
         after = None if current is None else current.token
-        mine = Lease(unit_key, owner, uuid.uuid4().hex, time.time() + ttl_s, after)
+        mine = Lease(unit_key, owner, uuid.uuid4().hex, time.time() + ttl_s, after, ttl_s)
         created = storage.create_bytes(mine.storage_key, mine.to_bytes())
         # Read back: a create reported as lost may have landed (retried PUT), and a store that
         # ignores If-None-Match may have let a later writer overwrite ours.
         holder = _read(storage, unit_key, after)
         if holder is not None and holder.token == mine.token:
-            if current is not None:
+            if current is not None and current.expired():
                 log.info(
                     "unit %s: took over the expired claim of %s (expired %s)",
                     unit_key,
                     current.owner,
                     _iso(current.expires_at),
+                )
+            elif current is not None:
+                log.warning(
+                    "unit %s: took over the claim %s of %s: it expires %s, %.0f s ahead, more "
+                    "than its TTL plus %g s of clock skew (%.0f s): not a valid lease",
+                    unit_key, storage.uri(current.storage_key), current.owner,
+                    _iso(current.expires_at), current.remaining(), CLAIM_CLOCK_SKEW,
+                    current.max_ahead(ttl_s),
                 )
             return mine, None
         if created:
@@ -263,7 +175,7 @@ def _attempt(
                 "to ignore conditional writes (If-None-Match)",
                 storage.uri(mine.storage_key),
             )
-        if holder is not None and not holder.expired():
+        if holder is not None and holder.live(ttl_s):
             return None, holder
     return None, holder
 
@@ -275,12 +187,12 @@ def try_claim(storage: Storage, unit_key: str, owner: str, ttl_s: float) -> Leas
     stalled holder) is taken over by conditionally creating its successor. Of racing
     claimers exactly one gets a lease (on stores that honour conditional creates).
     """
-    ttl_s = _check_seconds("ttl_s", ttl_s)
+    ttl_s = check_seconds("ttl_s", ttl_s)
     return _attempt(storage, unit_key, owner, ttl_s)[0]
 
 
 def _superseded(storage: Storage, lease: Lease) -> bool:
-    return storage.exists(_next_key(lease.unit_key, lease.token))
+    return storage.exists(next_key(lease.unit_key, lease.token))
 
 
 def _still_ours(storage: Storage, lease: Lease) -> bool:
@@ -292,13 +204,13 @@ def renew(storage: Storage, lease: Lease, ttl_s: float) -> Lease | None:
     """Extend a held lease to ``ttl_s`` seconds from now: the renewed lease, or None if it is
     lost (expired by our clock, removed, or taken over); nothing is written then.
     """
-    ttl_s = _check_seconds("ttl_s", ttl_s)
+    ttl_s = check_seconds("ttl_s", ttl_s)
     if lease.expired() or not _still_ours(storage, lease):
         return None
     left = lease.remaining()
     if left <= 0:
         return None
-    renewed = replace(lease, expires_at=time.time() + ttl_s)
+    renewed = replace(lease, expires_at=time.time() + ttl_s, ttl_s=ttl_s)
     # The write must land before the old lease expires, else a taker may already be there.
     storage.write_bytes(
         renewed.storage_key, renewed.to_bytes(), timeout=min(left, storage.deadline)
@@ -382,35 +294,46 @@ def _acquire(
     poll_s: float,
     on_wait: Callable[[Lease], None] | None,
 ) -> Lease | None:
-    """Our lease once we win the claim, None once ``is_done()``; ClaimTimeout after wait_s."""
+    """Our lease once we win the claim, None once ``is_done()``; ClaimTimeout after wait_s,
+    ClaimWaitStopped at once when the run is stopped (:mod:`tasks.stop`)."""
     start = time.monotonic()
     deadline = start + wait_s
     seen: str | None = None
+    told = start
+    if stop.stop_requested():  # the run is ending: no unit starts now (a retry, say)
+        raise ClaimWaitStopped(unit_key, None, 0.0)
     while True:
         mine, holder = _attempt(storage, unit_key, owner, ttl_s)
         if mine is not None:
             return mine
         if is_done():
             return None
-        if holder is not None and holder.token != seen:
-            seen = holder.token
+        now = time.monotonic()
+        if holder is not None and (holder.token != seen or now - told >= WAIT_LOG_EVERY):
+            seen, told = holder.token, now
             if on_wait is not None:
                 on_wait(holder)
-        now = time.monotonic()
         if now >= deadline:
             raise ClaimTimeout(unit_key, holder, now - start, storage.uri(claim_key(unit_key)))
-        time.sleep(min(poll_s, deadline - now))
+        if stop.wait(min(poll_s, deadline - now)):
+            raise ClaimWaitStopped(unit_key, holder, time.monotonic() - start)
 
 
 def log_wait(label: str) -> Callable[[Lease], None]:
-    """An ``on_wait`` for :func:`unit_claim` that logs, to the current Prefect run, which run
-    computes the unit ``label`` and when its claim expires."""
+    """An ``on_wait`` for :func:`unit_claim` that logs (a warning of the current Prefect run,
+    so the console shows it) which run computes the unit ``label``, until when its claim
+    runs, and how long this run has waited: when a holder is first seen, and again every
+    :data:`WAIT_LOG_EVERY` seconds while the wait goes on."""
+    first: list[float] = []
 
     def log(lease: Lease) -> None:
         from prefect import get_run_logger
 
-        get_run_logger().info("%s: being computed by %s (claim expires in %.0f s); waiting",
-                              label, lease.owner, lease.remaining())
+        first[:] = first or [time.monotonic()]
+        get_run_logger().warning(
+            "%s: being computed by %s (its claim runs until %s and is renewed while it "
+            "works); waiting for it, %.0f s so far", label, lease.owner,
+            _iso(lease.expires_at), time.monotonic() - first[0])
     return log
 
 
@@ -448,9 +371,9 @@ def unit_claim(
                 return read_stored()
             write(compute())
     """
-    ttl = claim_ttl() if ttl_s is None else _check_seconds("ttl_s", ttl_s)
-    wait = claim_wait() if wait_s is None else _check_seconds("wait_s", wait_s, allow_zero=True)
-    poll = DEFAULT_POLL if poll_s is None else _check_seconds("poll_s", poll_s)
+    ttl = claim_ttl() if ttl_s is None else check_seconds("ttl_s", ttl_s)
+    wait = claim_wait() if wait_s is None else check_seconds("wait_s", wait_s, allow_zero=True)
+    poll = DEFAULT_POLL if poll_s is None else check_seconds("poll_s", poll_s)
     lease = _acquire(storage, unit_key, owner, is_done, ttl, wait, poll, on_wait)
     if lease is None:
         yield False

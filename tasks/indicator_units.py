@@ -30,8 +30,8 @@ from prefect import get_run_logger
 from prompt_core.backbones import resolve_device
 from prompt_core.config import EvalConfig, IndicatorsConfig, ModelConfig, stable_hash
 from tasks.claims import default_owner, log_wait, unit_claim
-from tasks.integrity import quarantine_key
-from tasks.storage import Storage, StorageError
+from tasks.integrity import DamagedFile, parse_probe, quarantine_key
+from tasks.storage import Storage, StorageNotFoundError
 from tasks.tables import (
     AblationRow,
     CorrelationRow,
@@ -215,6 +215,18 @@ def probe_storage_key(model: ModelConfig, target: NlpTaskInfo, sources: list[Pro
     return f"probes/{model.name}/{target.name}/{key}.json"
 
 
+def stored_probe_scores(storage: Storage, skey: str) -> dict[str, float] | None:
+    """The scores of the probe stored at ``skey``, None when it is absent or damaged (a damaged
+    record is quarantined; the unit computes it again)."""
+    try:
+        return parse_probe(storage.read_bytes(skey))
+    except StorageNotFoundError:
+        return None
+    except DamagedFile as exc:
+        quarantine_key(storage, skey, str(exc))
+        return None
+
+
 @dataclass
 class ProbeOutcome:
     """The probe scores of one target (source prompt key -> accuracy on the target's train
@@ -234,11 +246,9 @@ def probe_unit(ctx: RunContext, model: ModelConfig, target: NlpTaskInfo, seed: i
     stored as JSON by content key, so a rerun reads it."""
     storage = ctx.storage()
     skey = probe_storage_key(model, target, sources, cfg, evaluation, seed)
-    try:
-        stored = storage.read_json(skey)["scores"]
-        return ProbeOutcome(model.name, {k: float(v) for k, v in stored.items()}, False)
-    except (StorageError, FileNotFoundError, KeyError, ValueError, OSError):
-        pass
+    stored = stored_probe_scores(storage, skey)
+    if stored is not None:
+        return ProbeOutcome(model.name, stored, False)
     from prompt_core.recommend import probe_scores
 
     ctx.use_torch_threads()

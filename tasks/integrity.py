@@ -8,31 +8,56 @@
   the same kind and castable to the spec's types;
 * ``prompts/**/*.safetensors``: loads with ``prompt_from_bytes``, and its ``.json`` metadata
   sidecar exists and holds a JSON object;
+* ``projectors/<src>/<tgt>/<key>.safetensors``: loads with ``projector_from_bytes``, and its
+  ``.json`` sidecar exists and holds a JSON object;
+* ``probes/<model>/<task>/<key>.json``: a JSON object whose ``scores`` map prompt keys to
+  finite numbers (:func:`parse_probe`);
+* ``task_data/<name>/<fingerprint>.parquet``: loads with ``task_from_parquet`` (whose rows
+  still hash to the fingerprint written in it), and holds the task its key names;
+* ``artifacts/**.png``: a whole PNG (signature, every chunk's CRC, the closing ``IEND``);
+  ``artifacts/published/**.json``: a publish record (a JSON object with ``lines``, ``uris``
+  and ``summaries``) whose images under the root are there and sound (else a rerun would
+  reuse the record and never draw them again);
 * anywhere: no leftover temporary file of an interrupted write (``.<name>.<id>.tmp``).
 
-Nothing under ``_quarantine/`` is checked. :func:`quarantine` moves a damaged file (a prompt
-together with its sidecar) to ``_quarantine/<original key>``: copied, read back, then deleted,
-so no byte is lost. Run both while no run writes to the root: a write in flight shows up as a
-temporary file. Storage failures (unreachable endpoint, denied access) raise StorageError; they
-are not damage.
+Every kind of file is checked the same way by the units that read it back (a damaged file
+counts as absent: quarantined, then recomputed). Nothing under ``_quarantine/`` is checked.
+:func:`quarantine` moves a damaged file (a prompt or a projector together with its sidecar)
+to ``_quarantine/<original key>``: copied, read back, then deleted, so no byte is lost. Run
+both while no run writes to the root: a write in flight shows up as a temporary file. Storage
+failures (unreachable endpoint, denied access) raise StorageError; they are not damage.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prompt_core.data import task_from_parquet
+from prompt_core.projectors import projector_from_bytes
 from prompt_core.prompts import prompt_from_bytes
 from tasks.storage import Storage, StorageError, is_temp_name
 from tasks.tables import TABLES, TABLES_PREFIX, TableSpec, castable, check_partition_value
 
 QUARANTINE_PREFIX = "_quarantine"
 PROMPTS_PREFIX = "prompts"
+PROJECTORS_PREFIX = "projectors"
+PROBES_PREFIX = "probes"
+TASK_DATA_PREFIX = "task_data"
+ARTIFACTS_PREFIX = "artifacts"
+PUBLISHED_PREFIX = "artifacts/published"
 PROMPT_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".json"
+PAIRED_PREFIXES = (PROMPTS_PREFIX, PROJECTORS_PREFIX)  # <stem>.safetensors + <stem>.json
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_COPIES = 100  # _quarantine/<key>, <key>.1, ... <key>.99 before giving up
 
 
@@ -41,8 +66,10 @@ class Damage:
     """One damaged file: relative ``key``, full ``uri``, ``kind`` and a readable ``problem``.
 
     kind: ``unreadable`` (cannot be opened or parsed), ``schema`` (columns or types differ from
-    the table spec), ``location`` (not where its table's partitioning puts it), ``sidecar``
-    (a prompt's ``.json`` metadata missing or invalid), ``temp`` (leftover temporary file).
+    the table spec), ``location`` (not where its table's partitioning puts it, or task data
+    under another task's key), ``sidecar`` (a prompt's or projector's ``.json`` metadata
+    missing or invalid), ``reference`` (a publish record naming a missing or damaged image),
+    ``temp`` (leftover temporary file).
     """
 
     key: str
@@ -119,7 +146,7 @@ def check_part(storage: Storage, key: str) -> Damage | None:
     return None
 
 
-# -- prompts --------------------------------------------------------------------------------
+# -- prompts and projectors: <stem>.safetensors + <stem>.json -------------------------------
 
 
 def sidecar_key(prompt_key: str) -> str:
@@ -127,14 +154,7 @@ def sidecar_key(prompt_key: str) -> str:
     return prompt_key.removesuffix(PROMPT_SUFFIX) + SIDECAR_SUFFIX
 
 
-def check_prompt(storage: Storage, key: str) -> Damage | None:
-    """Damage of one stored prompt (``.safetensors`` + ``.json`` sidecar), or None."""
-    try:
-        prompt_from_bytes(storage.read_bytes(key), where="prompt file")
-    except StorageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to load is damage
-        return _damage(storage, key, "unreadable", str(exc))
+def _check_sidecar(storage: Storage, key: str) -> Damage | None:
     meta_key = sidecar_key(key)
     if not storage.exists(meta_key):
         return _damage(storage, key, "sidecar", f"metadata {storage.uri(meta_key)} is missing")
@@ -148,28 +168,182 @@ def check_prompt(storage: Storage, key: str) -> Damage | None:
     return None
 
 
+def _check_with_sidecar(storage: Storage, key: str, load: Callable[[bytes, str], object]
+                        ) -> Damage | None:
+    try:
+        load(storage.read_bytes(key), storage.uri(key))
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to load is damage
+        return _damage(storage, key, "unreadable", str(exc))
+    return _check_sidecar(storage, key)
+
+
+def check_prompt(storage: Storage, key: str) -> Damage | None:
+    """Damage of one stored prompt (``.safetensors`` + ``.json`` sidecar), or None."""
+    return _check_with_sidecar(storage, key, prompt_from_bytes)
+
+
+def check_projector(storage: Storage, key: str) -> Damage | None:
+    """Damage of one stored projector (``.safetensors`` + ``.json`` sidecar), or None."""
+    return _check_with_sidecar(storage, key, projector_from_bytes)
+
+
+# -- probes, task data, images ---------------------------------------------------------------
+
+
+class DamagedFile(ValueError):
+    """A stored file's bytes are not what its kind must hold (the message says why)."""
+
+
+def parse_probe(raw: bytes) -> dict[str, float]:
+    """The scores of a stored probe (``probes/<model>/<task>/<key>.json``): prompt key ->
+    accuracy. DamagedFile when the bytes are not a whole probe record."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise DamagedFile(f"not valid JSON ({exc})") from None
+    scores = record.get("scores") if isinstance(record, dict) else None
+    if not isinstance(scores, dict):
+        raise DamagedFile("holds no 'scores' object")
+    out = {}
+    for k, v in scores.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise DamagedFile(f"score of {k!r} is not a finite number: {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def check_probe(storage: Storage, key: str) -> Damage | None:
+    """Damage of one stored probe record, or None."""
+    try:
+        parse_probe(storage.read_bytes(key))
+    except DamagedFile as exc:
+        return _damage(storage, key, "unreadable", str(exc))
+    return None
+
+
+def check_task_data(storage: Storage, key: str) -> Damage | None:
+    """Damage of one stored copy of an NLP task (``task_data/<name>/<fingerprint>.parquet``),
+    or None."""
+    try:
+        td = task_from_parquet(storage.read_bytes(key), storage.uri(key))
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to load is damage
+        return _damage(storage, key, "unreadable", str(exc))
+    expected = f"{TASK_DATA_PREFIX}/{td.name}/{td.fingerprint}.parquet"
+    if key != expected:
+        return _damage(storage, key, "location", f"holds task {td.name!r} with fingerprint "
+                       f"{td.fingerprint}, whose key is {expected}")
+    return None
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a whole PNG file (signature, each chunk complete with a matching
+    CRC, ending with ``IEND``), or None."""
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG file (no PNG signature)"
+    pos, n = len(PNG_SIGNATURE), len(data)
+    while pos + 12 <= n:
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        end = pos + 12 + length
+        if end > n:
+            break
+        kind = data[pos + 4:pos + 8]
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            return f"chunk {kind!r} at byte {pos}: CRC mismatch"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return f"truncated: no IEND chunk (file ends at byte {n})"
+
+
+def check_image(storage: Storage, key: str) -> Damage | None:
+    """Damage of one stored PNG figure, or None."""
+    problem = png_problem(storage.read_bytes(key))
+    return _damage(storage, key, "unreadable", problem) if problem else None
+
+
+def record_images(storage: Storage, record: dict) -> list[str]:
+    """Keys of the PNG images under this root that a publish record names (it holds the URIs
+    :meth:`Storage.write_bytes` returned)."""
+    uris = record.get("uris")
+    base = storage.uri(ARTIFACTS_PREFIX)
+    keys = []
+    for uri in (uris.values() if isinstance(uris, dict) else []):
+        if isinstance(uri, str) and uri.endswith(".png") and uri.startswith(base):
+            rel = uri[len(base):].replace(os.sep, "/")
+            if rel.startswith("/"):
+                keys.append(ARTIFACTS_PREFIX + rel)
+    return keys
+
+
+def check_published(storage: Storage, key: str, damaged: set[str]) -> Damage | None:
+    """Damage of one publish record (``artifacts/published/**.json``): not a record, or it
+    names an image under the root that is missing or in ``damaged`` (a rerun would reuse the
+    record and never draw the image again)."""
+    raw = storage.read_bytes(key)
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        return _damage(storage, key, "unreadable", f"not valid JSON ({exc})")
+    if not isinstance(record, dict) or not {"lines", "uris", "summaries"} <= record.keys():
+        return _damage(storage, key, "unreadable", "not a publish record (lines, uris, "
+                       "summaries)")
+    for image in record_images(storage, record):
+        if image in damaged or not storage.exists(image):
+            what = "damaged" if image in damaged else "missing"
+            return _damage(storage, key, "reference",
+                           f"names the {what} image {storage.uri(image)}")
+    return None
+
+
 # -- the whole root -------------------------------------------------------------------------
+
+
+def _checker(key: str) -> Callable[[Storage, str], Damage | None] | None:
+    """The check of the file at ``key`` by where it lies, None for files not checked."""
+    top = key.split("/", 1)[0]
+    if top == TABLES_PREFIX and key.endswith(".parquet"):
+        return check_part
+    if top == PROMPTS_PREFIX and key.endswith(PROMPT_SUFFIX):
+        return check_prompt
+    if top == PROJECTORS_PREFIX and key.endswith(PROMPT_SUFFIX):
+        return check_projector
+    if top == PROBES_PREFIX and key.endswith(".json"):
+        return check_probe
+    if top == TASK_DATA_PREFIX and key.endswith(".parquet"):
+        return check_task_data
+    if top == ARTIFACTS_PREFIX and key.endswith(".png"):
+        return check_image
+    return None
 
 
 def verify_root(storage: Storage) -> list[Damage]:
     """Every damaged file under the root, sorted by key; [] when the root is sound."""
-    found = []
+    found: list[Damage | None] = []
+    records = []
     for key in storage.list("", include_temp=True):
         top = key.split("/", 1)[0]
         if top == QUARANTINE_PREFIX:
             continue
         if is_temp_name(key.rsplit("/", 1)[-1]):
             found.append(_damage(storage, key, "temp", "temporary file of an interrupted write"))
-        elif top == TABLES_PREFIX and key.endswith(".parquet"):
-            found.append(check_part(storage, key))
-        elif top == PROMPTS_PREFIX and key.endswith(PROMPT_SUFFIX):
-            found.append(check_prompt(storage, key))
+        elif key.startswith(PUBLISHED_PREFIX + "/") and key.endswith(".json"):
+            records.append(key)  # after the images: they name them
+        elif (check := _checker(key)) is not None:
+            found.append(check(storage, key))
+    damaged = {d.key for d in found if d is not None}
+    found += [check_published(storage, key, damaged) for key in records]
     return sorted((d for d in found if d is not None), key=lambda d: d.key)
 
 
 def _files_of(storage: Storage, key: str) -> list[str]:
-    """The files that move together: a prompt and its sidecar, else the one file."""
-    if key.split("/", 1)[0] == PROMPTS_PREFIX and not is_temp_name(key.rsplit("/", 1)[-1]):
+    """The files that move together: a prompt or projector and its sidecar, else the file."""
+    if (key.split("/", 1)[0] in PAIRED_PREFIXES
+            and not is_temp_name(key.rsplit("/", 1)[-1])):
         for suffix in (PROMPT_SUFFIX, SIDECAR_SUFFIX):
             if key.endswith(suffix):
                 stem = key.removesuffix(suffix)
@@ -189,7 +363,8 @@ def _free_key(storage: Storage, key: str) -> str:
 
 
 def quarantine(storage: Storage, damage: Damage) -> str:
-    """Move the damaged file (a prompt with its sidecar) under ``_quarantine/``; its new URI.
+    """Move the damaged file (a prompt or projector with its sidecar) under ``_quarantine/``;
+    its new URI.
 
     Each file is copied, read back and compared, and only then deleted.
     """

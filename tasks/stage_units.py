@@ -48,7 +48,7 @@ from prompt_core.training import train_prompt
 from tasks.claims import default_owner, log_wait, unit_claim
 from tasks.gpu import gpu_slot
 from tasks.integrity import quarantine_key
-from tasks.storage import Storage, StorageError
+from tasks.storage import Storage, StorageError, StorageNotFoundError
 from tasks.tables import (
     CrossModelRow,
     CurveRow,
@@ -159,13 +159,19 @@ def train_projector_unit(ctx: RunContext, source: ModelConfig, target: ModelConf
 
 def stored_projector(storage: Storage, where: dict[str, str], key: str, source: str,
                       target: str) -> ProjectorRow | None:
+    """This study's ``projectors`` row of ``key`` if its part is intact and its projector file
+    is there and loads; else None, and the projector is trained again. A damaged file is
+    quarantined (with its sidecar); a missing one (quarantined by ``verify`` or an earlier
+    run) leaves the row, which the retrained projector's row replaces."""
     row = stored_row(storage, "projectors", where, key, ProjectorRow, "projector_key")
-    skey = projector_storage_key(source, target, key)
     if row is None:
         return None
+    skey = projector_storage_key(source, target, key)
     try:
         projector_from_bytes(storage.read_bytes(skey), storage.uri(skey))
-    except (ProjectorFileError, StorageError) as exc:
+    except StorageNotFoundError:
+        return None
+    except ProjectorFileError as exc:
         quarantine_key(storage, skey, str(exc))
         return None
     return row

@@ -6,7 +6,8 @@ the wall-clock deadline of every operation, from ``PROMPT_TRANSFER_S3_*``) are i
 :mod:`tasks.storage_s3`, the errors in :mod:`tasks.storage_errors`; both are re-exported here.
 
 :meth:`Storage.check_writable` (the probe run before any compute) has its own overall deadline
-(30 s by default) and fails with "S3 endpoint ... did not answer within 30 s (storage root ...)".
+(20 s by default, :mod:`tasks.storage_probe`) and fails with "S3 endpoint ... did not answer
+within 20 s (storage root ...)".
 A PUT waits for "100 Continue" with no socket timeout (aiohttp), so for writes the deadline is
 the bound that holds.
 """
@@ -27,7 +28,14 @@ from fsspec.asyn import sync
 from fsspec.core import split_protocol
 from fsspec.exceptions import FSTimeoutError
 
-from tasks.storage_errors import DeadlineExceeded, StorageError, StorageTimeoutError
+from tasks import storage_probe
+from tasks.storage_errors import (
+    DeadlineExceeded,
+    StorageError,
+    StorageNotFoundError,
+    StorageTimeoutError,
+)
+from tasks.storage_probe import DEFAULT_PROBE_DEADLINE, PROBE_PREFIX, PROBE_SUFFIX
 from tasks.storage_s3 import (
     AWS_BLOCK_ENV,
     DEFAULT_S3_CONNECT_TIMEOUT,
@@ -53,15 +61,13 @@ __all__ = [  # what other modules import from here (the S3 settings re-exported)
     "DEFAULT_S3_DEADLINE", "DEFAULT_S3_MAX_ATTEMPTS", "DEFAULT_S3_READ_TIMEOUT",
     "DEFAULT_STORAGE_ENV", "PROBE_PREFIX", "S3FS_RETRIES", "S3_CONNECT_TIMEOUT_ENV",
     "S3_DEADLINE_ENV", "S3_ENDPOINT_ENVS", "S3_MAX_ATTEMPTS_ENV", "S3_READ_TIMEOUT_ENV",
-    "Storage", "StorageError", "StorageTimeoutError", "aws_block_options", "default_root",
-    "is_temp_name", "open_storage", "s3_options_from_env",
+    "Storage", "StorageError", "StorageNotFoundError", "StorageTimeoutError",
+    "aws_block_options", "default_root", "is_temp_name", "open_storage", "s3_options_from_env",
 ]
 
 DEFAULT_STORAGE_ENV = "PROMPT_TRANSFER_STORAGE"
 DEFAULT_LOCAL_ROOT = "./results"
-DEFAULT_PROBE_DEADLINE = 30.0
-PROBE_PREFIX = ".prompt-transfer-probe-"  # probe object directly under the root, then removed
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = PROBE_SUFFIX
 _CREATE_CONFLICT_RETRIES = 6  # 409 ConditionalRequestConflict: retry, backing off
 
 
@@ -102,7 +108,7 @@ class Storage:
     """One storage root (local path or s3://bucket/prefix) addressed by relative keys.
 
     ``deadline`` bounds each S3 operation in seconds (default: $PROMPT_TRANSFER_S3_DEADLINE or
-    120 s); the methods that talk to S3 also take a ``timeout`` for one call.
+    45 s); the methods that talk to S3 also take a ``timeout`` for one call.
     """
 
     def __init__(
@@ -215,9 +221,22 @@ class Storage:
         except (FileNotFoundError, IsADirectoryError) as exc:
             if self.protocol == "s3" and "bucket" in str(exc).lower():
                 raise self._fail("read", key, exc) from exc
-            raise StorageError(f"object not found at {self.uri(key)}") from exc
+            raise StorageNotFoundError(f"object not found at {self.uri(key)}") from exc
         except Exception as exc:
             raise self._fail("read", key, exc) from exc
+
+    def stamp(self, key: str, *, timeout: float | None = None) -> tuple[int, str]:
+        """(size, change token) of the object at ``key``: the token is the S3 ETag or the local
+        modification time, so a rewritten or truncated object gets another stamp.
+        StorageNotFoundError if it is missing."""
+        try:
+            info = self._call("info", self.path(key), timeout=timeout)
+        except FileNotFoundError as exc:
+            raise StorageNotFoundError(f"object not found at {self.uri(key)}") from exc
+        except Exception as exc:
+            raise self._fail("stat", key, exc) from exc
+        token = info.get("ETag") or f"{info.get('mtime')}/{info.get('ino')}"
+        return int(info.get("size") or 0), str(token)
 
     def _object_key(self, key: str) -> str:
         """``key`` checked as the name of an object to write (never the root itself)."""
@@ -391,94 +410,20 @@ class Storage:
                 keys.append(rel)
         return sorted(keys)
 
+    # -- the probes (tasks.storage_probe) ----------------------------------------------------
     def probe_deadline(self, deadline: float | None = None) -> float:
-        """The probe's overall bound: ``deadline``, else 30 s, but never more than one
-        operation may take (``self.deadline``, e.g. $PROMPT_TRANSFER_S3_DEADLINE)."""
-        return min(DEFAULT_PROBE_DEADLINE if deadline is None else deadline, self.deadline)
+        """The probes' overall bound (:func:`tasks.storage_probe.probe_deadline`)."""
+        return storage_probe.probe_deadline(self, deadline)
 
     def check_writable(self, deadline: float | None = None) -> None:
-        """Write, read back and delete a probe object within ``deadline`` seconds (S3; default
-        :meth:`probe_deadline`).
-
-        Leaves nothing behind: the probe is a temp-named object directly under the root, and
-        on a local root the directories it had to create are removed again. StorageError
-        explains any failure; StorageTimeoutError names the endpoint when S3 does not answer.
-        """
-        key = f"{PROBE_PREFIX}{uuid.uuid4().hex}{_TMP_SUFFIX}"
-        payload = f"prompt-transfer write probe {uuid.uuid4().hex}\n".encode()
-        deadline = self.probe_deadline(deadline)
-        stop = time.monotonic() + deadline
-
-        def left() -> float:
-            return max(stop - time.monotonic(), 0.01)
-
-        created = _missing_dirs(self.root) if self.is_local else []
-        written = False
-        try:
-            self.write_bytes(key, payload, timeout=left())
-            written = True
-            if self.read_bytes(key, timeout=left()) != payload:
-                raise StorageError(f"probe object at {self.uri(key)} read back different bytes")
-            self.delete(key, timeout=left())
-            written = False
-        except StorageTimeoutError as exc:
-            raise StorageTimeoutError(
-                f"S3 endpoint {self.endpoint} did not answer within {deadline:g} s "
-                f"(storage root {self.root})"
-            ) from exc
-        except StorageError as exc:
-            raise StorageError(f"storage root {self.root} is not usable: {exc}") from exc
-        except Exception as exc:
-            raise StorageError(
-                f"storage root {self.root} is not usable: {self._explain(exc)}"
-            ) from exc
-        finally:
-            if written:  # failed after the write: best effort to leave nothing
-                try:
-                    self.delete(key, timeout=min(left(), 5.0))
-                except StorageError:
-                    pass
-            for d in created:  # deepest first; only the ones still empty
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
+        """Write, read back and delete a probe object within ``deadline`` seconds
+        (:func:`tasks.storage_probe.check_writable`)."""
+        storage_probe.check_writable(self, deadline)
 
     def check_readable(self, deadline: float | None = None) -> None:
         """StorageError unless the root exists and answers within ``deadline`` seconds
-        (default :meth:`probe_deadline`).
-
-        For readers (``query``, ``tables``, ``verify``): a root that does not exist (local
-        directory missing, S3 prefix holding no object, missing bucket) is an error, not an
-        empty result.
-        """
-        deadline = self.probe_deadline(deadline)
-        try:
-            found = self._call("exists", self.path(""), timeout=deadline)
-        except DeadlineExceeded as exc:
-            raise StorageTimeoutError(
-                f"S3 endpoint {self.endpoint} did not answer within {deadline:g} s "
-                f"(storage root {self.root})"
-            ) from exc
-        except Exception as exc:
-            raise StorageError(
-                f"storage root {self.root} is not readable: {self._explain(exc)}"
-            ) from exc
-        if not found:
-            where = f" at {self.endpoint}" if not self.is_local else ""
-            raise StorageError(f"storage root {self.root} does not exist{where}")
-
-
-def _missing_dirs(path: str) -> list[str]:
-    """Ancestors of ``path`` (itself included) that do not exist yet, deepest first."""
-    missing = []
-    while path and not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
+        (:func:`tasks.storage_probe.check_readable`)."""
+        storage_probe.check_readable(self, deadline)
 
 
 def default_root() -> str:

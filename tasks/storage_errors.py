@@ -8,6 +8,10 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the problem."""
 
 
+class StorageNotFoundError(StorageError):
+    """The object read is not there (an absent result, not damage nor an outage)."""
+
+
 class StorageTimeoutError(StorageError):
     """An S3 operation did not finish within its deadline."""
 

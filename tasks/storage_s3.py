@@ -4,16 +4,22 @@ the per-operation deadline, and how S3 failures are explained.
 S3 roots go through s3fs. No S3 call can hang: botocore gets connect/read timeouts and a bounded
 number of attempts, s3fs's own retry loop is bounded, and every operation of
 :class:`~tasks.storage.Storage` runs under a wall-clock deadline (the async s3fs call is
-cancelled when it expires). Settings, from the environment (positive numbers; explicit
+cancelled when it expires). The defaults keep a silent endpoint's cost in bounds: 2 botocore
+attempts x 2 s3fs tries x 10 s read timeout = 40 s (plus backoff), and the 45 s deadline holds
+whatever the timeouts (a PUT waits for "100 Continue" with no socket timeout: only the
+deadline bounds it). Settings, from the environment (positive numbers; explicit
 ``storage_options`` win):
 
 =====================================  =======  ==============================================
-``PROMPT_TRANSFER_S3_CONNECT_TIMEOUT``  10 s     botocore connect timeout, per attempt
-``PROMPT_TRANSFER_S3_READ_TIMEOUT``     30 s     botocore read timeout (socket silent that long)
-``PROMPT_TRANSFER_S3_MAX_ATTEMPTS``     3        botocore attempts per request (``standard``
+``PROMPT_TRANSFER_S3_CONNECT_TIMEOUT``  5 s      botocore connect timeout, per attempt
+``PROMPT_TRANSFER_S3_READ_TIMEOUT``     10 s     botocore read timeout (socket silent that long)
+``PROMPT_TRANSFER_S3_MAX_ATTEMPTS``     2        botocore attempts per request (``standard``
                                                  retry mode); s3fs retries a failed call once
-``PROMPT_TRANSFER_S3_DEADLINE``         120 s    wall-clock bound of one Storage operation
+``PROMPT_TRANSFER_S3_DEADLINE``         45 s     wall-clock bound of one Storage operation
 =====================================  =======  ==============================================
+
+The probes a command makes before relying on a root (:mod:`tasks.storage_probe`) have their
+own overall bound, 20 s.
 
 Credentials come from the usual boto chain, or from a prefect-aws ``AwsCredentials`` block
 named by ``$PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK``.
@@ -34,10 +40,10 @@ S3_CONNECT_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_CONNECT_TIMEOUT"
 S3_READ_TIMEOUT_ENV = "PROMPT_TRANSFER_S3_READ_TIMEOUT"
 S3_MAX_ATTEMPTS_ENV = "PROMPT_TRANSFER_S3_MAX_ATTEMPTS"
 S3_DEADLINE_ENV = "PROMPT_TRANSFER_S3_DEADLINE"
-DEFAULT_S3_CONNECT_TIMEOUT = 10.0
-DEFAULT_S3_READ_TIMEOUT = 30.0
-DEFAULT_S3_MAX_ATTEMPTS = 3
-DEFAULT_S3_DEADLINE = 120.0
+DEFAULT_S3_CONNECT_TIMEOUT = 5.0
+DEFAULT_S3_READ_TIMEOUT = 10.0
+DEFAULT_S3_MAX_ATTEMPTS = 2
+DEFAULT_S3_DEADLINE = 45.0
 S3FS_RETRIES = 2  # s3fs's own loop (also retries a body read cut mid-transfer)
 AWS_BLOCK_ENV = "PROMPT_TRANSFER_AWS_CREDENTIALS_BLOCK"
 _HTTP_CODES = {"PreconditionFailed": 412, "ConditionalRequestConflict": 409}
@@ -137,7 +143,7 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
 
 
 def s3_deadline() -> float:
-    """One Storage operation's bound on S3: $PROMPT_TRANSFER_S3_DEADLINE, else 120 s."""
+    """One Storage operation's bound on S3: $PROMPT_TRANSFER_S3_DEADLINE, else 45 s."""
     return env_positive(os.environ, S3_DEADLINE_ENV, DEFAULT_S3_DEADLINE)
 
 

@@ -34,12 +34,27 @@ def get_nlp_task(cfg: TaskConfig) -> TaskData:
     return _nlp_task_cached(cfg.model_dump_json())
 
 
+@functools.lru_cache(maxsize=8)
+def _root(storage_root: str) -> Storage:
+    """One Storage per root and process, for the cheap checks below."""
+    return open_storage(storage_root)
+
+
 @functools.lru_cache(maxsize=64)
-def stored_task_cached(storage_root: str, key: str) -> TaskData:
-    """The NLP task data stored at ``key`` (read once per process; ``cache_clear`` after
-    replacing a damaged copy)."""
-    storage = open_storage(storage_root)
+def _stored_task(storage_root: str, key: str, stamp: tuple[int, str]) -> TaskData:
+    storage = _root(storage_root)
     return task_from_parquet(storage.read_bytes(key), storage.uri(key))
+
+
+def stored_task_cached(storage_root: str, key: str) -> TaskData:
+    """The NLP task data stored at ``key``, read once per process and version of the object:
+    a copy replaced or damaged since it was read (another size, ETag or mtime: one stat) is
+    read again, so a damaged copy is found (TaskDataError) and recopied by a rerun in the
+    same process too."""
+    return _stored_task(storage_root, key, _root(storage_root).stamp(key))
+
+
+stored_task_cached.cache_clear = _stored_task.cache_clear  # type: ignore[attr-defined]
 
 
 def task_data(ctx: RunContext, info: NlpTaskInfo) -> TaskData:

@@ -38,7 +38,7 @@ from prompt_core.evaluation import EncodedSplit
 from prompt_core.preflight import read_prompt_bytes
 from prompt_core.prompts import init_prompt, prompt_from_bytes, prompt_to_bytes
 from prompt_core.training import train_prompt
-from tasks.claims import default_owner, log_wait, unit_claim
+from tasks.claims import ClaimWaitStopped, default_owner, log_wait, unit_claim
 from tasks.gpu import gpu_slot
 from tasks.integrity import quarantine_key
 from tasks.keys import (
@@ -104,7 +104,7 @@ def _retry_transient_only(task, task_run, state) -> bool:
     full disk, which would fail again."""
     try:
         state.result()
-    except InputError:
+    except (InputError, ClaimWaitStopped):  # bad input; a run told to stop while it waited
         return False
     except Exception as exc:  # noqa: BLE001
         return not _is_disk_full(exc)

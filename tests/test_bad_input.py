@@ -730,7 +730,7 @@ STORAGE_CASES = [
          max_seconds=20, why="item 7: no output for 15 minutes before the fix"),
     Case("s3-silent-endpoint-default-timeouts-run", "run",
          _must_endpoint(_run_on(_silent_defaults)), timeout=150, max_seconds=60, slow=True,
-         why="item 7: the default probe deadline (30 s), no settings"),
+         why="item 7: the default probe deadline (20 s), no settings"),
     Case("s3-silent-endpoint-query", "query",
          _must_endpoint(_read_on("select 1", _silent, "s3://pt-bucket/prefix")), timeout=90,
          max_seconds=20, why="item 7: query hung before the fix"),

