@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo models test lint format benchmark shared-study clean
+.PHONY: install demo models test lint format benchmark bench shared-study clean
 
 install: $(STAMP)
 
@@ -23,11 +23,32 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install models/minilm-l3/derivation.json
-	$(BIN)/prompt-transfer run deployments/studies/demo.yaml
-	$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and model = 'minilm' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 8"
-	$(BIN)/prompt-transfer query "select target_task as target, objective, round(score, 3) as acc, round(score_low, 3) as low, round(score_high, 3) as high, round(relative_score, 3) as rel from current_cross_model where study = 'demo' and metric = 'accuracy' and source_task = target_task order by target, objective"
-	$(BIN)/prompt-transfer query "select target_task as target, source_kind as via, source_task as source, steps_to_target as steps90, baseline_steps_to_target as random_steps90, round(best_score, 3) as best, round(baseline_best, 3) as random_best from current_tpt where study = 'demo' order by target, source"
-	$(BIN)/python tests/benchmarks/indicator_report.py --study demo
+	@echo "== The demo study (deployments/studies/demo.yaml): 6 tasks x 2 models, 4 stages, into ./results"
+	@$(BIN)/prompt-transfer run deployments/studies/demo.yaml
+	@echo
+	@echo "== Cross-task transfer (MiniLM, seed 0): accuracy of each source prompt on each target task,"
+	@echo "   and relative to the target's own prompt (first 8 rows; random and none are the baselines)"
+	@$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and model = 'minilm' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 8"
+	@echo
+	@echo "== Cross-model transfer (MiniLM prompts projected into minilm-l3): accuracy on their own task"
+	@echo "   per projector objective, with its 95% interval, relative to minilm-l3's own prompt"
+	@$(BIN)/prompt-transfer query "select target_task as target, objective, round(score, 3) as acc, round(score_low, 3) as low, round(score_high, 3) as high, round(relative_score, 3) as rel from current_cross_model where study = 'demo' and metric = 'accuracy' and source_task = target_task order by target, objective"
+	@echo
+	@echo "== Transferable prompt tuning (minilm-l3): steps to 90% of random init's best dev accuracy"
+	@echo "   (steps90), against random init (random_steps90), and the best dev accuracy of each"
+	@$(BIN)/prompt-transfer query "select target_task as target, source_kind as via, source_task as source, steps_to_target as steps90, baseline_steps_to_target as random_steps90, round(best_score, 3) as best, round(baseline_best, 3) as random_best from current_tpt where study = 'demo' order by target, source"
+	@echo
+	@echo "== Transferability indicators (MiniLM): how well each predicts transfer, the recommender, the ablation"
+	@$(BIN)/python tests/benchmarks/indicator_report.py --study demo
+	@echo
+	@echo "== What next"
+	@echo "   Open the UI:  $(BIN)/prefect server start   (http://127.0.0.1:4200), then in another shell"
+	@echo "                 export PREFECT_API_URL=http://127.0.0.1:4200/api and run the study again with"
+	@echo "                 --storage /tmp/pt-tour (a fresh root) to see its runs, task runs and artifacts"
+	@echo "   Query:        $(BIN)/prompt-transfer tables"
+	@echo "                 $(BIN)/prompt-transfer query \"select * from current_cross_task where study = 'demo' limit 5\""
+	@echo "                 $(BIN)/prompt-transfer status deployments/studies/demo.yaml"
+	@echo "   The files:    results/tables (Parquet, docs/querying.md), results/artifacts (heatmaps, figures)"
 
 # Models derived offline from the shipped MiniLM (prompt_core/derive.py; derivation.json in each
 # folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min).
@@ -56,6 +77,13 @@ format: install
 benchmark: install
 	$(BIN)/python -m pytest -q tests/benchmarks -m benchmark -s
 	$(BIN)/python tests/benchmarks/bench_evaluation.py
+
+# Speed ratios against bare baselines and other ways of doing the same work, one BENCH line
+# each (tests/benchmarks/bench_suite.py; about 30-40 min on 2 cores; options through
+# BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" (under 10 min) or "--only noop_rerun --json
+# bench.json"; the real-data ones SKIP without ../shared/data).
+bench: install
+	$(BIN)/python tests/benchmarks/bench_suite.py $(BENCH_ARGS)
 
 shared-study: install
 	$(BIN)/prompt-transfer run deployments/studies/shared_tasks.yaml

@@ -16,6 +16,7 @@ query DuckDB rejects. ``--debug`` and ``--verbose`` also work before the command
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -111,6 +112,8 @@ def run(
     # the run's logs (dev scores, stages, waits) go to the API and the UI in any case; the
     # terminal shows Prefect's INFO lines only with --verbose
     prefect_defaults(console_level=None if verbose or debug else "WARNING")
+    if not (verbose or debug):  # Dask's own INFO lines (cluster start, workers) off the bars too
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     with reported("run", debug):
         _run(study_file, storage, dict(task_runner=runner, workers=workers,
                                        dask_address=dask_address, device=device),

@@ -365,13 +365,15 @@ def test_status_says_a_run_is_in_flight(tmp_path):
 
 def test_verbose_before_the_command(monkeypatch, tmp_path):
     """Issue 19 D: `prompt-transfer --verbose run ...` is accepted, like `--debug`, and means
-    what `run --verbose` means (Prefect's logs: no WARNING log level forced)."""
+    what `run --verbose` means (Prefect's INFO lines on the terminal too; without it only the
+    terminal's handler is kept at WARNING, the API gets the logs either way)."""
     from typer.testing import CliRunner
 
     from flows import cli
 
     levels = []
-    monkeypatch.setattr(cli, "prefect_defaults", lambda log_level=None: levels.append(log_level))
+    monkeypatch.setattr(cli, "prefect_defaults",
+                        lambda log_level=None, console_level=None: levels.append(console_level))
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodels: [{kind: gpt9}]\ntasks: []\n")
     runner = CliRunner()
