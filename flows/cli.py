@@ -58,6 +58,7 @@ from flows.runtime import (
     prefect_defaults,
     quiet_prefect_errors,
     sigterm_interrupts,
+    spawn_ephemeral_api,
     start_ephemeral_api,
 )
 from prompt_core.errors import InputError
@@ -114,13 +115,15 @@ def run(
     prefect_defaults(console_level=None if verbose or debug else "WARNING")
     if not (verbose or debug):  # Dask's own INFO lines (cluster start, workers) off the bars too
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    api = spawn_ephemeral_api()  # starts while the study is read and checked
     with reported("run", debug):
         _run(study_file, storage, dict(task_runner=runner, workers=workers,
                                        dask_address=dask_address, device=device),
-             prefect_errors=verbose or debug)
+             prefect_errors=verbose or debug, api=api)
 
 
-def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors: bool) -> None:
+def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors: bool,
+         api=None) -> None:
     from pydantic import ValidationError
 
     from prompt_core.config import StudyFileError, format_error_line, load_study
@@ -146,7 +149,10 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
                   f"{escape(root.root)} ({study.runner.task_runner}, "
                   f"{study.runner.max_workers} worker(s))", soft_wrap=True)
-    start_ephemeral_api()
+    if api is not None:
+        api.wait_ready()
+    else:
+        start_ephemeral_api()
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
     with sigterm_interrupts(), quiet_prefect_errors(not prefect_errors), bars:

@@ -202,6 +202,86 @@ def die_with_parent_fn():
     return preexec
 
 
+class EarlyAPI:
+    """An ephemeral Prefect API spawned before anything else (:func:`spawn_ephemeral_api`)."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log_path: str):
+        self.proc, self.url, self.log_path = proc, url, log_path
+
+    def wait_ready(self, deadline_s: float = 120.0) -> None:
+        """Block until the server answers its health check (it started while the CLI imported
+        and checked the study); RuntimeError naming its log when it exits or stays silent."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the ephemeral Prefect API exited with code "
+                                   f"{self.proc.returncode} (log: {self.log_path})")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the ephemeral Prefect API did not answer within {deadline_s:.0f} s "
+                           f"(log: {self.log_path})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def spawn_ephemeral_api() -> EarlyAPI | None:
+    """Spawn Prefect's API server (the same uvicorn app Prefect's ephemeral mode runs, tied to
+    this process) before the CLI imports Prefect and checks the study, so its few seconds of
+    start-up overlap that work instead of following it; PREFECT_API_URL points this process and
+    its children at it. Only in a process that has not imported Prefect yet (a fresh CLI), with
+    no API URL set and ephemeral mode allowed; otherwise None and :func:`start_ephemeral_api`
+    does it the usual way when the flow starts."""
+    if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL") \
+            or os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() in (
+                "0", "false"):
+        return None
+    preexec = die_with_parent_fn()
+    if preexec is None:
+        return None
+    import atexit
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    app_dir = os.path.dirname(list(spec.submodule_search_locations)[0])
+    with socket.socket() as sock:  # a free port on 127.0.0.1 (Prefect picks one the same way)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="prompt-transfer-api-", suffix=".log",  # noqa: SIM115
+                                      delete=False)
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=preexec)
+    log.close()
+    api = EarlyAPI(proc, f"http://127.0.0.1:{port}/api", log.name)
+    atexit.register(api.stop)
+    os.environ["PREFECT_API_URL"] = api.url
+    return api
+
+
 def start_ephemeral_api() -> None:
     """Start Prefect's ephemeral API server now, on this (the main) thread, tied to this process.
 
