@@ -141,10 +141,6 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
     root = open_storage(study.storage)
     root.check_writable()
-    if study.runner.dask_address:  # a silent scheduler: one line within seconds, nothing written
-        from flows.runtime import check_dask_scheduler
-
-        check_dask_scheduler(study.runner.dask_address)
     console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
                   f"{escape(root.root)} ({study.runner.task_runner}, "

@@ -68,17 +68,21 @@ _namespace: ContextVar[str] = ContextVar("artifact_namespace", default="")
 @contextlib.contextmanager
 def artifact_namespace(study: str) -> Iterator[None]:
     """While publishing ``study``'s run: :func:`akey` prefixes keys with the study's slug."""
-    token = _namespace.set(re.sub(r"[^a-z0-9-]", "-", study.lower()))
+    token = _namespace.set(_study_slug(study))
     try:
         yield
     finally:
         _namespace.reset(token)
 
 
-def akey(key: str) -> str:
-    """An artifact key within the current study's namespace: ``<study>--<key>`` (as is
-    outside :func:`artifact_namespace`)."""
-    ns = _namespace.get()
+def _study_slug(study: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", study.lower())
+
+
+def akey(key: str, study: str | None = None) -> str:
+    """An artifact key in ``study``'s namespace (default: the current one, set by
+    :func:`artifact_namespace`): ``<study>--<key>``; ``key`` as is outside any."""
+    ns = _study_slug(study) if study is not None else _namespace.get()
     return f"{ns}--{key}" if ns else key
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -427,17 +426,12 @@ class DaskSchedulerError(InputError):
 def dask_connect_timeout() -> float:
     """$PROMPT_TRANSFER_DASK_CONNECT_TIMEOUT (seconds), else 10 (a scheduler answers in
     milliseconds; distributed.Client bounds only the TCP connect, not the handshake)."""
-    raw = os.environ.get(DASK_CONNECT_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_DASK_CONNECT_TIMEOUT
+    from tasks.claims import env_seconds
+
     try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"environment variable {DASK_CONNECT_TIMEOUT_ENV} must be a positive "
-                         f"number of seconds, got {raw!r}")
-    return value
+        return env_seconds(DASK_CONNECT_TIMEOUT_ENV, DEFAULT_DASK_CONNECT_TIMEOUT)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 async def _scheduler_identity(address: str, timeout: float) -> dict:

@@ -124,12 +124,12 @@ class CrossTaskStage:
         per_target = n_tasks * len(seeds) + len(seeds) * (
             int(study.evaluation.random_prompt) + int(study.evaluation.no_prompt))
         evaluate, cells_rows = [], []
+        by_label = {i.label: i for i in state.infos}
         for m in study.models:
             sources = [p for (model, _, _), p in state.planned.items() if model == m.name]
             complete = complete_cells(state.storage, study.name, m.name, state.problems)
             ev = StageStatus("evaluate", m.name, 0, n_tasks)
             cs = StageStatus("cells", m.name, 0, n_tasks * per_target)
-            by_label = {i.label: i for i in state.infos}
             for cfg in study.tasks:
                 info = by_label.get(cfg.label())
                 cells = target_cells(study, info, sources) if info is not None else None

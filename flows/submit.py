@@ -39,14 +39,14 @@ class RunProgress:
     """Units done over all parts: one Prefect progress artifact (0-100) plus the observer."""
 
     def __init__(self, totals: dict[str, int], observer: ProgressObserver | None = None,
-                 artifact: bool = True, key: str = "transfer-matrix-progress"):
+                 key: str = "transfer-matrix-progress"):
         self.observers = [observer] if observer is not None else []
         self.totals = dict(totals)
         self.done = dict.fromkeys(totals, 0)
         self.all = max(sum(totals.values()), 1)
         self.artifact_id = create_progress_artifact(
             progress=0.0, key=key,
-            description="units done / all units") if artifact else None
+            description="units done / all units")
         self._pushed = 0.0  # when the artifact was last updated
 
     def set_total(self, part: str, total: int) -> None:
@@ -107,7 +107,6 @@ class UnitLedger:
 
     outcomes: dict[str, list] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
-    submitted: int = 0  # task runs created
 
 
 def run_units(part: str, units: list[Planned], progress: RunProgress, ledger: UnitLedger,
@@ -133,7 +132,6 @@ def run_units(part: str, units: list[Planned], progress: RunProgress, ledger: Un
             nxt += 1
             with tags(*units[i].tags):
                 in_flight[units[i].submit()] = i
-            ledger.submitted += 1
         for f in as_completed(list(in_flight)):  # the first to finish; then refill the window
             i = in_flight.pop(f)
             try:

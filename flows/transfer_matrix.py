@@ -41,7 +41,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.core_units import plan_prepare, plan_train
-from flows.publish import SUMMARY_KEY, akey, artifact_namespace, publish_run
+from flows.publish import SUMMARY_KEY, akey, publish_run
 from flows.runtime import make_task_runner, runner_environment, torch_threads_per_unit
 from flows.stage_api import FlowState, StageRun, StudyResult, ordered_stages
 from flows.submit import (  # re-exported: callers import the progress types from here
@@ -158,10 +158,8 @@ def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
                      study.runner.trainings_per_gpu, torch_threads_per_unit(study.runner))
     stages = ordered_stages(study)  # in dependency order
     n_models, n_tasks, n_seeds = len(study.models), len(study.tasks), len(study.seeds)
-    with artifact_namespace(study.name):
-        progress_key = akey("transfer-matrix-progress")
     progress = RunProgress({"prepare": n_tasks, "train": n_models * n_tasks * n_seeds},
-                           current_observer(), key=progress_key)
+                           current_observer(), key=akey("transfer-matrix-progress", study.name))
     ledger = UnitLedger(failures=result.failures)
     window = max(DEFAULT_WINDOW, 4 * (study.runner.max_workers or 1))
     stage_runs: list[StageRun] = []
@@ -330,16 +328,13 @@ def study_flow(
     try:
         result = _run_matrix(cfg)
     except BaseException as exc:
-        with artifact_namespace(cfg.name):
-            create_markdown_artifact(
-                f"# Study `{cfg.name}`: failed\n\n`{type(exc).__name__}: {exc}`\n\n"
-                f"The transfer matrix ran as this run's subflow; its task runs and logs say "
-                f"which unit failed. `prompt-transfer status` lists what is stored.\n",
-                key=akey(SUMMARY_KEY), description=f"study {cfg.name} (failed)")
+        create_markdown_artifact(
+            f"# Study `{cfg.name}`: failed\n\n`{type(exc).__name__}: {exc}`\n\n"
+            f"The transfer matrix ran as this run's subflow; its task runs and logs say "
+            f"which unit failed. `prompt-transfer status` lists what is stored.\n",
+            key=akey(SUMMARY_KEY, cfg.name), description=f"study {cfg.name} (failed)")
         raise
-    with artifact_namespace(cfg.name):
-        summary_key = akey(SUMMARY_KEY)
-    create_markdown_artifact(result.summary_markdown, key=summary_key,
+    create_markdown_artifact(result.summary_markdown, key=akey(SUMMARY_KEY, cfg.name),
                              description=f"study {cfg.name}: the summary of its transfer-matrix "
                                          f"subflow run")
     return {"run_id": result.run_id, "study": result.study, "storage": result.storage,

@@ -29,8 +29,7 @@ from prompt_core.backbones.multi import stacked_logits
 from prompt_core.config import TrainConfig
 from prompt_core.data import TaskData
 from prompt_core.evaluation import EncodedSplit
-from prompt_core.prompts import init_prompt
-from prompt_core.training import CurvePoint, TrainResult, train_batches
+from prompt_core.training import CurvePoint, TrainResult, train_batches, trainable_prompt
 
 
 def joint_step(backbone: Backbone, prompts: Sequence[torch.nn.Parameter],
@@ -108,16 +107,7 @@ def train_prompts_jointly(
     runs: list[JointRun] = []
     for task, seed, lr, init in zip(tasks, seeds, lrs, inits, strict=True):
         lr = lr or cfg.lr or backbone.default_lr
-        torch.manual_seed(seed)  # as train_prompt does
-        if init is not None:
-            p0 = init_prompt("prompt", backbone, cfg.n_tokens, seed, prompt=init)
-        elif cfg.init == "prompt":
-            raise ValueError("TrainConfig init='prompt' needs the prompt tensors passed as inits=")
-        else:
-            p0 = init_prompt(cfg.init, backbone, cfg.n_tokens, seed, std=cfg.init_std,
-                             text=cfg.init_text)
-        prompt = torch.nn.Parameter(p0.to(backbone.device, torch.float32))  # (n, D) float32
-        opt = torch.optim.AdamW([prompt], lr=lr, weight_decay=cfg.weight_decay)
+        prompt, opt = trainable_prompt(backbone, cfg, seed, lr, init)  # as train_prompt does
         if id(task) not in encoded:
             encoded[id(task)] = (
                 EncodedSplit(backbone, task, "train", cfg.max_length),

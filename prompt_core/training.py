@@ -119,6 +119,26 @@ class TrainResult:
     lr: float = 0.0
 
 
+def trainable_prompt(backbone: Backbone, cfg: TrainConfig, seed: int, lr: float | None = None,
+                     init: torch.Tensor | None = None
+                     ) -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
+    """The prompt a training run starts from, (n, D) float32 on the backbone's device, and its
+    AdamW: ``init`` (TPT) or ``cfg.init``, seeded by ``seed`` (torch's global seed is set, as
+    the run's first random draw); ``lr`` or ``cfg.lr`` or the backbone's default."""
+    torch.manual_seed(seed)
+    if init is not None:
+        p0 = init_prompt("prompt", backbone, cfg.n_tokens, seed, prompt=init)
+    elif cfg.init == "prompt":
+        raise ValueError("TrainConfig init='prompt' needs the prompt tensor passed as init=")
+    else:
+        p0 = init_prompt(cfg.init, backbone, cfg.n_tokens, seed, std=cfg.init_std,
+                         text=cfg.init_text)
+    prompt = torch.nn.Parameter(p0.to(backbone.device, torch.float32))  # (n, D) float32
+    opt = torch.optim.AdamW([prompt], lr=lr or cfg.lr or backbone.default_lr,
+                            weight_decay=cfg.weight_decay)
+    return prompt, opt
+
+
 def train_prompt(
     backbone: Backbone,
     task: TaskData,
@@ -142,16 +162,7 @@ def train_prompt(
     """
     lr = lr or cfg.lr or backbone.default_lr
     backbone.check_lengths(cfg.n_tokens, cfg.max_length)
-    torch.manual_seed(seed)
-    if init is not None:
-        p0 = init_prompt("prompt", backbone, cfg.n_tokens, seed, prompt=init)
-    elif cfg.init == "prompt":
-        raise ValueError("TrainConfig init='prompt' needs the prompt tensor passed as init=")
-    else:
-        p0 = init_prompt(cfg.init, backbone, cfg.n_tokens, seed, std=cfg.init_std,
-                         text=cfg.init_text)
-    prompt = torch.nn.Parameter(p0.to(backbone.device, torch.float32))  # (n, D) float32
-    opt = torch.optim.AdamW([prompt], lr=lr, weight_decay=cfg.weight_decay)
+    prompt, opt = trainable_prompt(backbone, cfg, seed, lr, init)
 
     train = EncodedSplit(backbone, task, "train", cfg.max_length)
     dev = EncodedSplit(backbone, task, "validation", cfg.max_length, cfg.max_dev_examples,

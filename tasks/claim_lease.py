@@ -154,7 +154,9 @@ class ClaimWaitStopped(RuntimeError):
 
 
 # -- settings -----------------------------------------------------------------------------------
-def _env_seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+def env_seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    """A positive number of seconds from the environment variable ``name`` (``default``
+    when unset or empty); ValueError naming it otherwise."""
     raw = (os.environ if env is None else env).get(name, "").strip()
     if not raw:
         return default
@@ -171,12 +173,12 @@ def _env_seconds(name: str, default: float, env: Mapping[str, str] | None = None
 
 def claim_ttl(env: Mapping[str, str] | None = None) -> float:
     """Lease lifetime in seconds: $PROMPT_TRANSFER_CLAIM_TTL, else 60."""
-    return _env_seconds(CLAIM_TTL_ENV, DEFAULT_CLAIM_TTL, env)
+    return env_seconds(CLAIM_TTL_ENV, DEFAULT_CLAIM_TTL, env)
 
 
 def claim_wait(env: Mapping[str, str] | None = None) -> float:
     """Longest wait for another run's live claim: $PROMPT_TRANSFER_CLAIM_WAIT, else 3600."""
-    return _env_seconds(CLAIM_WAIT_ENV, DEFAULT_CLAIM_WAIT, env)
+    return env_seconds(CLAIM_WAIT_ENV, DEFAULT_CLAIM_WAIT, env)
 
 
 def check_seconds(name: str, value: float, allow_zero: bool = False) -> float:

@@ -63,6 +63,7 @@ from tasks.claim_lease import (
     claim_key,
     claim_ttl,
     claim_wait,
+    env_seconds,
     iso_utc,
     next_key,
 )
@@ -71,8 +72,8 @@ from tasks.storage import Storage, StorageError, StorageTimeoutError
 __all__ = [  # the lease and its settings live in tasks.claim_lease; re-exported here
     "CLAIMS_PREFIX", "CLAIM_CLOCK_SKEW", "CLAIM_TTL_ENV", "CLAIM_WAIT_ENV", "DEFAULT_CLAIM_TTL",
     "DEFAULT_CLAIM_WAIT", "ClaimTimeout", "ClaimWaitStopped", "Lease", "claim_key",
-    "claim_ttl", "claim_wait", "default_owner", "log_wait", "read_claim", "release", "renew",
-    "try_claim", "unit_claim",
+    "claim_ttl", "claim_wait", "default_owner", "env_seconds", "log_wait", "read_claim",
+    "release", "renew", "try_claim", "unit_claim",
 ]
 
 DEFAULT_POLL = 1.0
