@@ -39,6 +39,7 @@ from flows.cli_support import (
     console,
     debugging,
     error_line,
+    exit_fast,
     fail,
     live_claims,
     open_tables_root,
@@ -71,6 +72,15 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(derive_app, name="derive-model")
+
+
+def main() -> None:
+    """The ``prompt-transfer`` console script: the Typer app, then :func:`exit_fast`."""
+    try:
+        app()
+    except SystemExit as exc:
+        exit_fast(exc.code)
+    exit_fast(0)
 
 
 @app.callback()

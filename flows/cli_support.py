@@ -87,6 +87,29 @@ def quiet_startup() -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _CHILD_WARNINGS]))
 
 
+def exit_fast(code: int | str | None) -> None:
+    """End the process now: wait for non-daemon threads, flush the log handlers (Prefect's
+    sends what is queued to the API, which is still up), run the ``atexit`` handlers (they stop
+    the ephemeral API), flush the streams, then ``os._exit``. Skips the interpreter's teardown
+    of torch, transformers and Prefect (1.5-2 s on 2 cores), which frees nothing a finished
+    process needs. A string code is printed to stderr and exits 1, as ``SystemExit`` does."""
+    import atexit
+    import logging
+    import threading
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 def error_line(msg: str) -> None:
     """Print ``error: msg`` on stderr. The line is never wrapped nor cropped by rich (a
     terminal may still wrap it visually), and ``msg`` is text, not rich markup."""

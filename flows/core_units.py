@@ -55,7 +55,7 @@ def plan_prepare(ctx: RunContext, study: StudyConfig, storage: Storage,
     for cfg in study.tasks:
         label = cfg.label()
         submit = functools.partial(prepare_nlp_task.submit, ctx, cfg, label)
-        tags = unit_tags("prepare", None, label)
+        tags = unit_tags("prepare", None)
         try:
             info = nlp_task_info(cfg)
         except InputError as exc:
@@ -108,7 +108,7 @@ def plan_train(ctx: RunContext, study: StudyConfig, storage: Storage, models: li
                     f"train {m.name}/{info.name} seed={seed}{label_suffix}", m.name,
                     submit=functools.partial(train_prompt_unit.submit, ctx, m, info, train,
                                              seed),
-                    tags=unit_tags("train", m.name, info.name)))
+                    tags=unit_tags("train", m.name)))
                 if key in rows:
                     checks.append((len(out) - 1, rows[key]))
     with ThreadPoolExecutor(min(READ_THREADS, max(len(checks), 1))) as pool:

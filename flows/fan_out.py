@@ -147,7 +147,7 @@ def train_prompts_flow(study_uri: str, model: str, task: str, run_id: str) -> li
     m, info = models[model], infos[task]
     with ThreadPoolTaskRunner(max_workers=doc.study.runner.max_workers) as runner:
         futures = [runner.submit(train_prompt_unit.with_options(
-                       tags=["stage:train", f"model:{model}", f"nlp_task:{task}"]),
+                       tags=["stage:train", f"model:{model}"]),
                        {"ctx": ctx, "model": m, "info": info, "train": doc.study.training,
                         "seed": seed})
                    for seed in doc.study.seeds]

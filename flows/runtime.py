@@ -9,7 +9,6 @@ by the functions that need it, so a command that starts no flow does not import 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,7 +21,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prompt_core.config import RunnerConfig
-from prompt_core.errors import InputError
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -343,8 +341,11 @@ def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
                                      initializer=_one_torch_thread_each, initargs=(threads,))
     from prefect_dask import DaskTaskRunner
 
+    from flows.runtime_dask import fork_dask_workers_from_preloaded_server
+
     if cfg.dask_address:
         return DaskTaskRunner(address=cfg.dask_address)
+    fork_dask_workers_from_preloaded_server()
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": None,
@@ -399,6 +400,8 @@ def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
             torch.set_num_threads(before)
         return
     if cfg.dask_address:
+        from flows.runtime_dask import check_dask_scheduler
+
         check_dask_scheduler(cfg.dask_address)
         yield
         return
@@ -411,83 +414,3 @@ def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
     finally:
         for k in env:
             os.environ.pop(k, None)
-
-
-# -- an existing Dask cluster: does its scheduler answer? ---------------------------------------
-
-DASK_CONNECT_TIMEOUT_ENV = "PROMPT_TRANSFER_DASK_CONNECT_TIMEOUT"
-DEFAULT_DASK_CONNECT_TIMEOUT = 10.0
-
-
-class DaskSchedulerError(InputError):
-    """The scheduler of ``runner.dask_address`` cannot be reached, or does not answer."""
-
-
-def dask_connect_timeout() -> float:
-    """$PROMPT_TRANSFER_DASK_CONNECT_TIMEOUT (seconds), else 10 (a scheduler answers in
-    milliseconds; distributed.Client bounds only the TCP connect, not the handshake)."""
-    from tasks.claims import env_seconds
-
-    try:
-        return env_seconds(DASK_CONNECT_TIMEOUT_ENV, DEFAULT_DASK_CONNECT_TIMEOUT)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
-async def _scheduler_identity(address: str, timeout: float) -> dict:
-    """Connect, complete distributed's handshake and ask the ``identity`` op, all within
-    ``timeout`` (``distributed.Client(timeout=...)`` bounds the TCP connect only: a peer that
-    accepts and never answers holds its handshake forever)."""
-    from distributed.comm import connect
-    from distributed.security import Security
-
-    comm = None
-
-    async def ask() -> dict:
-        nonlocal comm
-        comm = await connect(address, timeout=round(0.8 * timeout, 3),  # names the cause
-                             **Security().get_connection_args("client"))
-        await comm.write({"op": "identity", "reply": True})
-        return await comm.read()
-
-    try:
-        return await asyncio.wait_for(ask(), timeout)
-    finally:
-        if comm is not None:
-            comm.abort()
-
-
-def check_dask_scheduler(address: str, timeout: float | None = None) -> None:
-    """DaskSchedulerError (bad input: exit 2, nothing written) unless the Dask scheduler at
-    ``address`` answers within ``timeout`` seconds (default :func:`dask_connect_timeout`).
-
-    Only reachability is known here: whether the workers have the study's device (a GPU)
-    shows when the units run on them. The probe runs in a daemon thread; this thread waits for
-    it on an Event, which SIGTERM and Ctrl-C interrupt."""
-    timeout = dask_connect_timeout() if timeout is None else timeout
-    got: dict = {}
-    done = threading.Event()
-
-    def probe() -> None:
-        try:
-            got["identity"] = asyncio.run(_scheduler_identity(address, timeout))
-        except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
-            got["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=probe, name="dask-scheduler-probe", daemon=True).start()
-    silent = f"Dask scheduler {address} did not answer within {timeout:g} s"
-    if not done.wait(timeout + 5):  # the probe's own bound, with room for a busy machine
-        raise DaskSchedulerError(silent)
-    exc = got.get("error")
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        raise DaskSchedulerError(silent)
-    if exc is not None:
-        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
-        raise DaskSchedulerError(f"cannot reach Dask scheduler {address}: "
-                                 f"{type(exc).__name__}: {exc}{cause}")
-    identity = got.get("identity")
-    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
-        raise DaskSchedulerError(f"{address} answered, but not as a Dask scheduler "
-                                 f"({str(identity)[:80]})")

@@ -128,7 +128,7 @@ def run_cross_model(ctx: RunContext, study: StudyConfig, storage, infos: list[Nl
             own = {s: prompts[(tgt, info.name, s)] for s in study.seeds}
             unit = Planned(
                 f"cross-model {src}->{tgt} -> {info.name}", tgt,
-                tags=unit_tags("cross_model", tgt, info.name, source_model=src),
+                tags=unit_tags("cross_model", tgt, source_model=src),
                 submit=functools.partial(
                     evaluate_cross_model_unit.submit, ctx, models[src], models[tgt], info, own,
                     sources, pair_projectors, cm.unprojected, list(cm.train_tasks),

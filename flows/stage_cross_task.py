@@ -80,7 +80,7 @@ def plan_evaluate(ctx: RunContext, study: StudyConfig, storage: Storage, models:
                            submit=functools.partial(
                                evaluate_target_unit.submit, ctx, m, info, own, sources,
                                study.training, study.evaluation),
-                           tags=unit_tags("evaluate", m.name, info.name))
+                           tags=unit_tags("evaluate", m.name))
             cells = target_cells(study, info, sources)
             if cells is not None and all(c.key in complete for c in cells):
                 keys = [c.key for c in cells]

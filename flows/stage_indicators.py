@@ -111,10 +111,9 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
     def own(m: ModelConfig, seed: int) -> list[PromptRow]:
         return [by[(m.name, t, seed)] for t in names if (m.name, t, seed) in by]
 
-    def unit(label: str, model: str, stored, fn, *args, nlp_task: str | None = None
-             ) -> Planned:
+    def unit(label: str, model: str, stored, fn, *args) -> Planned:
         """A planned unit: ``stored`` (its outcome from the tables) or a task run of ``fn``."""
-        return Planned(label, model, stored=stored, tags=unit_tags("indicators", model, nlp_task),
+        return Planned(label, model, stored=stored, tags=unit_tags("indicators", model),
                        submit=None if stored is not None else functools.partial(fn.submit, *args))
 
     def keys_in(table: str, m: ModelConfig, column: str) -> set[str]:
@@ -144,8 +143,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
                 key = ablation_key(m, p, cfg, study.evaluation)
                 units.append(unit(f"ablate {m.name}/{info.name} seed={seed}", m.name,
                                   KeysOutcome(m.name, [key], 0, 1) if key in done else None,
-                                  ablation_unit, ctx, m, info, p, cfg, study.evaluation,
-                                  nlp_task=info.name))
+                                  ablation_unit, ctx, m, info, p, cfg, study.evaluation))
     out.add(run_units(STAGE, units), "ablations", "ablate")
     probe_of = [(m, info, seed) for m in models for info in infos for seed in study.seeds]
     units = []
@@ -153,8 +151,7 @@ def run_indicators(ctx: RunContext, study: StudyConfig, storage, infos: list[Nlp
         sources = [p for p in own(m, seed) if p.task != info.name]
         units.append(unit(f"probe {m.name} -> {info.name} seed={seed}", m.name,
                           stored_probe(storage, m, info, sources, cfg, study.evaluation, seed),
-                          probe_unit, ctx, m, info, seed, sources, cfg, study.evaluation,
-                          nlp_task=info.name))
+                          probe_unit, ctx, m, info, seed, sources, cfg, study.evaluation))
     probes: dict[str, list[dict]] = {m.name: [] for m in models}
     for (m, info, seed), o in zip(probe_of, run_units(STAGE, units), strict=True):
         probes[m.name].append({"seed": seed, "target_task": info.name, "scores": o.scores})

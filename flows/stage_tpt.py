@@ -148,7 +148,7 @@ def run_rankings(ctx: RunContext, study: StudyConfig, storage, jobs: list[RankJo
                   if len(rows) == len(j.candidates) else None)
         units.append(Planned(
             j.label, j.model.name, stored=stored,
-            tags=unit_tags("tpt_rank", j.model.name, j.target.name),
+            tags=unit_tags("tpt_rank", j.model.name),
             submit=None if stored else functools.partial(
                 rank_tpt_sources_unit.submit, ctx, j.model, j.target, j.own, j.candidates,
                 study.tpt, study.evaluation)))
@@ -204,7 +204,7 @@ def run_tpt(ctx: RunContext, study: StudyConfig, storage, jobs: list[TptJob], ru
         row = stored_row(storage, "tpt", where, key, TptRow, "tpt_key")
         units.append(Planned(
             j.label, j.model.name, stored=KeyedOutcome(row, computed=False) if row else None,
-            tags=unit_tags("tpt", j.model.name, j.target.name),
+            tags=unit_tags("tpt", j.model.name),
             submit=None if row else functools.partial(
                 tpt_unit.submit, ctx, j.model, j.target, j.source, j.source_label, j.projector,
                 j.baseline, train, study.tpt, j.seed)))
