@@ -395,9 +395,10 @@ def test_shipped_demo_tasks_are_real_data_with_licence_and_disjoint_splits():
     from prompt_core.data import BUILTIN_DIR as DEMO_DIR
 
     names = builtin_task_names()
-    assert names == sorted(["tweet_sentiment", "tweet_emotion", "snli", "qnli",
-                            "ethics_justice", "ethics_deontology"])
+    assert names == sorted(["tweet_sentiment", "tweet_polarity", "tweet_emotion", "ag_news",
+                            "news_business_tech", "qnli"])
     assert (DEMO_DIR / "NOTICE.md").is_file()
+    texts = {}
     for name in names:
         meta = json.loads((DEMO_DIR / name / "task.json").read_text(encoding="utf-8"))
         assert meta["licence"] and meta["source"] and meta["citation"], name
@@ -409,6 +410,19 @@ def test_shipped_demo_tasks_are_real_data_with_licence_and_disjoint_splits():
         assert not pairs["train"] & pairs["test"], name
         assert not pairs["train"] & pairs["validation"], name
         assert not pairs["validation"] & pairs["test"], name
+        texts[name] = set().union(*pairs.values())
+    # a derived task shares no text with the task drawn from the same source (no leakage)
+    for derived, parent in (("tweet_polarity", "tweet_sentiment"),
+                            ("news_business_tech", "ag_news")):
+        meta = json.loads((DEMO_DIR / derived / "task.json").read_text(encoding="utf-8"))
+        assert parent in meta["derivation"], derived
+        assert not texts[derived] & texts[parent], (derived, parent)
+    # the AG News samples say they are for non-commercial research use only
+    notice = (DEMO_DIR / "NOTICE.md").read_text(encoding="utf-8")
+    assert "non-commercial research use only" in notice
+    for name in ("ag_news", "news_business_tech"):
+        meta = json.loads((DEMO_DIR / name / "task.json").read_text(encoding="utf-8"))
+        assert meta["licence"].startswith("Non-commercial research use only"), name
 
 
 # --- task names and task.json fields (issue 5, item 11) ------------------------------------

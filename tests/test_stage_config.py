@@ -8,7 +8,7 @@ import pytest
 from prompt_core.config import StudyFileError, TrainConfig, parse_study
 
 BASE = {"name": "s", "models": [{"kind": "encoder"}, {"kind": "encoder", "name": "b"}],
-        "tasks": [{"builtin": "tweet_sentiment"}, {"builtin": "snli"}]}
+        "tasks": [{"builtin": "tweet_sentiment"}, {"builtin": "qnli"}]}
 
 
 def study(**extra):
@@ -32,7 +32,7 @@ def test_tpt_budget_defaults_to_the_training_config():
     s = study(stages=["cross_task", "tpt"], tpt={"top_k": 2})
     assert s.tpt.train_config(s.training) == s.training
     assert study(stages=["tpt"], tpt={"top_k": 2}).tpt.rank_max_examples == 300  # validation
-    s = study(stages=["tpt"], tpt={"sources": [{"task": "snli"}], "steps": 7})
+    s = study(stages=["tpt"], tpt={"sources": [{"task": "qnli"}], "steps": 7})
     assert s.tpt.train_config(s.training) == TrainConfig(steps=7)
 
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -62,29 +61,44 @@ from prompt_core.evaluation import EncodedSplit
 from prompt_core.prompts import init_prompt
 from prompt_core.task_spec import TaskData, make_spec, normalise_split
 from prompt_core.training import train_prompt
-from tests.demo_data.sample_demo_tasks import SEED, sample_split
 from tests.demo_data.sample_demo_tasks import TASKS as DEMO_TASKS
+from tests.demo_data.sample_demo_tasks import sample_task
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
-# shared folder -> demo name (the shipped demo tasks keep their names and label words)
-DEMO_NAME = {info["shared"]: name for name, info in DEMO_TASKS.items()}
+# candidates screened but not shipped: their sampler entries (shared folder, label words)
+NOT_SHIPPED: dict[str, dict[str, Any]] = {
+    "snli": {"shared": "snli", "label_words": ["yes", "maybe", "no"]},
+    "ethics_justice": {"shared": "ethics_justice", "label_words": ["no", "yes"]},
+    "ethics_deontology": {"shared": "ethics_deontology", "label_words": ["no", "yes"]},
+    # a binary topic task derived from AG News like tweet_polarity from TweetEval sentiment
+    "news_business_tech": {"shared": "ag_news", "labels": ["business", "sci/tech"],
+                           "disjoint_from": ["ag_news"],
+                           "label_words": ["business", "technology"]},
+    "news_world_business": {"shared": "ag_news", "labels": ["world", "business"],
+                            "disjoint_from": ["ag_news"], "label_words": ["world", "business"]},
+}
+CANDIDATES = {**NOT_SHIPPED, **DEMO_TASKS}
+# shared folder -> demo name, for the tasks shipped under another name (not derived ones)
+DEMO_NAME = {info["shared"]: name for name, info in CANDIDATES.items()
+             if "labels" not in info and "disjoint_from" not in info}
 
 
-def demo_sample(shared_name: str, sizes: dict[str, int], shared: Path = SHARED) -> TaskData:
-    """A demo-sized sample of a shared task, drawn by the shipped demo tasks' rule."""
-    src = shared / shared_name
-    meta = json.loads((src / "task.json").read_text(encoding="utf-8"))
-    name = DEMO_NAME.get(shared_name, shared_name)
-    words = DEMO_TASKS[name]["label_words"] if name in DEMO_TASKS else meta.get("label_words")
-    spec = make_spec(name, meta["type"], meta["label_names"], words, source=str(src))
-    seen: set = set()
-    splits = {}
-    for split in ("train", "validation", "test"):
-        df = pd.read_parquet(src / f"{split}.parquet")
-        rows, _ = sample_split(df, sizes[split], random.Random(f"{SEED}/{name}/{split}"), seen)
-        splits[split] = normalise_split(pd.DataFrame(rows, columns=["text_a", "text_b", "label"]),
-                                        spec, split, str(src))
+def demo_sample(name: str, sizes: dict[str, int], shared: Path = SHARED) -> TaskData:
+    """A demo-sized sample of a candidate task, drawn by the shipped demo tasks' rule
+    (:func:`tests.demo_data.sample_demo_tasks.sample_task`). ``name``: a demo task of the
+    sampler (derived ones included), one of :data:`NOT_SHIPPED`, or a ``shared/data`` folder
+    (a shipped task's folder gives that task; another folder its own label words)."""
+    name = DEMO_NAME.get(name, name)
+    info = CANDIDATES.get(name, {"shared": name, "label_words": None})
+    sizes_t = tuple((s, sizes[s]) for s in ("train", "validation", "test"))
+    meta, label_names, rows, _ = sample_task(name, info, shared, sizes_t, CANDIDATES)
+    words = info["label_words"] or meta.get("label_words")
+    src = shared / info["shared"]
+    spec = make_spec(name, meta["type"], label_names, words, source=str(src))
+    splits = {split: normalise_split(pd.DataFrame(rs, columns=["text_a", "text_b", "label"]),
+                                     spec, split, str(src))
+              for split, rs in rows.items()}
     return TaskData(spec, splits, source=f"demo sample of {src}")
 
 
@@ -281,6 +295,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="model folder (default: the encoder's MiniLM)")
+    ap.add_argument("--pool", choices=["text", "all"], default="text",
+                    help="the encoder's pool option (a study's models entry sets it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default="/tmp/demo_choice_prompts",
@@ -299,8 +315,9 @@ def main() -> None:
                   {s: dict(sorted(Counter(t.split(s)["label"]).items()))
                    for s in ("train", "validation", "test")})
         return
-    args.model_tag = Path(args.model).name if args.model else "minilm"
-    backbone = load_backbone("encoder", args.model)
+    args.model_tag = (Path(args.model).name if args.model else "minilm") + (
+        "" if args.pool == "text" else f"-pool{args.pool}")
+    backbone = load_backbone("encoder", args.model, pool=args.pool)
     (screen if args.mode == "screen" else matrix)(args, backbone, cache)
 
 

@@ -10,11 +10,15 @@ shared data are present. Regenerate every file byte for byte with
 
 (``--shared`` is the ``shared/data`` folder of task copies; see its README.md).
 
-The six demo tasks are small samples of public data sets whose licences allow redistribution
-(TweetEval sentiment and emotion, SNLI, QNLI, ETHICS justice and deontology); each task.json
-names its source, licence and citation, and NOTICE.md lists them all.
+The six demo tasks are small samples of public data sets that may be redistributed, chosen
+so that a small model's prompt learns each of them in the demo's budget
+(``docs/demo_choice.md``): TweetEval sentiment and emotion, QNLI, AG News, and two tasks
+derived from them the way SST-2 derives from SST (``tweet_polarity``: TweetEval sentiment
+without the neutral tweets; ``news_business_tech``: the AG News business and sci/tech articles).
+Each task.json names its source, licence and citation, and NOTICE.md lists them all. The two
+AG News samples are for non-commercial research use only (the terms of AG's corpus).
 
-The rule, per task and split (train 240, validation 60, test 120 rows):
+The rule, per task and split (train 240, validation 60, test 200 rows):
 
 * each demo split is drawn only from the *same* split of the shared copy (train from train,
   validation from validation, test from test), so a test row never comes from train;
@@ -27,7 +31,10 @@ The rule, per task and split (train 240, validation 60, test 120 rows):
   smaller;
 * rows are drawn with ``random.Random(f"{SEED}/{task}/{split}")`` (a str seed is hashed with
   SHA-512, the same on every Python version) from the class's rows in source order, and the
-  drawn rows are shuffled with the same generator.
+  drawn rows are shuffled with the same generator;
+* a derived task (``labels``) keeps only the rows of those source labels, numbered in that
+  order, and one ``disjoint_from`` another task skips every text pair of that task's sample
+  (all its splits), so no text is in two demo tasks.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import pandas as pd
 
 SEED = 0
 MAX_CHARS = 600
-SIZES: tuple[tuple[str, int], ...] = (("train", 240), ("validation", 60), ("test", 120))
+SIZES: tuple[tuple[str, int], ...] = (("train", 240), ("validation", 60), ("test", 200))
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "prompt_core" / "demo_tasks"
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
@@ -58,14 +65,19 @@ TWEETEVAL_CITATION = (
     "Barbieri, Camacho-Collados, Espinosa-Anke and Neves (2020). TweetEval: Unified Benchmark "
     "and Comparative Evaluation for Tweet Classification. Findings of EMNLP 2020."
 )
-ETHICS_LICENCE = (
-    "MIT licence (ETHICS is MIT-licensed by its authors, github.com/hendrycks/ethics; the copy "
-    "sampled here, oughtinc/ice, is MIT-licensed too). The samples are redistributed under the "
-    "same MIT licence; see NOTICE.md."
+AG_LICENCE = (
+    "Non-commercial research use only. AG's corpus of news articles, from which AG News is "
+    "built, is, in the words of its page (http://groups.di.unipi.it/~gulli/"
+    "AG_corpus_of_news_articles.html), 'provided by the academic community for research "
+    "purposes in data mining ..., information retrieval ..., and any other non-commercial "
+    "activity'. AG News is the Zhang, Zhao and LeCun (2015) packaging of it. "
+    "These terms apply to this sample (not the project's licence): use it for research and "
+    "other non-commercial purposes only; see NOTICE.md."
 )
-ETHICS_CITATION = (
-    "Hendrycks, Burns, Basart, Critch, Li, Song and Steinhardt (2021). Aligning AI With Shared "
-    "Human Values. ICLR 2021."
+AG_CITATION = (
+    "Zhang, Zhao and LeCun (2015). Character-level Convolutional Networks for Text "
+    "Classification. NeurIPS 2015. AG's corpus of news articles: A. Gulli, "
+    "groups.di.unipi.it/~gulli/AG_corpus_of_news_articles.html."
 )
 CC_BY_SA = (
     "Creative Commons Attribution-ShareAlike 4.0 International (CC BY-SA 4.0, "
@@ -87,6 +99,23 @@ TASKS: dict[str, dict[str, Any]] = {
         "citation": TWEETEVAL_CITATION + " Rosenthal, Farra and Nakov (2017). SemEval-2017 "
                     "Task 4: Sentiment Analysis in Twitter. SemEval 2017.",
     },
+    "tweet_polarity": {
+        "shared": "tweeteval_sentiment",
+        "labels": ["negative", "positive"],  # neutral tweets dropped (as SST-2 from SST)
+        "disjoint_from": ["tweet_sentiment"],
+        "label_words": ["negative", "positive"],
+        "description": "Binary sentiment (negative or positive) of English tweets: TweetEval "
+                       "sentiment (SemEval-2017 Task 4) with the neutral tweets dropped, as "
+                       "SST-2 is derived from SST. No tweet is also in the tweet_sentiment "
+                       "sample.",
+        "source": "Derived from TweetEval sentiment (SemEval-2017 Task 4, Sentiment Analysis in "
+                  "Twitter), github.com/cardiffnlp/tweeteval: the negative and positive tweets "
+                  "only, none of the tweets of the tweet_sentiment sample",
+        "licence": TWEETEVAL_LICENCE + " The underlying SemEval-2017 Task 4 data states no "
+                   "further licence in TweetEval; tweets are also subject to Twitter's terms.",
+        "citation": TWEETEVAL_CITATION + " Rosenthal, Farra and Nakov (2017). SemEval-2017 "
+                    "Task 4: Sentiment Analysis in Twitter. SemEval 2017.",
+    },
     "tweet_emotion": {
         "shared": "tweeteval_emotion",
         "label_words": ["anger", "joy", "optimism", "sadness"],
@@ -98,19 +127,30 @@ TASKS: dict[str, dict[str, Any]] = {
         "citation": TWEETEVAL_CITATION + " Mohammad, Bravo-Marquez, Salameh and Kiritchenko "
                     "(2018). SemEval-2018 Task 1: Affect in Tweets. SemEval 2018.",
     },
-    "snli": {
-        "shared": "snli",
-        "label_words": ["yes", "maybe", "no"],
-        "description": "Natural language inference on image-caption premises (SNLI 1.0): does "
-                       "the premise entail, leave open or contradict the hypothesis?",
-        "source": "SNLI 1.0, the Stanford Natural Language Inference corpus "
-                  "(nlp.stanford.edu/projects/snli), as distributed with e-SNLI "
-                  "(github.com/OanaMariaCamburu/e-SNLI)",
-        "licence": "SNLI: " + CC_BY_SA + " e-SNLI repository (the copy sampled): MIT.",
-        "citation": "Bowman, Angeli, Potts and Manning (2015). A large annotated corpus for "
-                    "learning natural language inference. EMNLP 2015. (Copy: Camburu, "
-                    "Rocktaschel, Lukasiewicz and Blunsom (2018). e-SNLI: Natural Language "
-                    "Inference with Natural Language Explanations. NeurIPS 2018.)",
+    "ag_news": {
+        "shared": "ag_news",
+        "label_words": ["world", "sports", "business", "technology"],
+        "description": "Four-way topic of English news articles (title and description): "
+                       "world, sports, business, science/technology (AG News).",
+        "source": "AG News (Zhang, Zhao and LeCun 2015), built from AG's corpus of news "
+                  "articles (A. Gulli, groups.di.unipi.it/~gulli/AG_corpus_of_news_articles.html)",
+        "licence": AG_LICENCE,
+        "citation": AG_CITATION,
+    },
+    "news_business_tech": {
+        "shared": "ag_news",
+        "labels": ["business", "sci/tech"],  # the other two topics dropped
+        "disjoint_from": ["ag_news"],
+        "label_words": ["business", "technology"],
+        "description": "Binary topic of English news articles (title and description): "
+                       "business or science/technology. AG News with the world and sports "
+                       "articles dropped; no article is also in the ag_news sample.",
+        "source": "Derived from AG News (Zhang, Zhao and LeCun 2015), built from AG's corpus of "
+                  "news articles (A. Gulli, groups.di.unipi.it/~gulli/"
+                  "AG_corpus_of_news_articles.html): the business and sci/tech articles only, "
+                  "none of the articles of the ag_news sample",
+        "licence": AG_LICENCE,
+        "citation": AG_CITATION,
     },
     "qnli": {
         "shared": "qnli",
@@ -126,26 +166,6 @@ TASKS: dict[str, dict[str, Any]] = {
                     "Benchmark and Analysis Platform for Natural Language Understanding. ICLR "
                     "2019. Rajpurkar, Zhang, Lopyrev and Liang (2016). SQuAD: 100,000+ "
                     "Questions for Machine Comprehension of Text. EMNLP 2016.",
-    },
-    "ethics_justice": {
-        "shared": "ethics_justice",
-        "label_words": ["no", "yes"],
-        "description": "ETHICS justice: is the claim of desert or of treating someone "
-                       "differently reasonable?",
-        "source": "ETHICS benchmark, justice subset (github.com/hendrycks/ethics), as copied "
-                  "verbatim into oughtinc/ice",
-        "licence": ETHICS_LICENCE,
-        "citation": ETHICS_CITATION,
-    },
-    "ethics_deontology": {
-        "shared": "ethics_deontology",
-        "label_words": ["no", "yes"],
-        "description": "ETHICS deontology: is the excuse offered for a request or a role-based "
-                       "duty reasonable?",
-        "source": "ETHICS benchmark, deontology subset (github.com/hendrycks/ethics), as "
-                  "copied verbatim into oughtinc/ice",
-        "licence": ETHICS_LICENCE,
-        "citation": ETHICS_CITATION,
     },
 }
 
@@ -165,12 +185,24 @@ def _quotas(counts: Counter, n: int) -> dict[int, int]:
 
 
 def sample_split(df: pd.DataFrame, n: int, rng: random.Random,
-                 seen: set[tuple[str, str | None]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Stratified sample of ``n`` rows of ``df`` (see the module docstring)."""
-    source_counts = Counter(int(x) for x in df["label"])
+                 seen: set[tuple[str, str | None]],
+                 labels: dict[int, int] | None = None,
+                 exclude: frozenset[tuple[str, str | None]] | set = frozenset(),
+                 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Stratified sample of ``n`` rows of ``df`` (see the module docstring).
+
+    ``labels`` (a derived task): source label -> the task's label; rows of other labels are
+    skipped (after the duplicate and earlier-split checks, so ``seen`` still gets every source
+    text). ``exclude``: text pairs another task's sample holds, skipped."""
+    source_counts = Counter(int(x) for x in df["label"]
+                            if labels is None or int(x) in labels)
     pool: dict[int, list[dict[str, Any]]] = {c: [] for c in sorted(source_counts)}
     keys: set[tuple[str, str | None]] = set()
     skipped = {"duplicate": 0, "in_earlier_split": 0, "too_long": 0}
+    if labels is not None:
+        skipped["other_label"] = 0
+    if exclude:
+        skipped["in_other_task"] = 0
     for a, b, y in zip(df["text_a"], df["text_b"], df["label"], strict=True):
         key = _key(a, b)
         if key in keys:
@@ -179,6 +211,12 @@ def sample_split(df: pd.DataFrame, n: int, rng: random.Random,
         keys.add(key)
         if key in seen:
             skipped["in_earlier_split"] += 1
+            continue
+        if labels is not None and int(y) not in labels:
+            skipped["other_label"] += 1
+            continue
+        if key in exclude:
+            skipped["in_other_task"] += 1
             continue
         if len(key[0]) + len(key[1] or "") > MAX_CHARS:
             skipped["too_long"] += 1
@@ -189,8 +227,41 @@ def sample_split(df: pd.DataFrame, n: int, rng: random.Random,
     for c, members in pool.items():
         rows.extend(rng.sample(members, min(quota[c], len(members))))
     rng.shuffle(rows)
+    if labels is not None:
+        rows = [{**r, "label": labels[r["label"]]} for r in rows]
     seen |= keys
     return rows, skipped
+
+
+def sample_task(name: str, info: dict[str, Any], shared: Path,
+                sizes: tuple[tuple[str, int], ...] = SIZES,
+                tasks: dict[str, dict[str, Any]] | None = None,
+                ) -> tuple[dict[str, Any], list[str], dict[str, list[dict[str, Any]]],
+                           dict[str, dict[str, int]]]:
+    """One task's sample: (the shared copy's task.json, the task's label names, rows per split,
+    skipped counts per split). ``info["labels"]`` (a derived task) keeps only those source
+    labels, in that order; ``info["disjoint_from"]`` names tasks of ``tasks`` (default
+    :data:`TASKS`) whose sampled text pairs (every split, same ``sizes``) it must not hold."""
+    tasks = TASKS if tasks is None else tasks
+    src_dir = shared / info["shared"]
+    meta = json.loads((src_dir / "task.json").read_text(encoding="utf-8"))
+    names = meta["label_names"]
+    labels = None
+    if info.get("labels") is not None:
+        labels = {names.index(lab): i for i, lab in enumerate(info["labels"])}
+        names = list(info["labels"])
+    exclude: set[tuple[str, str | None]] = set()
+    for other in info.get("disjoint_from", []):
+        _, _, other_rows, _ = sample_task(other, tasks[other], shared, sizes, tasks)
+        exclude |= {_key(r["text_a"], r["text_b"]) for rs in other_rows.values() for r in rs}
+    seen: set[tuple[str, str | None]] = set()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, dict[str, int]] = {}
+    for split, n in sizes:
+        df = pd.read_parquet(src_dir / f"{split}.parquet")
+        rng = random.Random(f"{SEED}/{name}/{split}")
+        rows[split], skipped[split] = sample_split(df, n, rng, seen, labels, frozenset(exclude))
+    return meta, names, rows, skipped
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -202,29 +273,21 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
 
 def build_task(name: str, shared: Path, out: Path) -> dict[str, Any]:
     info = TASKS[name]
-    src_dir = shared / info["shared"]
-    meta = json.loads((src_dir / "task.json").read_text(encoding="utf-8"))
+    meta, label_names, rows_by_split, skipped_all = sample_task(name, info, shared)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    seen: set[tuple[str, str | None]] = set()
     sizes: dict[str, int] = {}
     balance: dict[str, dict[str, int]] = {}
-    skipped_all: dict[str, dict[str, int]] = {}
-    for split, n in SIZES:
-        df = pd.read_parquet(src_dir / f"{split}.parquet")
-        rng = random.Random(f"{SEED}/{name}/{split}")
-        rows, skipped = sample_split(df, n, rng, seen)
+    for split, rows in rows_by_split.items():
         (folder / f"{split}.jsonl").write_text(_jsonl(rows), encoding="utf-8")
         sizes[split] = len(rows)
         counts = Counter(r["label"] for r in rows)
-        balance[split] = {meta["label_names"][c]: counts.get(c, 0)
-                          for c in range(len(meta["label_names"]))}
-        skipped_all[split] = skipped
+        balance[split] = {label_names[c]: counts.get(c, 0) for c in range(len(label_names))}
     commit = meta["source_commit"]
     task_json = {
         "name": name,
         "type": meta["type"],
-        "label_names": meta["label_names"],
+        "label_names": label_names,
         "label_words": info["label_words"],
         "description": info["description"],
         "text_a_field_meaning": meta["text_a_field_meaning"],
@@ -262,51 +325,54 @@ def build_task(name: str, shared: Path, out: Path) -> dict[str, Any]:
                  f"({sum(v['duplicate'] for v in skipped_all.values())} rows). Shared copy's "
                  f"notes: {meta['notes']}",
     }
+    if info.get("labels") or info.get("disjoint_from"):
+        kept = info.get("labels") or meta["label_names"]
+        others = ", ".join(info.get("disjoint_from", []))
+        task_json["derivation"] = (
+            f"Derived from shared/data/{info['shared']} the way SST-2 is derived from SST: only "
+            f"its {' and '.join(kept)} rows (labels renumbered 0..{len(kept) - 1} in that "
+            f"order) and none of the text pairs of the {others} demo sample (any split), so the "
+            "two samples share no text; then the same sampling rule as every demo task.")
+        task_json["notes"] += (f" Derived task: {len(kept)} of the shared copy's "
+                               f"{len(meta['label_names'])} labels, disjoint from {others}.")
     (folder / "task.json").write_text(json.dumps(task_json, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
     return task_json
 
 
-MIT_TEXT = """\
-Permission is hereby granted, free of charge, to any person obtaining a copy of this software
-and associated documentation files (the "Software"), to deal in the Software without
-restriction, including without limitation the rights to use, copy, modify, merge, publish,
-distribute, sublicense, and/or sell copies of the Software, and to permit persons to whom the
-Software is furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all copies or
-substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING
-BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
-NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM,
-DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
-"""
-
-
 def notice(metas: dict[str, dict[str, Any]]) -> str:
-    """NOTICE.md: every task's source, licence and citation, and the licence terms."""
+    """NOTICE.md: every task's source, licence and citation, and how derived tasks were made."""
+    def names(shared: str) -> str:
+        return ", ".join(f"`{n}`" for n, info in TASKS.items()
+                         if n in metas and info["shared"] == shared)
+
+    derived = [n for n in metas if "derivation" in metas[n]]
     parts = [
         "# Built-in demo tasks: sources, licences, citations\n",
         "The folders next to this file are small samples (a few hundred rows each) of public "
         "data sets, made by `tests/demo_data/sample_demo_tasks.py` from the project's "
         "`shared/data` copies; each `task.json` repeats its entry below and records the "
         "sampling rule. Texts are as in the source (not edited, not truncated). The project's "
-        "own licence does **not** apply to these data: each sample keeps the licence of the "
-        "data set it was drawn from.\n",
-        "- **CC BY-SA 4.0** (`snli`, `qnli`): the samples are adapted (sampled) from the "
-        "original data sets and are distributed under the same licence, CC BY-SA 4.0 "
+        "own licence does **not** apply to these data: each sample keeps the licence or terms "
+        "of the data set it was drawn from.\n",
+        f"- **TweetEval** ({names('tweeteval_sentiment')}, {names('tweeteval_emotion')}): "
+        "TweetEval is released without any restrictions, but restrictions may apply to the "
+        "individual tasks it derives from (SemEval-2017 Task 4, SemEval-2018 Task 1) and to "
+        "Twitter content; see the quotation below.\n"
+        f"- **AG's corpus of news articles, non-commercial research use only** "
+        f"({names('ag_news')}): AG News (Zhang, Zhao and LeCun 2015) is built from AG's corpus, "
+        "which its page (http://groups.di.unipi.it/~gulli/AG_corpus_of_news_articles.html) "
+        "says is 'provided by the academic community for research purposes in data mining ..., "
+        "information retrieval ..., and any other non-commercial activity'. These terms apply "
+        "to these two samples: use them for research and other non-commercial purposes only. "
+        "They are not under the project's licence nor an open licence.\n"
+        f"- **CC BY-SA 4.0** ({names('qnli')}): the sample is adapted (sampled) from the original "
+        "data set and is distributed under the same licence, CC BY-SA 4.0 "
         "(https://creativecommons.org/licenses/by-sa/4.0/). Attribution as below; changes "
         "made: a stratified random subset of rows was selected and stored as JSON lines, "
-        "labels mapped to 0..K-1 as in `label_names`.\n"
-        "- **MIT** (`ethics_justice`, `ethics_deontology`): the samples are distributed under "
-        "the MIT licence of the ETHICS data set; its permission notice is reproduced at the "
-        "end of this file.\n"
-        "- **TweetEval** (`tweet_sentiment`, `tweet_emotion`): TweetEval is released without "
-        "any restrictions, but restrictions may apply to the individual tasks it derives from "
-        "(SemEval-2017 Task 4, SemEval-2018 Task 1) and to Twitter content; see the quotation "
-        "below.\n",
+        "labels mapped to 0..K-1 as in `label_names`.\n",
+        "**Derived tasks**, made the way SST-2 is made from SST (each `task.json`'s "
+        "`derivation`):\n\n" + "".join(f"- `{n}`: {metas[n]['derivation']}\n" for n in derived),
     ]
     for name, meta in metas.items():
         sizes = meta["sample"]["sizes"]
@@ -319,13 +385,6 @@ def notice(metas: dict[str, dict[str, Any]]) -> str:
             f"- Sample: {sizes['train']} / {sizes['validation']} / {sizes['test']} rows "
             f"(train / validation / test), seed {meta['sample']['seed']}\n"
         )
-    parts.append(
-        "## MIT licence (ETHICS)\n\n"
-        "ETHICS (Hendrycks et al. 2021) is MIT-licensed by its authors "
-        "(github.com/hendrycks/ethics); the copyright line is that of the ETHICS authors as "
-        "given in that repository's LICENSE file. The MIT permission notice:\n\n"
-        "```\n" + MIT_TEXT + "```\n"
-    )
     return "\n".join(parts)
 
 
