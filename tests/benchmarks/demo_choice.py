@@ -2,13 +2,16 @@ r"""Which demo tasks and budget make prompt tuning visibly work in `make demo`? 
 
 Draws demo-sized samples (default 240 train / 60 validation / 200 test rows) of candidate tasks
 from the shared real data (``../shared/data``) with the *same rule* as the shipped demo tasks
-(:mod:`tests.demo_data.sample_demo_tasks`: same split to same split, stratified, no
-duplicates, rows over 600 characters skipped, ``random.Random("0/<demo name>/<split>")``; with
-the demo's 240/60/120 sizes the six current demo tasks come out row for row as shipped), then:
+(:func:`tests.demo_data.sample_demo_tasks.sample_task`: same split to same split, stratified,
+no duplicates, rows over 600 characters skipped, ``random.Random("0/<demo name>/<split>")``;
+derived tasks keep a subset of labels and no text of their sibling's sample). A candidate is a
+shipped demo task (``tweet_polarity``, ...), one of :data:`NOT_SHIPPED` (snli, the ETHICS tasks,
+two AG News splits) or any ``shared/data`` folder; at the demo's sizes the shipped tasks come
+out row for row as shipped. Then:
 
 * ``screen``: for each task and learning rate, trains one prompt with the project's own
-  :func:`prompt_core.training.train_prompt` (default encoder backbone, its default
-  ``pool: text`` and verbaliser, 20 tokens, batch 16, dev every 20 steps) for the largest
+  :func:`prompt_core.training.train_prompt` (default encoder backbone, ``--pool`` (default
+  ``text``), its verbaliser, 20 tokens, batch 16, dev every 20 steps) for the largest
   budget, and, for every budget in ``--budgets``, takes the checkpoint ``train_prompt`` itself
   would have returned with ``steps = budget`` (best dev accuracy among the evaluations at
   steps <= budget, first one on ties; one run gives all budgets since the batches and updates
@@ -25,12 +28,13 @@ Run (one torch thread; the environment of ``make``)::
     PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 \
     .venv/bin/python -m tests.benchmarks.demo_choice screen \
-        --tasks tweeteval_sentiment,sst2,qnli --lrs 0.03,0.1,0.3 --budgets 80,120 \
-        --out /tmp/demo_choice.jsonl --cache /tmp/demo_choice_prompts
+        --tasks tweet_sentiment,tweet_polarity,qnli,snli --lrs 0.1 --budgets 80,100,120 \
+        --out /tmp/demo_choice.jsonl --cache /tmp/demo_choice_prompts [--pool all]
     .venv/bin/python -m tests.benchmarks.demo_choice report --out /tmp/demo_choice.jsonl
     .venv/bin/python -m tests.benchmarks.demo_choice matrix \
-        --tasks tweeteval_sentiment,sst2,qnli --lr 0.1 --budget 80 --select last \
-        --out /tmp/demo_choice.jsonl --cache /tmp/demo_choice_prompts [--test 120]
+        --tasks tweet_sentiment,tweet_polarity,tweet_emotion,ag_news,news_business_tech,qnli \
+        --lr 0.1 --budget 60 --select last \
+        --out /tmp/demo_choice.jsonl --cache /tmp/demo_choice_prompts [--test 160]
 
 ``screen`` writes, per budget, a ``best`` row (the checkpoint ``train_prompt`` picks by dev
 accuracy) and a ``last`` row (the step-``budget`` prompt: what ``train_prompt`` returns with
@@ -39,7 +43,7 @@ reading only. ``report`` prints them. ``matrix --select last`` trains what it do
 ``--cache`` with ``eval_every = budget``. ``sizes`` prints the samples' label counts.
 
 ``--model ../models/minilm-l3`` (a local folder) runs the same on the derived 3-layer model.
-Figures and the proposal: ``docs/demo_choice.md``.
+Figures and the decision: ``docs/demo_choice.md``.
 """
 
 from __future__ import annotations
