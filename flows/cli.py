@@ -61,6 +61,7 @@ from flows.runtime import (
     sigterm_interrupts,
     spawn_ephemeral_api,
     start_ephemeral_api,
+    start_local_dask_early,
 )
 from prompt_core.errors import InputError
 from tasks.storage import StorageError, StorageTimeoutError, open_storage
@@ -151,6 +152,7 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
     check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
     root = open_storage(study.storage)
     root.check_writable()
+    start_local_dask_early(study.runner)  # its workers' imports overlap the wait for the API
     console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
                   f"{escape(root.root)} ({study.runner.task_runner}, "

@@ -377,6 +377,21 @@ def torch_threads_per_unit(cfg: RunnerConfig) -> int | None:
     return max(1, (os.cpu_count() or 1) // cfg.max_workers)
 
 
+def start_local_dask_early(cfg: RunnerConfig) -> None:
+    """For a local Dask cluster whose Prefect API is known already (PREFECT_API_URL: the CLI's
+    early API or a server's), start the workers' preloading fork server now, with the thread
+    count :func:`runner_environment` would give it, so its imports overlap what the caller
+    does before the flow starts. Anything else: nothing (the server starts with the first
+    worker)."""
+    if cfg.task_runner != "dask" or cfg.dask_address or not os.environ.get("PREFECT_API_URL"):
+        return
+    from flows.runtime_dask import fork_dask_workers_from_preloaded_server
+
+    threads = str(torch_threads_per_unit(cfg))
+    fork_dask_workers_from_preloaded_server(
+        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, start=True)
+
+
 @contextlib.contextmanager
 def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
     """What the chosen runner needs around the flow, restored afterwards (Prefect's defaults,

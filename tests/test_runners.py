@@ -134,3 +134,51 @@ def test_bad_runner_options_fail_before_anything_runs(tiny_models, tasks_root, t
     assert res.exit_code == 2, res.output
     assert says in res.output and "Traceback" not in res.output
     assert not store.exists()  # nothing written
+
+
+_EARLY_FORKSERVER = """
+import json, os, sys, psutil
+from flows.runtime import start_local_dask_early
+from prompt_core.config import RunnerConfig
+before = dict(os.environ)
+start_local_dask_early(RunnerConfig(task_runner=sys.argv[1], max_workers=2))
+kids = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+from distributed.nanny import _get_env_variables
+print(json.dumps({"env_unchanged": dict(os.environ) == before,
+                  "servers": [p.environ() for p in kids],
+                  "pre_spawn": _get_env_variables("distributed.nanny.pre-spawn-environ")}))
+"""
+
+
+@pytest.mark.parametrize(("runner", "user_trim"), [("dask", None), ("dask", "131072"),
+                                                  ("threads", None)])
+def test_local_dask_workers_fork_early_from_a_server_without_dasks_malloc_trim(runner, user_trim):
+    """The CLI starts the preloading fork server of a local Dask cluster before the flow, with
+    the run's thread count and API URL in its environment (this process's unchanged), and
+    without Dask's MALLOC_TRIM_THRESHOLD_ (it made every activation tensor a fresh mmap: 17%
+    slower units); a value the user sets is inherited. Other runners start nothing."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+           "MALLOC_ARENA_MAX": "2"}  # a user's own malloc setting passes through
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    env.pop("OMP_NUM_THREADS", None)
+    if user_trim:
+        env["MALLOC_TRIM_THRESHOLD_"] = user_trim
+    out = subprocess.run([sys.executable, "-c", _EARLY_FORKSERVER, runner], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["env_unchanged"]
+    if runner == "threads":
+        assert got["servers"] == []
+        return
+    assert "MALLOC_TRIM_THRESHOLD_" not in got["pre_spawn"]
+    assert got["pre_spawn"]["OMP_NUM_THREADS"] == "1"  # Dask's other defaults stay
+    [server] = got["servers"]
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert server["OMP_NUM_THREADS"] == server["MKL_NUM_THREADS"] == threads
+    assert server["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+    assert server["MALLOC_ARENA_MAX"] == "2"
+    assert server.get("MALLOC_TRIM_THRESHOLD_") == user_trim
