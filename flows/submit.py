@@ -16,6 +16,7 @@ at each part's end), not once per unit.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,10 +111,11 @@ class UnitLedger:
 
 
 def run_units(part: str, units: list[Planned], progress: RunProgress, ledger: UnitLedger,
-              window: int = DEFAULT_WINDOW) -> list:
+              window: int = DEFAULT_WINDOW, tagged: bool = False) -> list:
     """The outcomes of ``units`` in their order: stored ones as planned, the rest from task
-    runs submitted with at most ``window`` in flight. Every failure is recorded, the others
-    are waited for, then the first failure is raised, naming its unit (bad input as is)."""
+    runs submitted with at most ``window`` in flight (under their ``tags`` when ``tagged``:
+    ``runner.task_tags``, see :func:`unit_tags`). Every failure is recorded, the others are
+    waited for, then the first failure is raised, naming its unit (bad input as is)."""
     results: list = [None] * len(units)
     done = ledger.outcomes.setdefault(part, [])
     stored = [i for i, u in enumerate(units) if u.is_stored]
@@ -130,7 +132,7 @@ def run_units(part: str, units: list[Planned], progress: RunProgress, ledger: Un
         while nxt < len(todo) and len(in_flight) < window:
             i = todo[nxt]
             nxt += 1
-            with tags(*units[i].tags):
+            with tags(*units[i].tags) if tagged else contextlib.nullcontext():
                 in_flight[units[i].submit()] = i
         for f in as_completed(list(in_flight)):  # the first to finish; then refill the window
             i = in_flight.pop(f)
@@ -154,10 +156,10 @@ def run_units(part: str, units: list[Planned], progress: RunProgress, ledger: Un
 
 
 def unit_tags(stage: str, model: str | None, **more: str) -> tuple[str, ...]:
-    """Tags the UI filters task runs by: the stage and the model, never the NLP task (it is in
-    the task run's name). Prefect acquires tag concurrency slots when a task run starts: one API
-    call and one service thread per distinct tag set, cached for 5 s when no limit exists. A tag
-    set shared by many units costs that about once; a set per unit cost 0.3-0.4 s per task run
-    on 2 cores (3.3 s of a tiny study's 8 task runs)."""
+    """The tags a unit's task run gets with ``runner.task_tags``: the stage and the model, never
+    the NLP task (it is in the task run's name). Off by default: Prefect acquires tag
+    concurrency slots through the API whenever a task run with tags starts, and caches a "no
+    limit" answer for a tag set for 5 s only, so every unit longer than that paid a round trip:
+    1.8 s per task run on 2 CPU cores (a 12-unit tiny study: 11.7 s of 43 s)."""
     return (f"stage:{stage}", *([f"model:{model}"] if model else []),
             *(f"{k}:{v}" for k, v in more.items()))

@@ -166,7 +166,7 @@ def transfer_matrix(study: StudyConfig, checked: bool = False) -> StudyResult:
 
     def run_units(part: str, units: list[Planned]) -> list:
         progress.stage(part)
-        return submit_units(part, units, progress, ledger, window)
+        return submit_units(part, units, progress, ledger, window, study.runner.task_tags)
     try:
         # prepare: each NLP task's identity, its data copied into storage for the workers
         infos: list[NlpTaskInfo] = run_units("prepare", plan_prepare(ctx, study, storage))

@@ -307,6 +307,11 @@ class RunnerConfig(StrictSection):
     train_deployment: str | None = Field(
         None, description="fan training out as one flow run per (model, source task) of this "
         "deployment (e.g. 'train-prompts/local') through run_deployment; default: in this run")
+    task_tags: bool = Field(
+        False, description="tag each unit's task run with its stage and model (stage:train, "
+        "model:minilm): the UI filters by them and Prefect tag concurrency limits apply to "
+        "them. Prefect then acquires tag slots through the API as each unit starts (1-2 s per "
+        "unit on 2 CPU cores); without tags the stage and model are in the task run's name")
 
     @field_validator("device")
     @classmethod
