@@ -387,9 +387,26 @@ def start_local_dask_early(cfg: RunnerConfig) -> None:
         return
     from flows.runtime_dask import fork_dask_workers_from_preloaded_server
 
-    threads = str(torch_threads_per_unit(cfg))
-    fork_dask_workers_from_preloaded_server(
-        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, start=True)
+    with added_environment(_thread_env(torch_threads_per_unit(cfg))):
+        fork_dask_workers_from_preloaded_server(start=True)
+
+
+def _thread_env(threads: int | None) -> dict[str, str]:
+    """The thread count worker processes inherit (read by OpenMP and MKL when torch loads)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+@contextlib.contextmanager
+def added_environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ where they are non-empty and not set already (a user's own
+    setting wins), removed again afterwards."""
+    added = {k: v for k, v in values.items() if v and k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
@@ -420,12 +437,5 @@ def runner_environment(cfg: RunnerConfig) -> Iterator[None]:
         check_dask_scheduler(cfg.dask_address)
         yield
         return
-    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    env = {k: v for k, v in env.items() if v and k not in os.environ}
-    os.environ.update(env)
-    try:
+    with added_environment({"PREFECT_API_URL": _api_url() or "", **_thread_env(threads)}):
         yield
-    finally:
-        for k in env:
-            os.environ.pop(k, None)

@@ -4,7 +4,6 @@ probe of an existing scheduler (bad input, found before any compute, when it doe
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 from prompt_core.errors import InputError
@@ -13,8 +12,7 @@ from prompt_core.errors import InputError
 DASK_WORKER_PRELOAD = ("distributed", "torch", "transformers", "prefect", "tasks.units")
 
 
-def fork_dask_workers_from_preloaded_server(env: dict[str, str] | None = None,
-                                            start: bool = False) -> None:
+def fork_dask_workers_from_preloaded_server(start: bool = False) -> None:
     """Local Dask workers fork from a ``forkserver`` that has imported torch, transformers,
     Prefect and the units once, instead of each spawned worker importing them again (about 4 s
     of CPU per worker on 2 cores).
@@ -28,9 +26,10 @@ def fork_dask_workers_from_preloaded_server(env: dict[str, str] | None = None,
 
     The server inherits the environment of the moment it starts: by default with the first
     worker, after :func:`flows.runtime.runner_environment` set the API URL and the thread
-    count. ``start=True`` starts it now, with ``env`` added for it alone, so its imports (about
-    3 s of CPU) overlap the caller's own work (the CLI: checking the study, waiting for the
-    API)."""
+    count. ``start=True`` starts it now, in the caller's environment
+    (:func:`flows.runtime.start_local_dask_early` adds the thread count around the call), so its
+    imports (about 3 s of CPU) overlap the caller's own work (the CLI: checking the study,
+    waiting for the API)."""
     import multiprocessing.forkserver
 
     import dask
@@ -39,15 +38,8 @@ def fork_dask_workers_from_preloaded_server(env: dict[str, str] | None = None,
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                      "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     get_mp_context().set_forkserver_preload(list(DASK_WORKER_PRELOAD))
-    if not start:
-        return
-    added = {k: v for k, v in (env or {}).items() if v and k not in os.environ}
-    os.environ.update(added)
-    try:
+    if start:
         multiprocessing.forkserver.ensure_running()
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 # -- an existing Dask cluster: does its scheduler answer? ---------------------------------------
