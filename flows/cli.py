@@ -137,22 +137,23 @@ def _run(study_file: Path, storage: str | None, overrides: dict, prefect_errors:
          api=None) -> None:
     from pydantic import ValidationError
 
-    from prompt_core.config import StudyFileError, format_error_line, load_study
-    from prompt_core.preflight import check_study
+    from prompt_core.config import StudyFileError, format_error_line, load_study, with_overrides
 
     study = load_study(study_file)
-    from flows.transfer_matrix import run_study, with_overrides
-    from tasks.units import get_nlp_task
-
     try:
         study = with_overrides(study, storage, **overrides)
     except ValidationError as e:
         raise StudyFileError("options: " + "; ".join(
             format_error_line(err) for err in e.errors())) from None
+    # local Dask: its workers' imports overlap this process's own (the flow, the study check)
+    start_local_dask_early(study.runner)
+    from flows.transfer_matrix import run_study
+    from prompt_core.preflight import check_study
+    from tasks.units import get_nlp_task
+
     check_study(study, load_task=get_nlp_task)  # InputError listing every problem: exit 2
     root = open_storage(study.storage)
     root.check_writable()
-    start_local_dask_early(study.runner)  # its workers' imports overlap the wait for the API
     console.print(f"study [bold]{escape(study.name)}[/bold]: {len(study.models)} model(s) x "
                   f"{len(study.tasks)} task(s) x {len(study.seeds)} seed(s) -> "
                   f"{escape(root.root)} ({study.runner.task_runner}, "

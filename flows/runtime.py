@@ -341,11 +341,11 @@ def make_task_runner(cfg: RunnerConfig) -> TaskRunner:
                                      initializer=_one_torch_thread_each, initargs=(threads,))
     from prefect_dask import DaskTaskRunner
 
-    from flows.runtime_dask import fork_dask_workers_from_preloaded_server
+    from flows.runtime_dask import configure_local_dask
 
     if cfg.dask_address:
         return DaskTaskRunner(address=cfg.dask_address)
-    fork_dask_workers_from_preloaded_server()
+    configure_local_dask()
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": None,
@@ -385,10 +385,10 @@ def start_local_dask_early(cfg: RunnerConfig) -> None:
     worker)."""
     if cfg.task_runner != "dask" or cfg.dask_address or not os.environ.get("PREFECT_API_URL"):
         return
-    from flows.runtime_dask import fork_dask_workers_from_preloaded_server
+    from flows.runtime_dask import configure_local_dask
 
     with added_environment(_thread_env(torch_threads_per_unit(cfg))):
-        fork_dask_workers_from_preloaded_server(start=True)
+        configure_local_dask(start=True)
 
 
 def _thread_env(threads: int | None) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Local and existing Dask clusters: workers forked from a preloaded server, and a bounded
-probe of an existing scheduler (bad input, found before any compute, when it does not answer)."""
+"""Local and existing Dask clusters: workers forked from a preloaded server and kept quiet, and
+a bounded probe of an existing scheduler (bad input, found before any compute, when it does not
+answer)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,26 @@ import threading
 from prompt_core.errors import InputError
 
 # what a local Dask worker imports anyway: imported once, in the fork server, not once per worker
-DASK_WORKER_PRELOAD = ("distributed", "torch", "transformers", "prefect", "tasks.units")
+# (transformers.modeling_utils: what loading any backbone imports, 2 s of CPU and 1,600 modules)
+DASK_WORKER_PRELOAD = ("distributed", "torch", "transformers", "transformers.modeling_utils",
+                       "prefect", "tasks.units")
 
 
-def fork_dask_workers_from_preloaded_server(start: bool = False) -> None:
-    """Local Dask workers fork from a ``forkserver`` that has imported torch, transformers,
-    Prefect and the units once, instead of each spawned worker importing them again (about 4 s
-    of CPU per worker on 2 cores).
+# a local cluster has no dashboard: what only feeds one is slowed down or off (the user's own
+# Dask config wins); see configure_local_dask
+LOCAL_DASK_QUIET = {"distributed": {
+    "worker": {"profile": {"enabled": False}},  # a 10 ms stack sampler in every worker
+    "admin": {"tick": {"interval": "1s"},  # event-loop health check: 20 ms in every process
+              "system-monitor": {"interval": "5s"}},  # psutil metrics: 500 ms
+}}
+
+
+def configure_local_dask(start: bool = False) -> None:
+    """Dask settings for a local cluster (made by :func:`flows.runtime.make_task_runner`).
+
+    Workers fork from a ``forkserver`` that has imported torch, transformers (and its modelling
+    base), Prefect and the units once, instead of each spawned worker importing them again
+    (about 6 s of CPU per worker on 2 cores).
 
     The workers keep glibc's own malloc tuning: Dask's default ``MALLOC_TRIM_THRESHOLD_=65536``
     (``distributed.nanny.pre-spawn-environ``, there to hand freed memory back to the OS) also
@@ -24,17 +38,23 @@ def fork_dask_workers_from_preloaded_server(start: bool = False) -> None:
     (about 17%) longer in Dask workers than in threads. A value the user sets in the
     environment is still inherited.
 
+    The five processes of a 2-worker cluster (scheduler, nannies, workers) keep their
+    background work for a dashboard a local cluster does not have to a minimum
+    (:data:`LOCAL_DASK_QUIET`, Dask defaults for this process, so the user's own Dask config
+    still wins): with Dask's defaults they took 3 s of a 57 s study's CPU on 2 cores.
+
     The server inherits the environment of the moment it starts: by default with the first
     worker, after :func:`flows.runtime.runner_environment` set the API URL and the thread
     count. ``start=True`` starts it now, in the caller's environment
     (:func:`flows.runtime.start_local_dask_early` adds the thread count around the call), so its
-    imports (about 3 s of CPU) overlap the caller's own work (the CLI: checking the study,
-    waiting for the API)."""
+    imports (about 5 s of CPU) overlap the caller's own work (the CLI: importing the flow,
+    checking the study, waiting for the API)."""
     import multiprocessing.forkserver
 
     import dask
     from distributed.utils import get_mp_context
 
+    dask.config.update_defaults(LOCAL_DASK_QUIET)
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                      "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     get_mp_context().set_forkserver_preload(list(DASK_WORKER_PRELOAD))

@@ -53,7 +53,7 @@ from flows.submit import (  # re-exported: callers import the progress types fro
     UnitLedger,
 )
 from flows.submit import run_units as submit_units
-from prompt_core.config import RunnerConfig, StudyConfig, load_study, parse_study_bytes
+from prompt_core.config import StudyConfig, load_study, parse_study_bytes, with_overrides
 from prompt_core.preflight import check_study
 from tasks.storage import open_storage
 from tasks.tables import RunKeyRow, RunRow, now_utc, write_part
@@ -230,24 +230,6 @@ def _fan_out(ctx: RunContext, study: StudyConfig, infos: list[NlpTaskInfo],
     for o in trained:
         progress.unit_done("train", f"train {o.row.model}/{o.row.task} seed={o.row.seed}")
     return trained
-
-
-def with_overrides(study: StudyConfig, storage: str | None = None,
-                   task_runner: RunnerKind | None = None, workers: int | None = None,
-                   dask_address: str | None = None, device: str | None = None,
-                   train_deployment: str | None = None) -> StudyConfig:
-    """The study with the run's overrides applied (validated like the study file)."""
-    runner = {k: v for k, v in {
-        "task_runner": task_runner, "max_workers": workers, "dask_address": dask_address,
-        "device": device, "train_deployment": train_deployment}.items() if v is not None}
-    if runner:
-        merged = {**study.runner.model_dump(), **runner}
-        if dask_address is not None and task_runner is None:
-            merged["task_runner"] = "dask"
-        study = study.model_copy(update={"runner": RunnerConfig.model_validate(merged)})
-    if storage is not None:
-        study = study.model_copy(update={"storage": storage})
-    return study
 
 
 def run_study(

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -71,7 +71,7 @@ __all__ = [  # the study's models and helpers, wherever defined (importers use t
     "StudyConfig", "StudyFileError", "TaskConfig", "TptConfig", "TptSource", "TrainConfig",
     "backbone_option_defaults", "backbone_options", "check_name", "format_error_line",
     "load_study", "name_problem", "parse_study", "parse_study_bytes", "register_stage_spec",
-    "stable_hash",
+    "stable_hash", "with_overrides",
 ]
 
 MAX_STUDY_BYTES = 1 << 20  # a study file is a page of settings; 1 MiB is far beyond any real one
@@ -381,3 +381,23 @@ def load_study(path: str | Path) -> StudyConfig:
     if not p.is_file():
         raise StudyFileError(f"study file {p} does not exist")
     return parse_study(_read_yaml(p), str(p), p.resolve().parent)
+
+
+def with_overrides(study: StudyConfig, storage: str | None = None,
+                   task_runner: Literal["threads", "processes", "dask"] | None = None,
+                   workers: int | None = None,
+                   dask_address: str | None = None, device: str | None = None,
+                   train_deployment: str | None = None) -> StudyConfig:
+    """The study with a run's overrides applied (the CLI's options; validated like the study
+    file)."""
+    runner = {k: v for k, v in {
+        "task_runner": task_runner, "max_workers": workers, "dask_address": dask_address,
+        "device": device, "train_deployment": train_deployment}.items() if v is not None}
+    if runner:
+        merged = {**study.runner.model_dump(), **runner}
+        if dask_address is not None and task_runner is None:
+            merged["task_runner"] = "dask"
+        study = study.model_copy(update={"runner": RunnerConfig.model_validate(merged)})
+    if storage is not None:
+        study = study.model_copy(update={"storage": storage})
+    return study

@@ -144,9 +144,14 @@ before = dict(os.environ)
 start_local_dask_early(RunnerConfig(task_runner=sys.argv[1], max_workers=2))
 kids = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
 from distributed.nanny import _get_env_variables
+import dask
 print(json.dumps({"env_unchanged": dict(os.environ) == before,
                   "servers": [p.environ() for p in kids],
-                  "pre_spawn": _get_env_variables("distributed.nanny.pre-spawn-environ")}))
+                  "preload": [" ".join(p.cmdline()) for p in kids],
+                  "pre_spawn": _get_env_variables("distributed.nanny.pre-spawn-environ"),
+                  "dask": {k: dask.config.get(k) for k in (
+                      "distributed.worker.profile.enabled", "distributed.admin.tick.interval",
+                      "distributed.admin.system-monitor.interval")}}))
 """
 
 
@@ -156,7 +161,10 @@ def test_local_dask_workers_fork_early_from_a_server_without_dasks_malloc_trim(r
     """The CLI starts the preloading fork server of a local Dask cluster before the flow, with
     the run's thread count and API URL in its environment (this process's unchanged), and
     without Dask's MALLOC_TRIM_THRESHOLD_ (it made every activation tensor a fresh mmap: 17%
-    slower units); a value the user sets is inherited. Other runners start nothing."""
+    slower units); a value the user sets is inherited. The server preloads the modelling base
+    every backbone imports. The cluster's dashboard-only background work is slowed or off,
+    except where the user configured Dask (here the tick interval, in the second case). Other
+    runners start nothing."""
     import json
     import subprocess
     import sys
@@ -165,8 +173,10 @@ def test_local_dask_workers_fork_early_from_a_server_without_dasks_malloc_trim(r
            "MALLOC_ARENA_MAX": "2"}  # a user's own malloc setting passes through
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     env.pop("OMP_NUM_THREADS", None)
+    env.pop("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", None)
     if user_trim:
         env["MALLOC_TRIM_THRESHOLD_"] = user_trim
+        env["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] = "50ms"
     out = subprocess.run([sys.executable, "-c", _EARLY_FORKSERVER, runner], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -182,3 +192,7 @@ def test_local_dask_workers_fork_early_from_a_server_without_dasks_malloc_trim(r
     assert server["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
     assert server["MALLOC_ARENA_MAX"] == "2"
     assert server.get("MALLOC_TRIM_THRESHOLD_") == user_trim
+    assert "'transformers.modeling_utils'" in got["preload"][0]
+    assert got["dask"] == {"distributed.worker.profile.enabled": False,
+                           "distributed.admin.tick.interval": "50ms" if user_trim else "1s",
+                           "distributed.admin.system-monitor.interval": "5s"}
