@@ -54,7 +54,8 @@ def configure_local_dask(start: bool = False) -> None:
     import dask
     from distributed.utils import get_mp_context
 
-    dask.config.update_defaults(LOCAL_DASK_QUIET)
+    if LOCAL_DASK_QUIET not in dask.config.defaults:  # called per run: add them once
+        dask.config.update_defaults(LOCAL_DASK_QUIET)
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                      "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     get_mp_context().set_forkserver_preload(list(DASK_WORKER_PRELOAD))

@@ -33,7 +33,6 @@ import uuid
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
 
 import prefect
 from prefect import flow
@@ -53,7 +52,13 @@ from flows.submit import (  # re-exported: callers import the progress types fro
     UnitLedger,
 )
 from flows.submit import run_units as submit_units
-from prompt_core.config import StudyConfig, load_study, parse_study_bytes, with_overrides
+from prompt_core.config import (
+    RunnerKind,
+    StudyConfig,
+    load_study,
+    parse_study_bytes,
+    with_overrides,
+)
 from prompt_core.preflight import check_study
 from tasks.storage import open_storage
 from tasks.tables import RunKeyRow, RunRow, now_utc, write_part
@@ -62,7 +67,6 @@ from tasks.units import NlpTaskInfo, RunContext, TrainOutcome, get_nlp_task
 __all__ = ["ProgressObserver", "RunProgress", "StudyResult", "UnitFailed", "current_observer",
            "read_study", "run_study", "study_flow", "transfer_matrix", "with_overrides"]
 
-RunnerKind = Literal["threads", "processes", "dask"]
 
 
 def _package_version() -> str:

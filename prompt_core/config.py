@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -45,6 +45,7 @@ from prompt_core.config_sections import (
     HFSourceConfig,
     ModelConfig,
     RunnerConfig,
+    RunnerKind,
     StrictSection,
     TaskConfig,
     TrainConfig,
@@ -67,8 +68,9 @@ from prompt_core.stage_options import (
 __all__ = [  # the study's models and helpers, wherever defined (importers use this module)
     "DEFAULT_ON_POSITION", "JSON_SCALARS", "MAX_STUDY_BYTES", "NAME_RE", "STAGE_SPECS",
     "CrossModelConfig", "EvalConfig", "HFSourceConfig", "IndicatorsConfig", "ModelConfig",
-    "ModelPair", "OnPosition", "ProjectorConfig", "RunnerConfig", "StageSpec", "StrictSection",
-    "StudyConfig", "StudyFileError", "TaskConfig", "TptConfig", "TptSource", "TrainConfig",
+    "ModelPair", "OnPosition", "ProjectorConfig", "RunnerConfig", "RunnerKind", "StageSpec",
+    "StrictSection", "StudyConfig", "StudyFileError", "TaskConfig", "TptConfig", "TptSource",
+    "TrainConfig",
     "backbone_option_defaults", "backbone_options", "check_name", "format_error_line",
     "load_study", "name_problem", "parse_study", "parse_study_bytes", "register_stage_spec",
     "stable_hash", "with_overrides",
@@ -384,8 +386,7 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def with_overrides(study: StudyConfig, storage: str | None = None,
-                   task_runner: Literal["threads", "processes", "dask"] | None = None,
-                   workers: int | None = None,
+                   task_runner: RunnerKind | None = None, workers: int | None = None,
                    dask_address: str | None = None, device: str | None = None,
                    train_deployment: str | None = None) -> StudyConfig:
     """The study with a run's overrides applied (the CLI's options; validated like the study

@@ -284,10 +284,13 @@ def dask_address_problem(address: str) -> str | None:
     return None
 
 
+RunnerKind = Literal["threads", "processes", "dask"]  # runner.task_runner, the CLI's --runner
+
+
 class RunnerConfig(StrictSection):
     """How the flow runs its units: which Prefect task runner, where models live."""
 
-    task_runner: Literal["threads", "processes", "dask"] = Field(
+    task_runner: RunnerKind = Field(
         "threads", description="threads (one process, models shared), processes (a local "
         "process pool), dask (prefect-dask: a local cluster, or dask_address)")
     max_workers: int = Field(1, ge=1, description="concurrent task runs (threads or processes; "
